@@ -1,0 +1,129 @@
+//! Command-line interface: argument parsing, dispatch to the library, printing. No numerics here.
+
+use std::sync::{Arc, OnceLock};
+
+use clap::{Parser, Subcommand};
+
+use crate::backend::{Backend, DeviceRequest};
+use crate::error::Result;
+
+pub mod attack;
+pub mod data;
+pub mod misc;
+pub mod op;
+pub mod train;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "advlens",
+    version,
+    about = "Adversarial examples as a lens on DNN interpretability (Dong et al.), CPU + CUDA",
+    long_about = None,
+    after_help = "Example:\n  advlens data import-idx --out data/fmnist\n  advlens train --model small-vgg16 --data data/fmnist/train.safetensors --epochs 3 --out runs/vgg"
+)]
+pub struct Cli {
+    /// Compute device: auto (CUDA if usable, else CPU), cpu, cuda or cuda:N.
+    #[arg(long, global = true, default_value = "auto")]
+    pub device: DeviceRequest,
+    /// Seed for every random choice (shuffles, init, dropout, targets). Reported in outputs.
+    #[arg(long, global = true, default_value_t = 0)]
+    pub seed: u64,
+    /// CPU worker threads (0 = all cores).
+    #[arg(long, global = true, default_value_t = 0)]
+    pub threads: usize,
+    /// Print machine-readable JSON instead of text (and no progress bars).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Import and inspect datasets (IDX, image folders, safetensors).
+    #[command(subcommand)]
+    Data(data::DataCommand),
+    /// Train a model from scratch or resume from a checkpoint.
+    Train(train::TrainArgs),
+    /// Evaluate a model checkpoint: top-1 and top-5.
+    Eval(train::EvalArgs),
+    /// Adversarial attacks (FGS, iterative FGS, ensemble optimisation).
+    #[command(subcommand)]
+    Attack(attack::AttackCommand),
+    /// Run one primitive op on named tensors from a safetensors file (golden-file interface).
+    Op(op::OpArgs),
+    /// Print the compiled kernel table and devices (diagnostics).
+    Info(misc::InfoArgs),
+}
+
+/// What every command gets: the global options and a lazily opened backend (commands that never
+/// compute, like `data info`, do not touch a device).
+pub struct Ctx {
+    pub device: DeviceRequest,
+    pub seed: u64,
+    pub json: bool,
+    backend: OnceLock<Arc<dyn Backend>>,
+}
+
+impl Ctx {
+    pub fn new(device: DeviceRequest, seed: u64, json: bool) -> Ctx {
+        Ctx {
+            device,
+            seed,
+            json,
+            backend: OnceLock::new(),
+        }
+    }
+
+    /// The backend, opened on first use (`--device auto` says once if it falls back to the CPU).
+    pub fn backend(&self) -> Result<Arc<dyn Backend>> {
+        if let Some(b) = self.backend.get() {
+            return Ok(b.clone());
+        }
+        let b = crate::backend::open(self.device)?;
+        Ok(self.backend.get_or_init(|| b).clone())
+    }
+}
+
+/// Run the CLI; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    if cli.threads > 0 {
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(cli.threads)
+            .build_global()
+        {
+            eprintln!("advlens: error: cannot set --threads {}: {e}", cli.threads);
+            return 2;
+        }
+    }
+    crate::progress::set_quiet(cli.json);
+    let ctx = Ctx::new(cli.device, cli.seed, cli.json);
+    let r = match &cli.command {
+        Command::Data(c) => data::run(&ctx, c),
+        Command::Train(a) => train::run_train(&ctx, a),
+        Command::Eval(a) => train::run_eval(&ctx, a),
+        Command::Attack(c) => attack::run(&ctx, c),
+        Command::Op(a) => op::run(&ctx, a),
+        Command::Info(a) => misc::run_info(&ctx, a),
+    };
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("advlens: error: {e}");
+            1
+        }
+    }
+}
+
+/// Print a serialisable value as JSON, or the text form, depending on `--json`.
+pub fn emit<T: serde::Serialize>(ctx: &Ctx, value: &T, text: impl FnOnce() -> String) {
+    if ctx.json {
+        match serde_json::to_string_pretty(value) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("advlens: cannot serialise output: {e}"),
+        }
+    } else {
+        println!("{}", text());
+    }
+}

@@ -1,0 +1,293 @@
+//! File I/O shared by every module: memory-mapped safetensors reading with clear errors, and
+//! atomic writes (temporary name in the same directory, fsync, rename) so that no partial output
+//! ever poses as complete.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::tensor::{Metadata, TensorInfo};
+pub use safetensors::Dtype;
+
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// Write `path` atomically: `fill` writes into a temporary file next to it, which is synced and
+/// renamed over `path` only when `fill` succeeded. On error the temporary file is removed.
+pub fn write_atomic(
+    path: &Path,
+    fill: impl FnOnce(&mut std::io::BufWriter<File>) -> std::io::Result<()>,
+) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::InvalidArg(format!("{} is not a file path", path.display())))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| -> std::io::Result<()> {
+        let f = File::create(&tmp)?;
+        let mut w = std::io::BufWriter::new(f);
+        fill(&mut w)?;
+        w.flush()?;
+        w.get_ref().sync_all()?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(Error::io(path, e))
+        }
+    }
+}
+
+/// Serialize JSON to `path` atomically (pretty-printed).
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::Json {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    write_atomic(path, |w| w.write_all(&bytes))
+}
+
+/// Read and parse a JSON file.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Json {
+        path: path.to_path_buf(),
+        source: e,
+    })
+}
+
+/// A named tensor to be written: raw little-endian bytes with a dtype and a shape.
+pub struct OwnedTensor {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+impl OwnedTensor {
+    pub fn f32(shape: &[usize], v: &[f32]) -> OwnedTensor {
+        OwnedTensor {
+            dtype: Dtype::F32,
+            shape: shape.to_vec(),
+            data: bytemuck::cast_slice(v).to_vec(),
+        }
+    }
+    pub fn u8(shape: &[usize], v: Vec<u8>) -> OwnedTensor {
+        OwnedTensor {
+            dtype: Dtype::U8,
+            shape: shape.to_vec(),
+            data: v,
+        }
+    }
+    pub fn i64(shape: &[usize], v: &[i64]) -> OwnedTensor {
+        OwnedTensor {
+            dtype: Dtype::I64,
+            shape: shape.to_vec(),
+            data: bytemuck::cast_slice(v).to_vec(),
+        }
+    }
+    /// A host copy of any tensor as f32.
+    pub fn from_tensor(t: &Tensor) -> Result<OwnedTensor> {
+        Ok(OwnedTensor::f32(t.shape(), &t.to_vec()?))
+    }
+}
+
+impl safetensors::View for &OwnedTensor {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// Write a safetensors file atomically. `metadata` goes to the `__metadata__` header.
+pub fn save_safetensors(
+    path: &Path,
+    tensors: &[(String, OwnedTensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), &metadata)
+        .map_err(|e| Error::format(path, format!("cannot serialise safetensors: {e}")))?;
+    write_atomic(path, |w| w.write_all(&bytes))
+}
+
+/// A memory-mapped safetensors file. The header is parsed and validated once (offsets inside the
+/// file, sizes matching dtype x shape), so a truncated or corrupt file is rejected at `open`.
+pub struct SafeFile {
+    path: PathBuf,
+    mmap: Mmap,
+    data_start: usize,
+    meta: Metadata,
+}
+
+impl std::fmt::Debug for SafeFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SafeFile({})", self.path.display())
+    }
+}
+
+impl SafeFile {
+    pub fn open(path: &Path) -> Result<SafeFile> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the mapping is read-only; advlens never writes a file it has open. A file
+        // changed by another process under us is outside what any reader can guard against.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let (n, meta) = safetensors::SafeTensors::read_metadata(&mmap)
+            .map_err(|e| Error::format(path, format!("not a valid safetensors file ({e:?})")))?;
+        Ok(SafeFile {
+            path: path.to_path_buf(),
+            mmap,
+            data_start: n + 8,
+            meta,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The `__metadata__` string map (empty when absent).
+    pub fn metadata(&self) -> HashMap<String, String> {
+        self.meta.metadata().clone().unwrap_or_default()
+    }
+
+    /// Names of all tensors, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.meta.tensors().into_keys().collect();
+        v.sort();
+        v
+    }
+
+    pub fn info(&self, name: &str) -> Result<&TensorInfo> {
+        self.meta.info(name).ok_or_else(|| {
+            Error::format(
+                &self.path,
+                format!(
+                    "no tensor named '{name}' (has: {})",
+                    self.names().join(", ")
+                ),
+            )
+        })
+    }
+
+    /// Raw bytes of one tensor, borrowed from the mapping.
+    pub fn bytes(&self, name: &str) -> Result<(Dtype, &[usize], &[u8])> {
+        let info = self.info(name)?;
+        let (s, e) = info.data_offsets;
+        Ok((
+            info.dtype,
+            &info.shape,
+            &self.mmap[self.data_start + s..self.data_start + e],
+        ))
+    }
+
+    fn expect(&self, name: &str, want: Dtype) -> Result<(&[usize], &[u8])> {
+        let (dt, shape, b) = self.bytes(name)?;
+        if dt != want {
+            return Err(Error::format(
+                &self.path,
+                format!("tensor '{name}' has dtype {dt:?}, expected {want:?}"),
+            ));
+        }
+        Ok((shape, b))
+    }
+
+    /// A u8 tensor borrowed from the mapping (no copy).
+    pub fn u8(&self, name: &str) -> Result<(&[usize], &[u8])> {
+        self.expect(name, Dtype::U8)
+    }
+
+    /// An f32 tensor copied to the host (the mapping may not be 4-byte aligned).
+    pub fn f32(&self, name: &str) -> Result<Tensor> {
+        let (shape, b) = self.expect(name, Dtype::F32)?;
+        let v: Vec<f32> = b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Tensor::from_vec(shape, v)
+    }
+
+    /// An integer tensor (i64, i32, u16, u8 or u32) as i64 values.
+    pub fn ints(&self, name: &str) -> Result<(Vec<usize>, Vec<i64>)> {
+        let (dt, shape, b) = self.bytes(name)?;
+        let v: Vec<i64> = match dt {
+            Dtype::I64 => b
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                .collect(),
+            Dtype::I32 => b
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+                .collect(),
+            Dtype::U32 => b
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+                .collect(),
+            Dtype::U16 => b
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]) as i64)
+                .collect(),
+            Dtype::U8 => b.iter().map(|&x| x as i64).collect(),
+            other => {
+                return Err(Error::format(
+                    &self.path,
+                    format!("tensor '{name}' has dtype {other:?}, expected an integer type"),
+                ))
+            }
+        };
+        Ok((shape.to_vec(), v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_truncation_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.safetensors");
+        let t = vec![
+            (
+                "x".to_string(),
+                OwnedTensor::f32(&[2, 3], &[1., 2., 3., 4., 5., 6.]),
+            ),
+            ("l".to_string(), OwnedTensor::i64(&[2], &[7, 9])),
+        ];
+        save_safetensors(&p, &t, None).unwrap();
+        let f = SafeFile::open(&p).unwrap();
+        assert_eq!(
+            f.f32("x").unwrap().to_vec().unwrap(),
+            vec![1., 2., 3., 4., 5., 6.]
+        );
+        assert_eq!(f.ints("l").unwrap().1, vec![7, 9]);
+        assert!(f.u8("x").is_err());
+        let msg = f.f32("nope").unwrap_err().to_string();
+        assert!(msg.contains("no tensor named 'nope'"), "{msg}");
+
+        let bytes = std::fs::read(&p).unwrap();
+        let q = dir.path().join("b.safetensors");
+        std::fs::write(&q, &bytes[..bytes.len() - 5]).unwrap();
+        let msg = SafeFile::open(&q).unwrap_err().to_string();
+        assert!(msg.contains("b.safetensors"), "{msg}");
+    }
+}
