@@ -7,8 +7,10 @@ use clap::{Parser, Subcommand};
 use crate::backend::{Backend, DeviceRequest};
 use crate::error::Result;
 
+pub mod analysis;
 pub mod attack;
 pub mod data;
+pub mod kernels;
 pub mod misc;
 pub mod op;
 pub mod train;
@@ -54,6 +56,12 @@ pub enum Command {
     Op(op::OpArgs),
     /// Print the compiled kernel table and devices (diagnostics).
     Info(misc::InfoArgs),
+    /// CUDA kernel table and offline NVRTC compile (CI checks kernels without a GPU).
+    #[command(subcommand)]
+    Kernels(kernels::KernelsCommand),
+    /// WordNet class hierarchy: tree distances and the class correlation matrix C.
+    #[command(subcommand)]
+    Wordnet(analysis::WordnetCommand),
 }
 
 /// What every command gets: the global options and a lazily opened backend (commands that never
@@ -106,6 +114,8 @@ pub fn main() -> i32 {
         Command::Attack(c) => attack::run(&ctx, c),
         Command::Op(a) => op::run(&ctx, a),
         Command::Info(a) => misc::run_info(&ctx, a),
+        Command::Kernels(c) => kernels::run(&ctx, c),
+        Command::Wordnet(c) => analysis::run(&ctx, c),
     };
     match r {
         Ok(()) => 0,
