@@ -1,10 +1,22 @@
 //! The CPU backend: the oracle every other backend is checked against.
+//!
+//! Plain loops over host slices, parallel with rayon over images, channels or rows; matrix
+//! products through `matrixmultiply` (see `conv` for the im2col scheme). Reductions that feed
+//! statistics (batch-norm moments, softmax normalisers, bias gradients, norms) accumulate in f64 so
+//! that this backend stays a trustworthy reference for the f32 GPU kernels.
+
+mod conv;
+mod gemm;
+
+use rayon::prelude::*;
+
 use super::*;
 use crate::error::Error;
 
-fn nyi(op: &str) -> Error {
-    Error::InvalidArg(format!("cpu backend: {op} not implemented yet"))
-}
+pub use gemm::{dgemm, sgemm, Strides};
+
+/// Elements per rayon task for pointwise ops: large enough that task overhead is negligible.
+const CHUNK: usize = 1 << 14;
 
 #[derive(Default, Debug, Clone)]
 pub struct CpuBackend;
@@ -15,7 +27,208 @@ impl CpuBackend {
     }
 }
 
-#[allow(unused_variables)]
+fn same_shape(op: &'static str, an: &str, a: &Tensor, bn: &str, b: &Tensor) -> Result<()> {
+    if a.shape() != b.shape() {
+        return Err(Error::shape(
+            op,
+            format!(
+                "{an} has shape {:?} but {bn} has shape {:?}",
+                a.shape(),
+                b.shape()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn want_shape(op: &'static str, name: &str, t: &Tensor, want: &[usize]) -> Result<()> {
+    if t.shape() != want {
+        return Err(Error::shape(
+            op,
+            format!("{name} must have shape {want:?}, got {:?}", t.shape()),
+        ));
+    }
+    Ok(())
+}
+
+fn nonzero(op: &'static str, what: &str, dims: &[usize]) -> Result<()> {
+    if dims.contains(&0) {
+        return Err(Error::shape(
+            op,
+            format!("{what} {dims:?} has a zero dimension"),
+        ));
+    }
+    Ok(())
+}
+
+/// (N, C, H, W) of a batch-norm input: rank 4, or rank 2 read as [N, C, 1, 1] (BatchNorm1d).
+fn bn_dims(op: &'static str, x: &Tensor) -> Result<(usize, usize, usize)> {
+    match x.shape() {
+        &[n, c, h, w] => Ok((n, c, h * w)),
+        &[n, c] => Ok((n, c, 1)),
+        s => Err(Error::shape(
+            op,
+            format!("expected x of rank 4 (NCHW) or 2 (NC), got shape {s:?}"),
+        )),
+    }
+}
+
+fn map1(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    let mut y = vec![0.0f32; x.len()];
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(yc, xc)| yc.iter_mut().zip(xc).for_each(|(y, &x)| *y = f(x)));
+    y
+}
+
+fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut y = vec![0.0f32; a.len()];
+    y.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(yc, (ac, bc))| {
+            yc.iter_mut()
+                .zip(ac.iter().zip(bc))
+                .for_each(|(y, (&a, &b))| *y = f(a, b))
+        });
+    y
+}
+
+/// Start and end (exclusive) of adaptive-pool window `i` of `out` over `len` inputs, like torch.
+fn adaptive_window(i: usize, len: usize, out: usize) -> (usize, usize) {
+    ((i * len) / out, ((i + 1) * len).div_ceil(out))
+}
+
+/// Row-wise log-sum-exp in f64, shifted by the row max for stability.
+fn logsumexp(row: &[f32]) -> f64 {
+    let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    if m == f64::NEG_INFINITY {
+        return m;
+    }
+    m + row.iter().map(|&z| (z as f64 - m).exp()).sum::<f64>().ln()
+}
+
+/// Validated geometry of a conv2d call.
+fn conv_geom(op: &'static str, x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<conv::Geom> {
+    let (n, c, h, wd) = x.dims4(op)?;
+    let (k, wc, r, s) = w.dims4(op)?;
+    if wc != c {
+        return Err(Error::shape(
+            op,
+            format!(
+                "x {:?} has {c} channels but w {:?} expects {wc}",
+                x.shape(),
+                w.shape()
+            ),
+        ));
+    }
+    if r != s {
+        return Err(Error::shape(
+            op,
+            format!(
+                "only square kernels are supported, w has shape {:?}",
+                w.shape()
+            ),
+        ));
+    }
+    nonzero(op, "x shape (C,H,W)", &[c, h, wd])?;
+    nonzero(op, "w shape", w.shape())?;
+    if p.stride == 0 {
+        return Err(Error::shape(op, "stride must be >= 1"));
+    }
+    let (Some(po), Some(qo)) = (
+        out_dim(h, r, p.stride, p.pad),
+        out_dim(wd, r, p.stride, p.pad),
+    ) else {
+        return Err(Error::shape(
+            op,
+            format!(
+                "kernel {r}x{r} does not fit input {h}x{wd} with pad {}",
+                p.pad
+            ),
+        ));
+    };
+    Ok(conv::Geom {
+        n,
+        c,
+        h,
+        w: wd,
+        k,
+        r,
+        stride: p.stride,
+        pad: p.pad,
+        p: po,
+        q: qo,
+    })
+}
+
+/// Validated pooling geometry: (n, c, h, w, p, q).
+fn pool_geom(
+    op: &'static str,
+    x: &Tensor,
+    p: Pool2dParams,
+) -> Result<(usize, usize, usize, usize, usize, usize)> {
+    let (n, c, h, w) = x.dims4(op)?;
+    nonzero(op, "x shape (H,W)", &[h, w])?;
+    if p.kernel == 0 || p.stride == 0 {
+        return Err(Error::shape(op, "kernel and stride must be >= 1"));
+    }
+    // Like torch: a pad above half the kernel could make a window of padding only.
+    if 2 * p.pad > p.kernel {
+        return Err(Error::shape(
+            op,
+            format!("pad {} must be at most half the kernel {}", p.pad, p.kernel),
+        ));
+    }
+    let (Some(po), Some(qo)) = (
+        out_dim(h, p.kernel, p.stride, p.pad),
+        out_dim(w, p.kernel, p.stride, p.pad),
+    ) else {
+        return Err(Error::shape(
+            op,
+            format!(
+                "window {k}x{k} does not fit input {h}x{w} with pad {}",
+                p.pad,
+                k = p.kernel
+            ),
+        ));
+    };
+    Ok((n, c, h, w, po, qo))
+}
+
+/// Flat index (within the H*W plane) of the first maximum of output cell (oi, oj), or None when
+/// the window holds only padding (impossible once `pool_geom` accepted the geometry).
+fn pool_argmax(
+    plane: &[f32],
+    h: usize,
+    w: usize,
+    p: Pool2dParams,
+    oi: usize,
+    oj: usize,
+) -> Option<usize> {
+    let mut best = f32::NEG_INFINITY;
+    let mut arg = None;
+    for ki in 0..p.kernel {
+        let ih = (oi * p.stride + ki) as isize - p.pad as isize;
+        if ih < 0 || ih >= h as isize {
+            continue;
+        }
+        for kj in 0..p.kernel {
+            let iw = (oj * p.stride + kj) as isize - p.pad as isize;
+            if iw < 0 || iw >= w as isize {
+                continue;
+            }
+            let idx = ih as usize * w + iw as usize;
+            let v = plane[idx];
+            // Strict `>` keeps the first maximum; a NaN wins (once) so it propagates like torch.
+            if arg.is_none() || v > best || (v.is_nan() && !best.is_nan()) {
+                best = v;
+                arg = Some(idx);
+            }
+        }
+    }
+    arg
+}
+
 impl Backend for CpuBackend {
     fn name(&self) -> String {
         "cpu".into()
@@ -29,6 +242,7 @@ impl Backend for CpuBackend {
     fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
         Ok(Tensor::zeros(shape))
     }
+
     fn conv2d(
         &self,
         x: &Tensor,
@@ -36,8 +250,19 @@ impl Backend for CpuBackend {
         b: Option<&Tensor>,
         p: Conv2dParams,
     ) -> Result<Tensor> {
-        Err(nyi("conv2d"))
+        const OP: &str = "conv2d";
+        let g = conv_geom(OP, x, w, p)?;
+        let bias = match b {
+            Some(b) => {
+                want_shape(OP, "b", b, &[g.k])?;
+                Some(b.cpu(OP)?)
+            }
+            None => None,
+        };
+        let y = conv::forward(&g, x.cpu(OP)?, w.cpu(OP)?, bias);
+        Tensor::from_vec(&[g.n, g.k, g.p, g.q], y)
     }
+
     fn conv2d_backward(
         &self,
         x: &Tensor,
@@ -46,50 +271,282 @@ impl Backend for CpuBackend {
         p: Conv2dParams,
         want_dx: bool,
     ) -> Result<Conv2dGrads> {
-        Err(nyi("conv2d_backward"))
+        const OP: &str = "conv2d_backward";
+        let g = conv_geom(OP, x, w, p)?;
+        want_shape(OP, "dy", dy, &[g.n, g.k, g.p, g.q])?;
+        let (xs, ws, dys) = (x.cpu(OP)?, w.cpu(OP)?, dy.cpu(OP)?);
+        let dx = if want_dx {
+            Some(Tensor::from_vec(
+                x.shape(),
+                conv::backward_data(&g, ws, dys),
+            )?)
+        } else {
+            None
+        };
+        let dw = Tensor::from_vec(w.shape(), conv::backward_filter(&g, xs, dys))?;
+        let db = Tensor::from_vec(&[g.k], conv::backward_bias(&g, dys))?;
+        Ok(Conv2dGrads { dx, dw, db })
     }
+
     fn maxpool2d(&self, x: &Tensor, p: Pool2dParams) -> Result<Tensor> {
-        Err(nyi("maxpool2d"))
+        const OP: &str = "maxpool2d";
+        let (n, c, h, w, po, qo) = pool_geom(OP, x, p)?;
+        let xs = x.cpu(OP)?;
+        let mut y = vec![0.0f32; n * c * po * qo];
+        if !y.is_empty() {
+            y.par_chunks_mut(po * qo)
+                .zip(xs.par_chunks(h * w))
+                .for_each(|(yp, plane)| {
+                    for oi in 0..po {
+                        for oj in 0..qo {
+                            yp[oi * qo + oj] = pool_argmax(plane, h, w, p, oi, oj)
+                                .map_or(f32::NEG_INFINITY, |i| plane[i]);
+                        }
+                    }
+                });
+        }
+        Tensor::from_vec(&[n, c, po, qo], y)
     }
+
     fn maxpool2d_backward(&self, x: &Tensor, dy: &Tensor, p: Pool2dParams) -> Result<Tensor> {
-        Err(nyi("maxpool2d_backward"))
+        const OP: &str = "maxpool2d_backward";
+        let (n, c, h, w, po, qo) = pool_geom(OP, x, p)?;
+        want_shape(OP, "dy", dy, &[n, c, po, qo])?;
+        let (xs, dys) = (x.cpu(OP)?, dy.cpu(OP)?);
+        let mut dx = vec![0.0f32; xs.len()];
+        if !dx.is_empty() && po * qo > 0 {
+            dx.par_chunks_mut(h * w)
+                .zip(xs.par_chunks(h * w).zip(dys.par_chunks(po * qo)))
+                .for_each(|(dxp, (plane, dyp))| {
+                    for oi in 0..po {
+                        for oj in 0..qo {
+                            if let Some(i) = pool_argmax(plane, h, w, p, oi, oj) {
+                                dxp[i] += dyp[oi * qo + oj];
+                            }
+                        }
+                    }
+                });
+        }
+        Tensor::from_vec(x.shape(), dx)
     }
+
     fn adaptive_avgpool2d(&self, x: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
-        Err(nyi("adaptive_avgpool2d"))
+        const OP: &str = "adaptive_avgpool2d";
+        let (n, c, h, w) = x.dims4(OP)?;
+        nonzero(OP, "x shape (H,W) and output size", &[h, w, oh, ow])?;
+        let xs = x.cpu(OP)?;
+        let mut y = vec![0.0f32; n * c * oh * ow];
+        if !y.is_empty() {
+            y.par_chunks_mut(oh * ow)
+                .zip(xs.par_chunks(h * w))
+                .for_each(|(yp, plane)| {
+                    for i in 0..oh {
+                        let (h0, h1) = adaptive_window(i, h, oh);
+                        for j in 0..ow {
+                            let (w0, w1) = adaptive_window(j, w, ow);
+                            let mut s = 0.0f64;
+                            for ih in h0..h1 {
+                                s += plane[ih * w + w0..ih * w + w1]
+                                    .iter()
+                                    .map(|&v| v as f64)
+                                    .sum::<f64>();
+                            }
+                            yp[i * ow + j] = (s / ((h1 - h0) * (w1 - w0)) as f64) as f32;
+                        }
+                    }
+                });
+        }
+        Tensor::from_vec(&[n, c, oh, ow], y)
     }
+
     fn adaptive_avgpool2d_backward(&self, dy: &Tensor, h: usize, w: usize) -> Result<Tensor> {
-        Err(nyi("adaptive_avgpool2d_backward"))
+        const OP: &str = "adaptive_avgpool2d_backward";
+        let (n, c, oh, ow) = dy.dims4(OP)?;
+        nonzero(OP, "input size (H,W) and dy shape (OH,OW)", &[h, w, oh, ow])?;
+        let dys = dy.cpu(OP)?;
+        let mut dx = vec![0.0f32; n * c * h * w];
+        if !dx.is_empty() {
+            dx.par_chunks_mut(h * w)
+                .zip(dys.par_chunks(oh * ow))
+                .for_each(|(dxp, dyp)| {
+                    for i in 0..oh {
+                        let (h0, h1) = adaptive_window(i, h, oh);
+                        for j in 0..ow {
+                            let (w0, w1) = adaptive_window(j, w, ow);
+                            let g = dyp[i * ow + j] / ((h1 - h0) * (w1 - w0)) as f32;
+                            for ih in h0..h1 {
+                                dxp[ih * w + w0..ih * w + w1]
+                                    .iter_mut()
+                                    .for_each(|v| *v += g);
+                            }
+                        }
+                    }
+                });
+        }
+        Tensor::from_vec(&[n, c, h, w], dx)
     }
+
     fn relu(&self, x: &Tensor) -> Result<Tensor> {
-        Err(nyi("relu"))
+        Tensor::from_vec(x.shape(), map1(x.cpu("relu")?, |v| v.max(0.0)))
     }
+
     fn relu_backward(&self, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
-        Err(nyi("relu_backward"))
+        const OP: &str = "relu_backward";
+        same_shape(OP, "y", y, "dy", dy)?;
+        Tensor::from_vec(
+            y.shape(),
+            map2(
+                y.cpu(OP)?,
+                dy.cpu(OP)?,
+                |y, g| if y > 0.0 { g } else { 0.0 },
+            ),
+        )
     }
+
     fn dropout(&self, x: &Tensor, p: f32, seed: u64) -> Result<(Tensor, Tensor)> {
-        Err(nyi("dropout"))
+        const OP: &str = "dropout";
+        if !(0.0..=1.0).contains(&p) {
+            return Err(Error::shape(OP, format!("p must be in [0, 1], got {p}")));
+        }
+        let xs = x.cpu(OP)?;
+        let keep = 1.0 / (1.0 - p);
+        let mut mask = vec![0.0f32; xs.len()];
+        mask.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, mc)| {
+            for (j, m) in mc.iter_mut().enumerate() {
+                let i = (ci * CHUNK + j) as u64;
+                *m = if crate::rng::uniform01(seed, i) >= p {
+                    keep
+                } else {
+                    0.0
+                };
+            }
+        });
+        let y = map2(xs, &mask, |x, m| x * m);
+        Ok((
+            Tensor::from_vec(x.shape(), y)?,
+            Tensor::from_vec(x.shape(), mask)?,
+        ))
     }
+
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        Err(nyi("add"))
+        same_shape("add", "a", a, "b", b)?;
+        Tensor::from_vec(a.shape(), map2(a.cpu("add")?, b.cpu("add")?, |a, b| a + b))
     }
+
     fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        Err(nyi("mul"))
+        same_shape("mul", "a", a, "b", b)?;
+        Tensor::from_vec(a.shape(), map2(a.cpu("mul")?, b.cpu("mul")?, |a, b| a * b))
     }
+
     fn scale(&self, x: &Tensor, alpha: f32) -> Result<Tensor> {
-        Err(nyi("scale"))
+        Tensor::from_vec(x.shape(), map1(x.cpu("scale")?, |v| alpha * v))
     }
+
     fn axpy(&self, acc: &mut Tensor, alpha: f32, x: &Tensor) -> Result<()> {
-        Err(nyi("axpy"))
+        same_shape("axpy", "acc", acc, "x", x)?;
+        let xs = x.cpu("axpy")?;
+        acc.cpu_mut("axpy")?
+            .par_chunks_mut(CHUNK)
+            .zip(xs.par_chunks(CHUNK))
+            .for_each(|(ac, xc)| ac.iter_mut().zip(xc).for_each(|(a, &x)| *a += alpha * x));
+        Ok(())
     }
+
     fn sum_squares(&self, x: &Tensor) -> Result<f64> {
-        Err(nyi("sum_squares"))
+        Ok(x.cpu("sum_squares")?
+            .par_chunks(CHUNK)
+            .map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
+            .sum())
     }
+
     fn linear(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-        Err(nyi("linear"))
+        const OP: &str = "linear";
+        let (n, i) = x.dims2(OP)?;
+        let (o, wi) = w.dims2(OP)?;
+        if wi != i {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "x {:?} and w {:?}: inner sizes differ",
+                    x.shape(),
+                    w.shape()
+                ),
+            ));
+        }
+        want_shape(OP, "b", b, &[o])?;
+        let bs = b.cpu(OP)?;
+        let mut y = vec![0.0f32; n * o];
+        sgemm(
+            n,
+            i,
+            o,
+            x.cpu(OP)?,
+            Strides::row(i),
+            w.cpu(OP)?,
+            Strides::trans(i),
+            0.0,
+            &mut y,
+            Strides::row(o),
+        );
+        if o > 0 {
+            y.chunks_exact_mut(o)
+                .for_each(|row| row.iter_mut().zip(bs).for_each(|(v, &bb)| *v += bb));
+        }
+        Tensor::from_vec(&[n, o], y)
     }
+
     fn linear_backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<LinearGrads> {
-        Err(nyi("linear_backward"))
+        const OP: &str = "linear_backward";
+        let (n, i) = x.dims2(OP)?;
+        let (o, wi) = w.dims2(OP)?;
+        if wi != i {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "x {:?} and w {:?}: inner sizes differ",
+                    x.shape(),
+                    w.shape()
+                ),
+            ));
+        }
+        want_shape(OP, "dy", dy, &[n, o])?;
+        let (xs, ws, dys) = (x.cpu(OP)?, w.cpu(OP)?, dy.cpu(OP)?);
+        let mut dx = vec![0.0f32; n * i];
+        sgemm(
+            n,
+            o,
+            i,
+            dys,
+            Strides::row(o),
+            ws,
+            Strides::row(i),
+            0.0,
+            &mut dx,
+            Strides::row(i),
+        );
+        let mut dw = vec![0.0f32; o * i];
+        sgemm(
+            o,
+            n,
+            i,
+            dys,
+            Strides::trans(o),
+            xs,
+            Strides::row(i),
+            0.0,
+            &mut dw,
+            Strides::row(i),
+        );
+        let db: Vec<f32> = (0..o)
+            .map(|j| (0..n).map(|r| dys[r * o + j] as f64).sum::<f64>() as f32)
+            .collect();
+        Ok(LinearGrads {
+            dx: Tensor::from_vec(&[n, i], dx)?,
+            dw: Tensor::from_vec(&[o, i], dw)?,
+            db: Tensor::from_vec(&[o], db)?,
+        })
     }
+
     fn batchnorm2d_train(
         &self,
         x: &Tensor,
@@ -97,8 +554,50 @@ impl Backend for CpuBackend {
         beta: &Tensor,
         eps: f32,
     ) -> Result<BatchNormTrain> {
-        Err(nyi("batchnorm2d_train"))
+        const OP: &str = "batchnorm2d_train";
+        let (n, c, hw) = bn_dims(OP, x)?;
+        want_shape(OP, "gamma", gamma, &[c])?;
+        want_shape(OP, "beta", beta, &[c])?;
+        if n * hw == 0 {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "batch statistics need at least one value per channel, x is {:?}",
+                    x.shape()
+                ),
+            ));
+        }
+        let xs = x.cpu(OP)?;
+        let m = (n * hw) as f64;
+        // Two passes in f64: the mean, then the biased variance around it.
+        let stats: Vec<(f64, f64)> = (0..c)
+            .into_par_iter()
+            .map(|ci| {
+                let plane = |ni: usize| &xs[(ni * c + ci) * hw..(ni * c + ci + 1) * hw];
+                let mean = (0..n)
+                    .map(|ni| plane(ni).iter().map(|&v| v as f64).sum::<f64>())
+                    .sum::<f64>()
+                    / m;
+                let var = (0..n)
+                    .map(|ni| {
+                        plane(ni)
+                            .iter()
+                            .map(|&v| (v as f64 - mean).powi(2))
+                            .sum::<f64>()
+                    })
+                    .sum::<f64>()
+                    / m;
+                (mean, var)
+            })
+            .collect();
+        let y = bn_apply(xs, c, hw, gamma.cpu(OP)?, beta.cpu(OP)?, &stats, eps);
+        Ok(BatchNormTrain {
+            y: Tensor::from_vec(x.shape(), y)?,
+            mean: Tensor::from_vec(&[c], stats.iter().map(|s| s.0 as f32).collect())?,
+            var: Tensor::from_vec(&[c], stats.iter().map(|s| s.1 as f32).collect())?,
+        })
     }
+
     fn batchnorm2d_eval(
         &self,
         x: &Tensor,
@@ -108,8 +607,34 @@ impl Backend for CpuBackend {
         running_var: &Tensor,
         eps: f32,
     ) -> Result<Tensor> {
-        Err(nyi("batchnorm2d_eval"))
+        const OP: &str = "batchnorm2d_eval";
+        let (_, c, hw) = bn_dims(OP, x)?;
+        for (name, t) in [
+            ("gamma", gamma),
+            ("beta", beta),
+            ("running_mean", running_mean),
+            ("running_var", running_var),
+        ] {
+            want_shape(OP, name, t, &[c])?;
+        }
+        let stats: Vec<(f64, f64)> = running_mean
+            .cpu(OP)?
+            .iter()
+            .zip(running_var.cpu(OP)?)
+            .map(|(&m, &v)| (m as f64, v as f64))
+            .collect();
+        let y = bn_apply(
+            x.cpu(OP)?,
+            c,
+            hw,
+            gamma.cpu(OP)?,
+            beta.cpu(OP)?,
+            &stats,
+            eps,
+        );
+        Tensor::from_vec(x.shape(), y)
     }
+
     fn batchnorm2d_backward(
         &self,
         x: &Tensor,
@@ -119,8 +644,63 @@ impl Backend for CpuBackend {
         eps: f32,
         dy: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        Err(nyi("batchnorm2d_backward"))
+        const OP: &str = "batchnorm2d_backward";
+        let (n, c, hw) = bn_dims(OP, x)?;
+        same_shape(OP, "x", x, "dy", dy)?;
+        for (name, t) in [("gamma", gamma), ("mean", mean), ("var", var)] {
+            want_shape(OP, name, t, &[c])?;
+        }
+        let (xs, dys, gs, ms, vs) = (
+            x.cpu(OP)?,
+            dy.cpu(OP)?,
+            gamma.cpu(OP)?,
+            mean.cpu(OP)?,
+            var.cpu(OP)?,
+        );
+        let invstd: Vec<f64> = vs
+            .iter()
+            .map(|&v| 1.0 / (v as f64 + eps as f64).sqrt())
+            .collect();
+        // Per channel: dbeta = sum dy, dgamma = sum dy * xhat.
+        let sums: Vec<(f64, f64)> = (0..c)
+            .into_par_iter()
+            .map(|ci| {
+                let (mu, is) = (ms[ci] as f64, invstd[ci]);
+                let mut sb = 0.0f64;
+                let mut sg = 0.0f64;
+                for ni in 0..n {
+                    let o = (ni * c + ci) * hw;
+                    for (&xv, &g) in xs[o..o + hw].iter().zip(&dys[o..o + hw]) {
+                        sb += g as f64;
+                        sg += g as f64 * (xv as f64 - mu) * is;
+                    }
+                }
+                (sg, sb)
+            })
+            .collect();
+        let m = (n * hw) as f64;
+        let mut dx = vec![0.0f32; xs.len()];
+        if !dx.is_empty() {
+            dx.par_chunks_mut(hw)
+                .zip(xs.par_chunks(hw).zip(dys.par_chunks(hw)))
+                .enumerate()
+                .for_each(|(plane, (dxp, (xp, dyp)))| {
+                    let ci = plane % c;
+                    let (mu, is, (sg, sb)) = (ms[ci] as f64, invstd[ci], sums[ci]);
+                    let k = gs[ci] as f64 * is / m;
+                    for ((d, &xv), &g) in dxp.iter_mut().zip(xp).zip(dyp) {
+                        let xhat = (xv as f64 - mu) * is;
+                        *d = (k * (m * g as f64 - sb - xhat * sg)) as f32;
+                    }
+                });
+        }
+        Ok((
+            Tensor::from_vec(x.shape(), dx)?,
+            Tensor::from_vec(&[c], sums.iter().map(|s| s.0 as f32).collect())?,
+            Tensor::from_vec(&[c], sums.iter().map(|s| s.1 as f32).collect())?,
+        ))
     }
+
     fn batchnorm2d_eval_backward(
         &self,
         gamma: &Tensor,
@@ -128,14 +708,87 @@ impl Backend for CpuBackend {
         eps: f32,
         dy: &Tensor,
     ) -> Result<Tensor> {
-        Err(nyi("batchnorm2d_eval_backward"))
+        const OP: &str = "batchnorm2d_eval_backward";
+        let (_, c, hw) = bn_dims(OP, dy)?;
+        want_shape(OP, "gamma", gamma, &[c])?;
+        want_shape(OP, "running_var", running_var, &[c])?;
+        let scale: Vec<f32> = gamma
+            .cpu(OP)?
+            .iter()
+            .zip(running_var.cpu(OP)?)
+            .map(|(&g, &v)| (g as f64 / (v as f64 + eps as f64).sqrt()) as f32)
+            .collect();
+        let dys = dy.cpu(OP)?;
+        let mut dx = vec![0.0f32; dys.len()];
+        if !dx.is_empty() {
+            dx.par_chunks_mut(hw)
+                .zip(dys.par_chunks(hw))
+                .enumerate()
+                .for_each(|(plane, (dxp, dyp))| {
+                    let s = scale[plane % c];
+                    dxp.iter_mut().zip(dyp).for_each(|(d, &g)| *d = g * s);
+                });
+        }
+        Tensor::from_vec(dy.shape(), dx)
     }
+
     fn softmax_xent(&self, logits: &Tensor, labels: &[u32]) -> Result<(Tensor, Tensor)> {
-        Err(nyi("softmax_xent"))
+        const OP: &str = "softmax_xent";
+        let (n, k) = logits.dims2(OP)?;
+        if labels.len() != n {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "logits {:?} has {n} rows but {} labels were given",
+                    logits.shape(),
+                    labels.len()
+                ),
+            ));
+        }
+        if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l as usize >= k) {
+            return Err(Error::shape(
+                OP,
+                format!("label {l} at index {i} is out of range for {k} classes"),
+            ));
+        }
+        let zs = logits.cpu(OP)?;
+        let mut loss = vec![0.0f32; n];
+        let mut d = vec![0.0f32; n * k];
+        if k > 0 {
+            d.par_chunks_mut(k)
+                .zip(loss.par_iter_mut())
+                .enumerate()
+                .for_each(|(r, (dr, lr))| {
+                    let row = &zs[r * k..(r + 1) * k];
+                    let lse = logsumexp(row);
+                    let label = labels[r] as usize;
+                    *lr = (lse - row[label] as f64) as f32;
+                    for (j, (dv, &z)) in dr.iter_mut().zip(row).enumerate() {
+                        let pj = (z as f64 - lse).exp();
+                        *dv = (pj - if j == label { 1.0 } else { 0.0 }) as f32;
+                    }
+                });
+        }
+        Ok((Tensor::from_vec(&[n], loss)?, Tensor::from_vec(&[n, k], d)?))
     }
+
     fn softmax(&self, logits: &Tensor) -> Result<Tensor> {
-        Err(nyi("softmax"))
+        const OP: &str = "softmax";
+        let (n, k) = logits.dims2(OP)?;
+        let zs = logits.cpu(OP)?;
+        let mut y = vec![0.0f32; n * k];
+        if k > 0 {
+            y.par_chunks_mut(k).enumerate().for_each(|(r, yr)| {
+                let row = &zs[r * k..(r + 1) * k];
+                let lse = logsumexp(row);
+                yr.iter_mut()
+                    .zip(row)
+                    .for_each(|(y, &z)| *y = (z as f64 - lse).exp() as f32);
+            });
+        }
+        Tensor::from_vec(&[n, k], y)
     }
+
     fn sgd_step(
         &self,
         param: &mut Tensor,
@@ -143,8 +796,24 @@ impl Backend for CpuBackend {
         buf: &mut Tensor,
         h: SgdParams,
     ) -> Result<()> {
-        Err(nyi("sgd_step"))
+        const OP: &str = "sgd_step";
+        same_shape(OP, "param", param, "grad", grad)?;
+        same_shape(OP, "param", param, "buf", buf)?;
+        let gs = grad.cpu(OP)?;
+        let bs = buf.cpu_mut(OP)?;
+        let ps = param.cpu_mut(OP)?;
+        ps.par_chunks_mut(CHUNK)
+            .zip(bs.par_chunks_mut(CHUNK).zip(gs.par_chunks(CHUNK)))
+            .for_each(|(pc, (bc, gc))| {
+                for ((p, b), &g) in pc.iter_mut().zip(bc.iter_mut()).zip(gc) {
+                    let g = g + h.weight_decay * *p;
+                    *b = h.momentum * *b + g;
+                    *p -= h.lr * *b;
+                }
+            });
+        Ok(())
     }
+
     fn adam_step(
         &self,
         param: &mut Tensor,
@@ -153,18 +822,179 @@ impl Backend for CpuBackend {
         v: &mut Tensor,
         h: AdamParams,
     ) -> Result<()> {
-        Err(nyi("adam_step"))
+        const OP: &str = "adam_step";
+        if h.step == 0 {
+            return Err(Error::shape(OP, "step is 1-based; got step 0"));
+        }
+        same_shape(OP, "param", param, "grad", grad)?;
+        same_shape(OP, "param", param, "m", m)?;
+        same_shape(OP, "param", param, "v", v)?;
+        let t = h.step.min(i32::MAX as u64) as i32;
+        let bc1 = 1.0 - (h.beta1 as f64).powi(t);
+        let bc2 = 1.0 - (h.beta2 as f64).powi(t);
+        // torch: p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)
+        let step_size = (h.lr as f64 / bc1) as f32;
+        let sqrt_bc2 = bc2.sqrt() as f32;
+        let gs = grad.cpu(OP)?;
+        let ms = m.cpu_mut(OP)?;
+        let vs = v.cpu_mut(OP)?;
+        let ps = param.cpu_mut(OP)?;
+        ps.par_chunks_mut(CHUNK)
+            .zip(ms.par_chunks_mut(CHUNK))
+            .zip(vs.par_chunks_mut(CHUNK).zip(gs.par_chunks(CHUNK)))
+            .for_each(|((pc, mc), (vc, gc))| {
+                for (((p, m), v), &g) in pc.iter_mut().zip(mc.iter_mut()).zip(vc.iter_mut()).zip(gc)
+                {
+                    let g = g + h.weight_decay * *p;
+                    *m = h.beta1 * *m + (1.0 - h.beta1) * g;
+                    *v = h.beta2 * *v + (1.0 - h.beta2) * g * g;
+                    let denom = v.sqrt() / sqrt_bc2 + h.eps;
+                    *p -= step_size * *m / denom;
+                }
+            });
+        Ok(())
     }
+
     fn fgs_step(&self, x: &Tensor, grad: &Tensor, eps: f32, lo: f32, hi: f32) -> Result<Tensor> {
-        Err(nyi("fgs_step"))
+        const OP: &str = "fgs_step";
+        same_shape(OP, "x", x, "grad", grad)?;
+        if lo.is_nan() || hi.is_nan() || lo > hi {
+            return Err(Error::shape(
+                OP,
+                format!("need lo <= hi, got lo {lo}, hi {hi}"),
+            ));
+        }
+        let y = map2(x.cpu(OP)?, grad.cpu(OP)?, |x, g| {
+            let s = if g > 0.0 {
+                1.0
+            } else if g < 0.0 {
+                -1.0
+            } else {
+                0.0
+            };
+            (x - eps * s).clamp(lo, hi)
+        });
+        Tensor::from_vec(x.shape(), y)
     }
+
     fn channel_max(&self, x: &Tensor) -> Result<Tensor> {
-        Err(nyi("channel_max"))
+        const OP: &str = "channel_max";
+        let (n, c, h, w) = x.dims4(OP)?;
+        nonzero(OP, "x shape (H,W)", &[h, w])?;
+        let y: Vec<f32> = x
+            .cpu(OP)?
+            .par_chunks(h * w)
+            .map(|p| p.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)))
+            .collect();
+        Tensor::from_vec(&[n, c], y)
     }
+
     fn channel_mean(&self, x: &Tensor) -> Result<Tensor> {
-        Err(nyi("channel_mean"))
+        const OP: &str = "channel_mean";
+        let (n, c, h, w) = x.dims4(OP)?;
+        nonzero(OP, "x shape (H,W)", &[h, w])?;
+        let y: Vec<f32> = x
+            .cpu(OP)?
+            .par_chunks(h * w)
+            .map(|p| (p.iter().map(|&v| v as f64).sum::<f64>() / (h * w) as f64) as f32)
+            .collect();
+        Tensor::from_vec(&[n, c], y)
     }
+
     fn quadform(&self, p: &Tensor, c: &Tensor, q: &Tensor) -> Result<QuadForm> {
-        Err(nyi("quadform"))
+        const OP: &str = "quadform";
+        let (n, k) = p.dims2(OP)?;
+        same_shape(OP, "p", p, "q", q)?;
+        want_shape(OP, "c", c, &[k, k])?;
+        let f64v =
+            |t: &Tensor| -> Result<Vec<f64>> { Ok(t.cpu(OP)?.iter().map(|&v| v as f64).collect()) };
+        let (pd, cd, qd) = (f64v(p)?, f64v(c)?, f64v(q)?);
+        // (C p_n)_i = sum_j C[i,j] p_n[j], so all rows at once are Cp[N,K] = P . C^T; in f64
+        // because similarity-weighted sums feed cosines that are compared at 1e-4.
+        let mut cp = vec![0.0f64; n * k];
+        let mut cq = vec![0.0f64; n * k];
+        dgemm(
+            n,
+            k,
+            k,
+            &pd,
+            Strides::row(k),
+            &cd,
+            Strides::trans(k),
+            &mut cp,
+            Strides::row(k),
+        );
+        dgemm(
+            n,
+            k,
+            k,
+            &qd,
+            Strides::row(k),
+            &cd,
+            Strides::trans(k),
+            &mut cq,
+            Strides::row(k),
+        );
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+        let rows: Vec<[f32; 4]> = (0..n)
+            .map(|r| {
+                let s = r * k..(r + 1) * k;
+                let pcq = dot(&pd[s.clone()], &cq[s.clone()]);
+                let pcp = dot(&pd[s.clone()], &cp[s.clone()]);
+                let qcq = dot(&qd[s.clone()], &cq[s]);
+                // A zero (or, for a C that is not positive semi-definite, negative) norm has no
+                // direction: the cosine is defined as 0 there.
+                let cos = if pcp > 0.0 && qcq > 0.0 {
+                    pcq / (pcp * qcq).sqrt()
+                } else {
+                    0.0
+                };
+                [pcq as f32, pcp as f32, qcq as f32, cos as f32]
+            })
+            .collect();
+        let col = |j: usize| rows.iter().map(|r| r[j]).collect::<Vec<f32>>();
+        let (pcq, pcp, qcq, cos) = (col(0), col(1), col(2), col(3));
+        Ok(QuadForm {
+            pcq: Tensor::from_vec(&[n], pcq)?,
+            pcp: Tensor::from_vec(&[n], pcp)?,
+            qcq: Tensor::from_vec(&[n], qcq)?,
+            cos: Tensor::from_vec(&[n], cos)?,
+        })
     }
 }
+
+/// y = (x - mean) / sqrt(var + eps) * gamma + beta per channel, with (mean, var) in f64.
+fn bn_apply(
+    xs: &[f32],
+    c: usize,
+    hw: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    stats: &[(f64, f64)],
+    eps: f32,
+) -> Vec<f32> {
+    let coef: Vec<(f64, f64)> = stats
+        .iter()
+        .zip(gamma.iter().zip(beta))
+        .map(|(&(m, v), (&g, &b))| {
+            let a = g as f64 / (v + eps as f64).sqrt();
+            (a, b as f64 - a * m)
+        })
+        .collect();
+    let mut y = vec![0.0f32; xs.len()];
+    if !y.is_empty() && hw > 0 {
+        y.par_chunks_mut(hw)
+            .zip(xs.par_chunks(hw))
+            .enumerate()
+            .for_each(|(plane, (yp, xp))| {
+                let (a, b) = coef[plane % c];
+                yp.iter_mut()
+                    .zip(xp)
+                    .for_each(|(y, &x)| *y = (a * x as f64 + b) as f32);
+            });
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests;

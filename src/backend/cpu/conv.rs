@@ -1,0 +1,295 @@
+//! Convolution on host slices: im2col + GEMM per image, parallel over images with rayon.
+//!
+//! Per image n, with col[C*R*R, P*Q] the unfolded input:
+//!   forward      y_n[K, PQ]    = w[K, CRR] . col
+//!   backward dw  dw[K, CRR]   += dy_n[K, PQ] . col^T   (per-thread partials, reduced at the end)
+//!   backward dx  dcol[CRR, PQ] = w^T . dy_n, then col2im scatters dcol into dx_n.
+
+use rayon::prelude::*;
+
+use super::gemm::{sgemm, Strides};
+
+/// Geometry of one convolution, validated by the caller.
+#[derive(Clone, Copy, Debug)]
+pub struct Geom {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub k: usize,
+    pub r: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub p: usize,
+    pub q: usize,
+}
+
+impl Geom {
+    fn chw(&self) -> usize {
+        self.c * self.h * self.w
+    }
+    fn crr(&self) -> usize {
+        self.c * self.r * self.r
+    }
+    fn pq(&self) -> usize {
+        self.p * self.q
+    }
+    /// A 1x1 stride-1 unpadded conv reads the image itself as its column matrix.
+    fn direct(&self) -> bool {
+        self.r == 1 && self.stride == 1 && self.pad == 0
+    }
+    /// Output columns oj whose input column `oj*stride + kj - pad` lies in [0, w).
+    fn valid_cols(&self, kj: usize) -> (usize, usize) {
+        let (s, pad) = (self.stride, self.pad);
+        let lo = if pad > kj { (pad - kj).div_ceil(s) } else { 0 };
+        let hi = if self.w + pad > kj {
+            ((self.w - 1 + pad - kj) / s + 1).min(self.q)
+        } else {
+            0
+        };
+        (lo.min(hi), hi)
+    }
+}
+
+/// Unfold one image x[C,H,W] into col[C*R*R, P*Q] (zero padding).
+fn im2col(g: &Geom, x: &[f32], col: &mut [f32]) {
+    let (pq, q) = (g.pq(), g.q);
+    for ci in 0..g.c {
+        let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for ki in 0..g.r {
+            for kj in 0..g.r {
+                let row = &mut col[((ci * g.r + ki) * g.r + kj) * pq..][..pq];
+                let (lo, hi) = g.valid_cols(kj);
+                for oi in 0..g.p {
+                    let dst = &mut row[oi * q..(oi + 1) * q];
+                    let ih = (oi * g.stride + ki) as isize - g.pad as isize;
+                    if ih < 0 || ih >= g.h as isize {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[ih as usize * g.w..(ih as usize + 1) * g.w];
+                    dst[..lo].fill(0.0);
+                    dst[hi..].fill(0.0);
+                    if g.stride == 1 {
+                        let s0 = lo + kj - g.pad;
+                        dst[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
+                    } else {
+                        for (oj, d) in dst.iter_mut().enumerate().take(hi).skip(lo) {
+                            *d = src[oj * g.stride + kj - g.pad];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Scatter-add col[C*R*R, P*Q] back into dx[C,H,W] (the adjoint of `im2col`); dx must be zeroed.
+fn col2im(g: &Geom, col: &[f32], dx: &mut [f32]) {
+    let (pq, q) = (g.pq(), g.q);
+    for ci in 0..g.c {
+        let plane = &mut dx[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for ki in 0..g.r {
+            for kj in 0..g.r {
+                let row = &col[((ci * g.r + ki) * g.r + kj) * pq..][..pq];
+                let (lo, hi) = g.valid_cols(kj);
+                for oi in 0..g.p {
+                    let ih = (oi * g.stride + ki) as isize - g.pad as isize;
+                    if ih < 0 || ih >= g.h as isize {
+                        continue;
+                    }
+                    let src = &row[oi * q..(oi + 1) * q];
+                    let dst = &mut plane[ih as usize * g.w..(ih as usize + 1) * g.w];
+                    for (oj, &v) in src.iter().enumerate().take(hi).skip(lo) {
+                        dst[oj * g.stride + kj - g.pad] += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// y[N,K,P,Q] = conv(x, w) + b.
+pub fn forward(g: &Geom, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
+    let (chw, crr, pq, k) = (g.chw(), g.crr(), g.pq(), g.k);
+    let mut y = vec![0.0f32; g.n * k * pq];
+    if y.is_empty() {
+        return y;
+    }
+    let direct = g.direct();
+    y.par_chunks_mut(k * pq)
+        .zip(x.par_chunks(chw))
+        .for_each_init(
+            || vec![0.0f32; if direct { 0 } else { crr * pq }],
+            |col, (yn, xn)| {
+                let cols: &[f32] = if direct {
+                    xn
+                } else {
+                    im2col(g, xn, col);
+                    col
+                };
+                sgemm(
+                    k,
+                    crr,
+                    pq,
+                    w,
+                    Strides::row(crr),
+                    cols,
+                    Strides::row(pq),
+                    0.0,
+                    yn,
+                    Strides::row(pq),
+                );
+                if let Some(b) = b {
+                    for (row, &bk) in yn.chunks_exact_mut(pq).zip(b) {
+                        row.iter_mut().for_each(|v| *v += bk);
+                    }
+                }
+            },
+        );
+    y
+}
+
+/// dw[K, C*R*R], summed over the batch.
+pub fn backward_filter(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let (chw, crr, pq, k) = (g.chw(), g.crr(), g.pq(), g.k);
+    let direct = g.direct();
+    if g.n == 0 || pq == 0 {
+        return vec![0.0; k * crr];
+    }
+    x.par_chunks(chw)
+        .zip(dy.par_chunks(k * pq))
+        .fold(
+            || {
+                (
+                    vec![0.0f32; k * crr],
+                    vec![0.0f32; if direct { 0 } else { crr * pq }],
+                )
+            },
+            |(mut dw, mut col), (xn, dyn_)| {
+                let cols: &[f32] = if direct {
+                    xn
+                } else {
+                    im2col(g, xn, &mut col);
+                    &col
+                };
+                // dw += dy_n . col^T
+                sgemm(
+                    k,
+                    pq,
+                    crr,
+                    dyn_,
+                    Strides::row(pq),
+                    cols,
+                    Strides::trans(pq),
+                    1.0,
+                    &mut dw,
+                    Strides::row(crr),
+                );
+                (dw, col)
+            },
+        )
+        .map(|(dw, _)| dw)
+        .reduce(
+            || vec![0.0f32; k * crr],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
+}
+
+/// dx[N,C,H,W].
+pub fn backward_data(g: &Geom, w: &[f32], dy: &[f32]) -> Vec<f32> {
+    let (chw, crr, pq, k) = (g.chw(), g.crr(), g.pq(), g.k);
+    let mut dx = vec![0.0f32; g.n * chw];
+    if dx.is_empty() || pq == 0 {
+        return dx;
+    }
+    let direct = g.direct();
+    dx.par_chunks_mut(chw)
+        .zip(dy.par_chunks(k * pq))
+        .for_each_init(
+            || vec![0.0f32; if direct { 0 } else { crr * pq }],
+            |dcol, (dxn, dyn_)| {
+                if direct {
+                    sgemm(
+                        crr,
+                        k,
+                        pq,
+                        w,
+                        Strides::trans(crr),
+                        dyn_,
+                        Strides::row(pq),
+                        0.0,
+                        dxn,
+                        Strides::row(pq),
+                    );
+                } else {
+                    sgemm(
+                        crr,
+                        k,
+                        pq,
+                        w,
+                        Strides::trans(crr),
+                        dyn_,
+                        Strides::row(pq),
+                        0.0,
+                        dcol,
+                        Strides::row(pq),
+                    );
+                    col2im(g, dcol, dxn);
+                }
+            },
+        );
+    dx
+}
+
+/// db[K] = sum of dy over N, P, Q (f64 accumulation).
+pub fn backward_bias(g: &Geom, dy: &[f32]) -> Vec<f32> {
+    let (pq, k) = (g.pq(), g.k);
+    (0..k)
+        .into_par_iter()
+        .map(|ki| {
+            (0..g.n)
+                .map(|ni| {
+                    dy[(ni * k + ki) * pq..(ni * k + ki + 1) * pq]
+                        .iter()
+                        .map(|&v| v as f64)
+                        .sum::<f64>()
+                })
+                .sum::<f64>() as f32
+        })
+        .collect()
+}
+
+/// The direct seven-loop convolution in f64: the test oracle for the GEMM path.
+#[cfg(test)]
+pub fn naive_forward(g: &Geom, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f64> {
+    let mut y = vec![0.0f64; g.n * g.k * g.pq()];
+    for ni in 0..g.n {
+        for ki in 0..g.k {
+            for oi in 0..g.p {
+                for oj in 0..g.q {
+                    let mut s = b.map_or(0.0, |b| b[ki] as f64);
+                    for ci in 0..g.c {
+                        for a in 0..g.r {
+                            for bb in 0..g.r {
+                                let ih = (oi * g.stride + a) as isize - g.pad as isize;
+                                let iw = (oj * g.stride + bb) as isize - g.pad as isize;
+                                if ih < 0 || iw < 0 || ih >= g.h as isize || iw >= g.w as isize {
+                                    continue;
+                                }
+                                s += x[((ni * g.c + ci) * g.h + ih as usize) * g.w + iw as usize]
+                                    as f64
+                                    * w[((ki * g.c + ci) * g.r + a) * g.r + bb] as f64;
+                            }
+                        }
+                    }
+                    y[((ni * g.k + ki) * g.p + oi) * g.q + oj] = s;
+                }
+            }
+        }
+    }
+    y
+}

@@ -1,0 +1,196 @@
+//! Unit tests of the CPU backend against direct loops and hand-computed values.
+use super::*;
+use crate::rng::Rng;
+
+fn rand_t(rng: &mut Rng, shape: &[usize]) -> Tensor {
+    let n = crate::tensor::numel(shape);
+    Tensor::from_vec(shape, (0..n).map(|_| rng.normal() as f32).collect()).unwrap()
+}
+
+fn worst(got: &[f32], want: &[f64]) -> (usize, f64) {
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(want)
+        .enumerate()
+        .map(|(i, (&g, &w))| (i, (g as f64 - w).abs() / (1e-3 + w.abs())))
+        .fold((0, 0.0), |a, b| if b.1 > a.1 { b } else { a })
+}
+
+#[test]
+fn conv_matches_direct_loops_on_awkward_shapes() {
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(11);
+    // (n, c, h, w, k, r, stride, pad)
+    for &(n, c, h, w, k, r, s, p) in &[
+        (1, 3, 7, 5, 4, 3, 2, 1),
+        (3, 2, 11, 13, 5, 3, 1, 1),
+        (2, 5, 6, 6, 7, 1, 1, 0),
+        (2, 3, 9, 7, 2, 5, 3, 2),
+        (1, 1, 1, 1, 3, 1, 1, 0),
+    ] {
+        let x = rand_t(&mut rng, &[n, c, h, w]);
+        let wt = rand_t(&mut rng, &[k, c, r, r]);
+        let b = rand_t(&mut rng, &[k]);
+        let prm = Conv2dParams { stride: s, pad: p };
+        let y = be.conv2d(&x, &wt, Some(&b), prm).unwrap();
+        let g = conv_geom("t", &x, &wt, prm).unwrap();
+        let want = conv::naive_forward(&g, x.as_cpu().unwrap(), wt.as_cpu().unwrap(), b.as_cpu());
+        let (i, e) = worst(y.as_cpu().unwrap(), &want);
+        assert!(
+            e < 1e-4,
+            "case {:?}: worst {i} rel {e}",
+            (n, c, h, w, k, r, s, p)
+        );
+    }
+}
+
+#[test]
+fn conv_backward_is_the_adjoint_of_forward() {
+    // <dy, conv(x, w)> = <dx, x> = <dw, w> for the bias-free conv (it is bilinear).
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(12);
+    let x = rand_t(&mut rng, &[2, 3, 9, 8]);
+    let w = rand_t(&mut rng, &[4, 3, 3, 3]);
+    let prm = Conv2dParams { stride: 2, pad: 1 };
+    let y = be.conv2d(&x, &w, None, prm).unwrap();
+    let dy = rand_t(&mut rng, y.shape());
+    let gr = be.conv2d_backward(&x, &w, &dy, prm, true).unwrap();
+    let dot = |a: &Tensor, b: &Tensor| -> f64 {
+        a.as_cpu()
+            .unwrap()
+            .iter()
+            .zip(b.as_cpu().unwrap())
+            .map(|(&a, &b)| a as f64 * b as f64)
+            .sum()
+    };
+    let lhs = dot(&dy, &y);
+    let dx = gr.dx.unwrap();
+    assert!((lhs - dot(&dx, &x)).abs() < 1e-3 * lhs.abs().max(1.0));
+    assert!((lhs - dot(&gr.dw, &w)).abs() < 1e-3 * lhs.abs().max(1.0));
+    let db = gr.db.as_cpu().unwrap();
+    let d = dy.as_cpu().unwrap();
+    let pq = y.shape()[2] * y.shape()[3];
+    let want0: f32 = (0..2)
+        .map(|n| d[n * 4 * pq..n * 4 * pq + pq].iter().sum::<f32>())
+        .sum();
+    assert!((db[0] - want0).abs() < 1e-4);
+}
+
+#[test]
+fn maxpool_ties_pick_first_and_padding_is_never_selected() {
+    let be = CpuBackend::new();
+    // All-negative input: zero padding would win, -inf padding must not.
+    let x = Tensor::from_vec(&[1, 1, 2, 2], vec![-3.0, -1.0, -1.0, -2.0]).unwrap();
+    let p = Pool2dParams {
+        kernel: 3,
+        stride: 2,
+        pad: 1,
+    };
+    let y = be.maxpool2d(&x, p).unwrap();
+    assert_eq!(y.as_cpu().unwrap(), &[-1.0]);
+    let dy = Tensor::from_vec(&[1, 1, 1, 1], vec![5.0]).unwrap();
+    let dx = be.maxpool2d_backward(&x, &dy, p).unwrap();
+    // The tie between (0,1) and (1,0) goes to the first in row-major order.
+    assert_eq!(dx.as_cpu().unwrap(), &[0.0, 5.0, 0.0, 0.0]);
+    let bad = Pool2dParams {
+        kernel: 2,
+        stride: 1,
+        pad: 2,
+    };
+    assert!(be.maxpool2d(&x, bad).is_err());
+}
+
+#[test]
+fn adaptive_avgpool_windows_overlap_like_torch() {
+    let be = CpuBackend::new();
+    // H = 5 -> 3 outputs: windows [0,2), [1,4), [3,5).
+    let x = Tensor::from_vec(&[1, 1, 5, 1], vec![1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
+    let y = be.adaptive_avgpool2d(&x, 3, 1).unwrap();
+    assert_eq!(y.as_cpu().unwrap(), &[1.5, 3.0, 4.5]);
+    let dy = Tensor::from_vec(&[1, 1, 3, 1], vec![2.0, 3.0, 4.0]).unwrap();
+    let dx = be.adaptive_avgpool2d_backward(&dy, 5, 1).unwrap();
+    assert_eq!(dx.as_cpu().unwrap(), &[1.0, 2.0, 1.0, 3.0, 2.0]);
+}
+
+#[test]
+fn softmax_xent_is_stable_and_not_averaged() {
+    let be = CpuBackend::new();
+    let z = Tensor::from_vec(&[2, 3], vec![1000.0, 0.0, -1000.0, 1.0, 2.0, 3.0]).unwrap();
+    let (loss, d) = be.softmax_xent(&z, &[0, 2]).unwrap();
+    let l = loss.as_cpu().unwrap();
+    assert!(l[0].abs() < 1e-6, "{l:?}");
+    let e: f64 = (1f64.exp() + 2f64.exp() + 3f64.exp()).ln() - 3.0;
+    assert!((l[1] as f64 - e).abs() < 1e-6);
+    let d = d.as_cpu().unwrap();
+    assert!(d[0].abs() < 1e-6 && d[1].abs() < 1e-6);
+    let p3 = (3.0 - (e + 3.0)).exp();
+    assert!((d[5] as f64 - (p3 - 1.0)).abs() < 1e-6);
+    assert!(be.softmax_xent(&z, &[0, 3]).is_err());
+}
+
+#[test]
+fn dropout_mask_follows_the_counter_rng() {
+    let be = CpuBackend::new();
+    let x = Tensor::from_vec(&[40_000], vec![2.0; 40_000]).unwrap();
+    let (y, m) = be.dropout(&x, 0.25, 9).unwrap();
+    let (y, m) = (y.as_cpu().unwrap(), m.as_cpu().unwrap());
+    for i in [0usize, 1, 16_384, 39_999] {
+        let keep = crate::rng::uniform01(9, i as u64) >= 0.25;
+        assert_eq!(m[i], if keep { 1.0 / 0.75 } else { 0.0 });
+        assert_eq!(y[i], 2.0 * m[i]);
+    }
+    let kept = m.iter().filter(|&&v| v > 0.0).count() as f64 / 40_000.0;
+    assert!((kept - 0.75).abs() < 0.02, "{kept}");
+}
+
+#[test]
+fn quadform_zero_norm_gives_zero_cosine() {
+    let be = CpuBackend::new();
+    let p = Tensor::from_vec(&[2, 2], vec![0.0, 0.0, 1.0, 0.0]).unwrap();
+    let q = Tensor::from_vec(&[2, 2], vec![1.0, 0.0, 0.6, 0.4]).unwrap();
+    let c = Tensor::from_vec(&[2, 2], vec![1.0, 0.5, 0.5, 1.0]).unwrap();
+    let r = be.quadform(&p, &c, &q).unwrap();
+    assert_eq!(r.cos.as_cpu().unwrap()[0], 0.0);
+    let pcq = 0.6 + 0.5 * 0.4;
+    let qcq: f64 = 0.36 + 0.16 + 2.0 * 0.5 * 0.24;
+    assert!((r.pcq.as_cpu().unwrap()[1] as f64 - pcq).abs() < 1e-6);
+    assert!((r.cos.as_cpu().unwrap()[1] as f64 - pcq / qcq.sqrt()).abs() < 1e-6);
+}
+
+#[test]
+fn shape_errors_name_the_op_and_do_not_panic() {
+    let be = CpuBackend::new();
+    let x = Tensor::zeros(&[1, 3, 4, 4]);
+    let w = Tensor::zeros(&[2, 4, 3, 3]);
+    let e = be
+        .conv2d(&x, &w, None, Conv2dParams { stride: 1, pad: 0 })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("conv2d:") && e.contains("[2, 4, 3, 3]"),
+        "{e}"
+    );
+    let e = be
+        .linear(
+            &Tensor::zeros(&[2, 3]),
+            &Tensor::zeros(&[4, 5]),
+            &Tensor::zeros(&[4]),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("linear:"), "{e}");
+    assert!(be.add(&Tensor::zeros(&[2]), &Tensor::zeros(&[3])).is_err());
+}
+
+#[test]
+fn batchnorm_train_normalises_with_biased_variance() {
+    let be = CpuBackend::new();
+    let x = Tensor::from_vec(&[2, 1, 1, 2], vec![1.0, 2.0, 3.0, 6.0]).unwrap();
+    let g = Tensor::from_vec(&[1], vec![2.0]).unwrap();
+    let b = Tensor::from_vec(&[1], vec![0.5]).unwrap();
+    let r = be.batchnorm2d_train(&x, &g, &b, 0.0).unwrap();
+    assert_eq!(r.mean.as_cpu().unwrap(), &[3.0]);
+    assert_eq!(r.var.as_cpu().unwrap(), &[3.5]);
+    let y = r.y.as_cpu().unwrap();
+    assert!((y[0] as f64 - (2.0 * -2.0 / 3.5f64.sqrt() + 0.5)).abs() < 1e-6);
+}
