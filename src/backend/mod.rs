@@ -11,6 +11,7 @@
 //! - Output spatial size of conv/pool: `(H + 2*pad - k) / stride + 1` (floor, like torch).
 
 pub mod cpu;
+pub mod op_runner;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
