@@ -61,7 +61,22 @@ struct Inputs<'a> {
 }
 
 impl Inputs<'_> {
-    fn f32(&self, name: &str) -> Result<Tensor> {
+    /// Tensor `name` of rank `rank` (`layout` names the axes for the message), on the backend.
+    fn f32(&self, name: &str, rank: usize, layout: &str) -> Result<Tensor> {
+        let t = self.file.f32(name)?;
+        if t.rank() != rank {
+            return Err(Error::format(
+                self.path(),
+                format!(
+                    "tensor '{name}' has shape {:?}, expected rank {rank} {layout}",
+                    t.shape()
+                ),
+            ));
+        }
+        self.backend.upload(&t)
+    }
+    /// Tensor `name` of any shape (elementwise ops), on the backend.
+    fn any_rank(&self, name: &str) -> Result<Tensor> {
         self.backend.upload(&self.file.f32(name)?)
     }
     fn ints(&self, name: &str) -> Result<(Vec<usize>, Vec<i64>)> {
@@ -71,6 +86,9 @@ impl Inputs<'_> {
         self.file.path()
     }
 }
+
+const NCHW: &str = "[N,C,H,W]";
+const KCRS: &str = "[K,C,R,R]";
 
 fn out(name: &str, t: &Tensor) -> Result<(String, OwnedTensor)> {
     Ok((name.to_string(), OwnedTensor::from_tensor(t)?))
@@ -90,18 +108,18 @@ pub fn run_op(
     match name {
         "conv2d" => {
             let y = backend.conv2d(
-                &inp.f32("x")?,
-                &inp.f32("w")?,
-                Some(&inp.f32("b")?),
+                &inp.f32("x", 4, NCHW)?,
+                &inp.f32("w", 4, KCRS)?,
+                Some(&inp.f32("b", 1, "[K]")?),
                 attrs.conv(),
             )?;
             Ok(vec![out("y", &y)?])
         }
         "conv2d_backward" => {
             let g = backend.conv2d_backward(
-                &inp.f32("x")?,
-                &inp.f32("w")?,
-                &inp.f32("dy")?,
+                &inp.f32("x", 4, NCHW)?,
+                &inp.f32("w", 4, KCRS)?,
+                &inp.f32("dy", 4, "[N,K,P,Q]")?,
                 attrs.conv(),
                 true,
             )?;
@@ -110,20 +128,31 @@ pub fn run_op(
             Ok(vec![out("dx", &dx)?, out("dw", &g.dw)?, out("db", &g.db)?])
         }
         "maxpool2d" => {
-            let y = backend.maxpool2d(&inp.f32("x")?, attrs.pool(name)?)?;
+            let y = backend.maxpool2d(&inp.f32("x", 4, NCHW)?, attrs.pool(name)?)?;
             Ok(vec![out("y", &y)?])
         }
         "maxpool2d_backward" => {
-            let dx =
-                backend.maxpool2d_backward(&inp.f32("x")?, &inp.f32("dy")?, attrs.pool(name)?)?;
+            let dx = backend.maxpool2d_backward(
+                &inp.f32("x", 4, NCHW)?,
+                &inp.f32("dy", 4, "[N,C,P,Q]")?,
+                attrs.pool(name)?,
+            )?;
             Ok(vec![out("dx", &dx)?])
         }
         "linear" => {
-            let y = backend.linear(&inp.f32("x")?, &inp.f32("w")?, &inp.f32("b")?)?;
+            let y = backend.linear(
+                &inp.f32("x", 2, "[N,I]")?,
+                &inp.f32("w", 2, "[O,I]")?,
+                &inp.f32("b", 1, "[O]")?,
+            )?;
             Ok(vec![out("y", &y)?])
         }
         "linear_backward" => {
-            let g = backend.linear_backward(&inp.f32("x")?, &inp.f32("w")?, &inp.f32("dy")?)?;
+            let g = backend.linear_backward(
+                &inp.f32("x", 2, "[N,I]")?,
+                &inp.f32("w", 2, "[O,I]")?,
+                &inp.f32("dy", 2, "[N,O]")?,
+            )?;
             Ok(vec![
                 out("dx", &g.dx)?,
                 out("dw", &g.dw)?,
@@ -131,7 +160,7 @@ pub fn run_op(
             ])
         }
         "softmax_xent" => {
-            let logits = inp.f32("logits")?;
+            let logits = inp.f32("logits", 2, "[N,K]")?;
             let k = logits.dims2("softmax_xent")?.1;
             let labels = class_labels(inp.path(), inp.ints("labels")?, k)?;
             let (loss, d) = backend.softmax_xent(&logits, &labels)?;
@@ -142,8 +171,8 @@ pub fn run_op(
                 .eps
                 .ok_or_else(|| Error::InvalidArg("op fgs_step needs --eps".into()))?;
             let y = backend.fgs_step(
-                &inp.f32("x")?,
-                &inp.f32("grad")?,
+                &inp.any_rank("x")?,
+                &inp.any_rank("grad")?,
                 eps,
                 attrs.lo.unwrap_or(f32::NEG_INFINITY),
                 attrs.hi.unwrap_or(f32::INFINITY),
@@ -151,7 +180,11 @@ pub fn run_op(
             Ok(vec![out("x_next", &y)?])
         }
         "quadform" => {
-            let r = backend.quadform(&inp.f32("p")?, &inp.f32("c")?, &inp.f32("q")?)?;
+            let r = backend.quadform(
+                &inp.f32("p", 2, "[N,K]")?,
+                &inp.f32("c", 2, "[K,K]")?,
+                &inp.f32("q", 2, "[N,K]")?,
+            )?;
             Ok(vec![
                 out("pcq", &r.pcq)?,
                 out("pcp", &r.pcp)?,

@@ -1,0 +1,103 @@
+//! Helpers shared by the integration tests: the CPU/CUDA test macro, float comparison with the
+//! worst index, and seeded random tensors.
+#![allow(dead_code)]
+
+use advlens::backend::Backend;
+use advlens::rng::Rng;
+use advlens::Tensor;
+
+/// `backend_test!(name, |backend: &dyn Backend| { ... })` makes a module `name` with a test `cpu`
+/// (the CPU backend) and, with the `cuda` feature, a test `cuda` that runs the same body on
+/// `cuda:0` or prints "skipped: <reason>" and passes when no GPU can be opened. (Stable Rust
+/// cannot paste identifiers into `name_cpu`, so the tests are named `name::cpu` and `name::cuda`;
+/// `cargo test name` runs both.)
+#[macro_export]
+macro_rules! backend_test {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[test]
+            fn cpu() {
+                let body: &dyn Fn(&dyn advlens::backend::Backend) = &$body;
+                let backend = advlens::backend::cpu::CpuBackend::new();
+                body(&backend);
+            }
+
+            #[cfg(feature = "cuda")]
+            #[test]
+            fn cuda() {
+                let body: &dyn Fn(&dyn advlens::backend::Backend) = &$body;
+                match advlens::backend::open(advlens::backend::DeviceRequest::Cuda(0)) {
+                    Ok(backend) => body(backend.as_ref()),
+                    Err(e) => {
+                        println!("skipped: {e}");
+                    }
+                }
+            }
+        }
+    };
+}
+
+/// Assert |got - want| <= atol + rtol * |want| elementwise; on failure report the worst element
+/// (largest error relative to its allowance) with its index and both values.
+pub fn assert_close(got: &[f32], want: &[f64], atol: f64, rtol: f64, what: &str) {
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: got {} values, want {}",
+        got.len(),
+        want.len()
+    );
+    let mut worst: Option<(usize, f64)> = None;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - w).abs();
+        let ratio = if err.is_nan() {
+            f64::INFINITY
+        } else {
+            err / (atol + rtol * w.abs())
+        };
+        if worst.is_none_or(|(_, r)| ratio > r) {
+            worst = Some((i, ratio));
+        }
+    }
+    if let Some((i, r)) = worst {
+        assert!(
+            r <= 1.0,
+            "{what}: worst element {i}: got {}, want {}, |diff| {:.3e} > atol {atol:.1e} + rtol {rtol:.1e} * |want| ({} values)",
+            got[i],
+            want[i],
+            (got[i] as f64 - want[i]).abs(),
+            got.len()
+        );
+    }
+}
+
+/// f32 convenience form of [`assert_close`].
+pub fn assert_close32(got: &[f32], want: &[f32], atol: f64, rtol: f64, what: &str) {
+    let w: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+    assert_close(got, &w, atol, rtol, what);
+}
+
+/// Standard-normal host values.
+pub fn randn(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.normal() as f32).collect()
+}
+
+/// A tensor of standard-normal values placed on `backend`.
+pub fn rand_tensor(backend: &dyn Backend, rng: &mut Rng, shape: &[usize]) -> Tensor {
+    let n = shape.iter().product();
+    put(backend, shape, randn(rng, n))
+}
+
+/// Host values placed on `backend`.
+pub fn put(backend: &dyn Backend, shape: &[usize], v: Vec<f32>) -> Tensor {
+    let t = Tensor::from_vec(shape, v).expect("test tensor shape");
+    backend.upload(&t).expect("upload")
+}
+
+/// Values of any tensor, on the host.
+pub fn host(t: &Tensor) -> Vec<f32> {
+    t.to_vec().expect("download")
+}
