@@ -1,0 +1,34 @@
+// attack.cu: fast-gradient-sign steps, f32, flat arrays of n elements (pixel scale 0..255 or
+// normalised, the kernel does not care). Launch: block 256, grid-stride, any grid.
+// CPU twin: fgs_step in src/backend/cpu; ifgs_step has a host twin in tests/cuda_ops.rs.
+//
+// fgs_step_f32_v1: y = clamp(x - eps * sign(g), lo, hi), sign(0) = sign(NaN) = 0 (FGS ascent
+//   passes -eps).
+// ifgs_step_f32_v1: the fused iterative-FGS step of adversarial training, in place, one pass:
+//   x = clamp(x - eps * sign(g), max(lo, x0 - radius), min(hi, x0 + radius)); a negative radius
+//   means no projection onto the L-inf ball around the clean image x0 (x0 is then unread).
+
+__device__ __forceinline__ float adv_sign(float g) {
+    return g > 0.0f ? 1.0f : (g < 0.0f ? -1.0f : 0.0f);
+}
+
+extern "C" __global__ void fgs_step_f32_v1(const float* __restrict__ x,
+                                           const float* __restrict__ grad,
+                                           float* __restrict__ y, float eps, float lo, float hi,
+                                           long long n) {
+    ADV_GRID_STRIDE(i, n) { y[i] = fminf(fmaxf(x[i] - eps * adv_sign(grad[i]), lo), hi); }
+}
+
+extern "C" __global__ void ifgs_step_f32_v1(float* __restrict__ x, const float* __restrict__ grad,
+                                            const float* __restrict__ x0, float eps,
+                                            float radius, float lo, float hi, long long n) {
+    ADV_GRID_STRIDE(i, n) {
+        float l = lo, h = hi;
+        if (radius >= 0.0f) {
+            float c = x0[i];
+            l = fmaxf(lo, c - radius);
+            h = fminf(hi, c + radius);
+        }
+        x[i] = fminf(fmaxf(x[i] - eps * adv_sign(grad[i]), l), h);
+    }
+}

@@ -1,0 +1,255 @@
+// conv.cu: 2-D convolution forward, backward-data and backward-filter (square kernel R x R,
+// zero padding `pad`, stride `stride`), f32, x NCHW [N,C,H,W], w KCRS [K,C,R,R], y/dy [N,K,P,Q]
+// with P = (H + 2 pad - R) / stride + 1 (floor, like torch). CPU twin: src/backend/cpu (conv2d,
+// conv2d_backward). Bias gradient db is a channel reduction: reduce.cu `bias_grad_nchw_f32_v1`.
+//
+// _v1 (direct, the second oracle and bench baseline): one thread per output element, plain
+//   loops over the reduction, grid-stride over the flat output. Block 256, any grid.
+//   fwd:        out (n,k,p,q), reduces over (c,r,s);
+//   bwd_data:   out (n,c,h,w), reduces over (k,r,s) with p = (h + pad - r) / stride when exact;
+//   bwd_filter: out (k,c,r,s), reduces over (n,p,q) (slow for large N*P*Q: baseline only).
+// _v2 (tiled implicit GEMM in shared memory, adv_tile_gemm in common.cuh): 64x64 output tile
+//   per block of 256 threads, K step 16, 4x4 register micro-tile per thread, im2col done on the
+//   fly by the B loader (never materialised). Grid (ceil(Ncols/64), ceil(Mrows/64)).
+//   fwd:        C[K, N*P*Q]  = W[K, C*R*R]      x im2col(x)[C*R*R, N*P*Q]  (+ bias per row)
+//   bwd_data:   C[C, N*H*W]  = W^T[C, K*R*R]    x col(dy)[K*R*R, N*H*W]    (exact-stride gather)
+//   bwd_filter: C[K, C*R*R]  = dy[K, N*P*Q]     x im2col(x)^T[N*P*Q, C*R*R]
+//   Output index m,n is scattered back to NCHW/KCRS by the store functor.
+//   Limits: M-tiles go in grid.y (<= 65535 tiles, i.e. 4M channels); no split-K yet, so
+//   bwd_filter with a long N*P*Q reduction runs few blocks (next version: split-K + reduce).
+
+struct ConvGeom {
+    int N, C, H, W, K, R, P, Q, stride, pad;
+};
+
+__device__ __forceinline__ ConvGeom conv_geom(int N, int C, int H, int W, int K, int R, int P,
+                                              int Q, int stride, int pad) {
+    ConvGeom g;
+    g.N = N; g.C = C; g.H = H; g.W = W; g.K = K; g.R = R; g.P = P; g.Q = Q;
+    g.stride = stride; g.pad = pad;
+    return g;
+}
+
+// ------------------------------------------------------------------ v1: direct -------------
+
+// has_bias: 0 or 1 (b is ignored when 0; pass any valid pointer).
+extern "C" __global__ void conv2d_fwd_f32_v1(const float* __restrict__ x,
+                                             const float* __restrict__ w,
+                                             const float* __restrict__ b, float* __restrict__ y,
+                                             int N, int C, int H, int W, int K, int R, int P,
+                                             int Q, int stride, int pad, int has_bias) {
+    long long total = (long long)N * K * P * Q;
+    ADV_GRID_STRIDE(i, total) {
+        int q = (int)(i % Q);
+        int p = (int)((i / Q) % P);
+        int k = (int)((i / ((long long)P * Q)) % K);
+        int n = (int)(i / ((long long)K * P * Q));
+        float acc = has_bias ? b[k] : 0.0f;
+        for (int c = 0; c < C; ++c) {
+            const float* xc = x + ((long long)n * C + c) * H * W;
+            const float* wc = w + ((long long)k * C + c) * R * R;
+            for (int r = 0; r < R; ++r) {
+                int h = p * stride - pad + r;
+                if (h < 0 || h >= H) continue;
+                for (int s = 0; s < R; ++s) {
+                    int ww = q * stride - pad + s;
+                    if (ww < 0 || ww >= W) continue;
+                    acc = fmaf(xc[(long long)h * W + ww], wc[r * R + s], acc);
+                }
+            }
+        }
+        y[i] = acc;
+    }
+}
+
+extern "C" __global__ void conv2d_bwd_data_f32_v1(const float* __restrict__ dy,
+                                                  const float* __restrict__ w,
+                                                  float* __restrict__ dx, int N, int C, int H,
+                                                  int W, int K, int R, int P, int Q, int stride,
+                                                  int pad) {
+    long long total = (long long)N * C * H * W;
+    ADV_GRID_STRIDE(i, total) {
+        int ww = (int)(i % W);
+        int h = (int)((i / W) % H);
+        int c = (int)((i / ((long long)H * W)) % C);
+        int n = (int)(i / ((long long)C * H * W));
+        float acc = 0.0f;
+        for (int k = 0; k < K; ++k) {
+            const float* dyk = dy + ((long long)n * K + k) * P * Q;
+            const float* wk = w + ((long long)k * C + c) * R * R;
+            for (int r = 0; r < R; ++r) {
+                int ph = h + pad - r;
+                if (ph < 0 || ph % stride != 0) continue;
+                int p = ph / stride;
+                if (p >= P) continue;
+                for (int s = 0; s < R; ++s) {
+                    int qw = ww + pad - s;
+                    if (qw < 0 || qw % stride != 0) continue;
+                    int q = qw / stride;
+                    if (q >= Q) continue;
+                    acc = fmaf(dyk[(long long)p * Q + q], wk[r * R + s], acc);
+                }
+            }
+        }
+        dx[i] = acc;
+    }
+}
+
+extern "C" __global__ void conv2d_bwd_filter_f32_v1(const float* __restrict__ x,
+                                                    const float* __restrict__ dy,
+                                                    float* __restrict__ dw, int N, int C, int H,
+                                                    int W, int K, int R, int P, int Q, int stride,
+                                                    int pad) {
+    long long total = (long long)K * C * R * R;
+    ADV_GRID_STRIDE(i, total) {
+        int s = (int)(i % R);
+        int r = (int)((i / R) % R);
+        int c = (int)((i / ((long long)R * R)) % C);
+        int k = (int)(i / ((long long)C * R * R));
+        float acc = 0.0f;
+        for (int n = 0; n < N; ++n) {
+            const float* xc = x + ((long long)n * C + c) * H * W;
+            const float* dyk = dy + ((long long)n * K + k) * P * Q;
+            for (int p = 0; p < P; ++p) {
+                int h = p * stride - pad + r;
+                if (h < 0 || h >= H) continue;
+                for (int q = 0; q < Q; ++q) {
+                    int ww = q * stride - pad + s;
+                    if (ww < 0 || ww >= W) continue;
+                    acc = fmaf(xc[(long long)h * W + ww], dyk[(long long)p * Q + q], acc);
+                }
+            }
+        }
+        dw[i] = acc;
+    }
+}
+
+// ------------------------------------------------------------------ v2: implicit GEMM -------
+
+// A(m = k_out, kk = c*R*R + r*R + s) = w[k_out, c, r, s]: rows of w are contiguous.
+struct FwdLoadW {
+    const float* w; int CRR;
+    __device__ float operator()(int m, int kk) const { return w[(long long)m * CRR + kk]; }
+};
+// B(kk, col = (n, p, q)) = x[n, c, p*stride - pad + r, q*stride - pad + s] or 0 in the padding.
+struct FwdLoadX {
+    const float* x; ConvGeom g;
+    __device__ float operator()(int kk, int col) const {
+        int RR = g.R * g.R;
+        int c = kk / RR, rs = kk - c * RR;
+        int r = rs / g.R, s = rs - r * g.R;
+        int PQ = g.P * g.Q;
+        int n = col / PQ, pq = col - n * PQ;
+        int p = pq / g.Q, q = pq - p * g.Q;
+        int h = p * g.stride - g.pad + r, ww = q * g.stride - g.pad + s;
+        if (h < 0 || h >= g.H || ww < 0 || ww >= g.W) return 0.0f;
+        return x[(((long long)n * g.C + c) * g.H + h) * g.W + ww];
+    }
+};
+struct FwdStore {
+    float* y; const float* b; int has_bias; ConvGeom g;
+    __device__ void operator()(int m, int col, float v) const {
+        int PQ = g.P * g.Q;
+        int n = col / PQ, pq = col - n * PQ;
+        y[((long long)n * g.K + m) * PQ + pq] = v + (has_bias ? b[m] : 0.0f);
+    }
+};
+
+extern "C" __global__ void __launch_bounds__(256)
+conv2d_fwd_f32_v2(const float* __restrict__ x, const float* __restrict__ w,
+                  const float* __restrict__ b, float* __restrict__ y, int N, int C, int H, int W,
+                  int K, int R, int P, int Q, int stride, int pad, int has_bias) {
+    ConvGeom g = conv_geom(N, C, H, W, K, R, P, Q, stride, pad);
+    FwdLoadW la{w, C * R * R};
+    FwdLoadX lb{x, g};
+    FwdStore st{y, b, has_bias, g};
+    adv_tile_gemm(K, N * P * Q, C * R * R, la, lb, st);
+}
+
+// A(m = c, kk = k*R*R + r*R + s) = w[k, c, r, s].
+struct BwdDataLoadW {
+    const float* w; ConvGeom g;
+    __device__ float operator()(int m, int kk) const {
+        int RR = g.R * g.R;
+        int k = kk / RR, rs = kk - k * RR;
+        return w[((long long)k * g.C + m) * RR + rs];
+    }
+};
+// B(kk, col = (n, h, w)) = dy[n, k, p, q] where h = p*stride - pad + r exactly, else 0.
+struct BwdDataLoadDy {
+    const float* dy; ConvGeom g;
+    __device__ float operator()(int kk, int col) const {
+        int RR = g.R * g.R;
+        int k = kk / RR, rs = kk - k * RR;
+        int r = rs / g.R, s = rs - r * g.R;
+        int HW = g.H * g.W;
+        int n = col / HW, hw = col - n * HW;
+        int h = hw / g.W, ww = hw - h * g.W;
+        int ph = h + g.pad - r, qw = ww + g.pad - s;
+        if (ph < 0 || qw < 0) return 0.0f;
+        int p = ph / g.stride, q = qw / g.stride;
+        if (p * g.stride != ph || q * g.stride != qw || p >= g.P || q >= g.Q) return 0.0f;
+        return dy[(((long long)n * g.K + k) * g.P + p) * g.Q + q];
+    }
+};
+struct BwdDataStore {
+    float* dx; ConvGeom g;
+    __device__ void operator()(int m, int col, float v) const {
+        int HW = g.H * g.W;
+        int n = col / HW, hw = col - n * HW;
+        dx[((long long)n * g.C + m) * HW + hw] = v;
+    }
+};
+
+extern "C" __global__ void __launch_bounds__(256)
+conv2d_bwd_data_f32_v2(const float* __restrict__ dy, const float* __restrict__ w,
+                       float* __restrict__ dx, int N, int C, int H, int W, int K, int R, int P,
+                       int Q, int stride, int pad) {
+    ConvGeom g = conv_geom(N, C, H, W, K, R, P, Q, stride, pad);
+    BwdDataLoadW la{w, g};
+    BwdDataLoadDy lb{dy, g};
+    BwdDataStore st{dx, g};
+    adv_tile_gemm(C, N * H * W, K * R * R, la, lb, st);
+}
+
+// A(m = k, j = (n, p, q)) = dy[n, k, p, q].
+struct BwdFilterLoadDy {
+    const float* dy; ConvGeom g;
+    __device__ float operator()(int m, int j) const {
+        int PQ = g.P * g.Q;
+        int n = j / PQ, pq = j - n * PQ;
+        return dy[((long long)n * g.K + m) * PQ + pq];
+    }
+};
+// B(j = (n, p, q), col = c*R*R + r*R + s) = x[n, c, p*stride - pad + r, q*stride - pad + s].
+struct BwdFilterLoadX {
+    const float* x; ConvGeom g;
+    __device__ float operator()(int j, int col) const {
+        int RR = g.R * g.R;
+        int c = col / RR, rs = col - c * RR;
+        int r = rs / g.R, s = rs - r * g.R;
+        int PQ = g.P * g.Q;
+        int n = j / PQ, pq = j - n * PQ;
+        int p = pq / g.Q, q = pq - p * g.Q;
+        int h = p * g.stride - g.pad + r, ww = q * g.stride - g.pad + s;
+        if (h < 0 || h >= g.H || ww < 0 || ww >= g.W) return 0.0f;
+        return x[(((long long)n * g.C + c) * g.H + h) * g.W + ww];
+    }
+};
+struct BwdFilterStore {
+    float* dw; int CRR;
+    __device__ void operator()(int m, int col, float v) const {
+        dw[(long long)m * CRR + col] = v;
+    }
+};
+
+extern "C" __global__ void __launch_bounds__(256)
+conv2d_bwd_filter_f32_v2(const float* __restrict__ x, const float* __restrict__ dy,
+                         float* __restrict__ dw, int N, int C, int H, int W, int K, int R, int P,
+                         int Q, int stride, int pad) {
+    ConvGeom g = conv_geom(N, C, H, W, K, R, P, Q, stride, pad);
+    BwdFilterLoadDy la{dy, g};
+    BwdFilterLoadX lb{x, g};
+    BwdFilterStore st{dw, C * R * R};
+    adv_tile_gemm(K, C * R * R, N * P * Q, la, lb, st);
+}

@@ -1,0 +1,378 @@
+//! Convolutions on the device: kernels/conv.cu (v1 direct, v2 implicit GEMM) and the bias
+//! gradient in kernels/reduce.cu.
+use super::kernel_table as kt;
+use super::{as_i32, grid_1d, ConvVersion, CudaBackend};
+use crate::backend::{out_dim, Conv2dGrads, Conv2dParams};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use cudarc::driver::LaunchConfig;
+
+/// Checked geometry of one convolution, as the kernels' ints.
+pub(super) struct Geom {
+    pub n: i32,
+    pub c: i32,
+    pub h: i32,
+    pub w: i32,
+    pub k: i32,
+    pub r: i32,
+    pub p: i32,
+    pub q: i32,
+    pub stride: i32,
+    pub pad: i32,
+}
+
+impl Geom {
+    pub(super) fn new(op: &'static str, x: &Tensor, w: &Tensor, prm: Conv2dParams) -> Result<Geom> {
+        let (n, c, h, wd) = x.dims4(op)?;
+        let (k, cw, r, s) = w.dims4(op)?;
+        if cw != c || r != s {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "weights {:?} do not fit input {:?} (need [K, {c}, R, R])",
+                    w.shape(),
+                    x.shape()
+                ),
+            ));
+        }
+        let p = out_dim(h, r, prm.stride, prm.pad);
+        let q = out_dim(wd, r, prm.stride, prm.pad);
+        let (Some(p), Some(q)) = (p, q) else {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "kernel {r} with stride {} and pad {} does not fit a {h}x{wd} input",
+                    prm.stride, prm.pad
+                ),
+            ));
+        };
+        // The implicit-GEMM column index is an int: N*P*Q, N*H*W and C*R*R must fit.
+        as_i32(n * p * q, op, "N*P*Q")?;
+        as_i32(n * h * wd, op, "N*H*W")?;
+        as_i32(c * r * r, op, "C*R*R")?;
+        Ok(Geom {
+            n: as_i32(n, op, "N")?,
+            c: as_i32(c, op, "C")?,
+            h: as_i32(h, op, "H")?,
+            w: as_i32(wd, op, "W")?,
+            k: as_i32(k, op, "K")?,
+            r: as_i32(r, op, "R")?,
+            p: as_i32(p, op, "P")?,
+            q: as_i32(q, op, "Q")?,
+            stride: as_i32(prm.stride, op, "stride")?,
+            pad: as_i32(prm.pad, op, "pad")?,
+        })
+    }
+    fn out_shape(&self) -> [usize; 4] {
+        [
+            self.n as usize,
+            self.k as usize,
+            self.p as usize,
+            self.q as usize,
+        ]
+    }
+}
+
+/// Grid of the 64x64-tile GEMM kernels for an [m, n] output.
+pub(super) fn gemm_grid(m: usize, n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            n.div_ceil(64).max(1) as u32,
+            m.div_ceil(64).max(1) as u32,
+            1,
+        ),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+impl CudaBackend {
+    pub(super) fn conv2d_impl(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        prm: Conv2dParams,
+    ) -> Result<Tensor> {
+        const OP: &str = "conv2d";
+        let g = Geom::new(OP, x, w, prm)?;
+        let xs = self.dev_slice(x, OP)?;
+        let ws = self.dev_slice(w, OP)?;
+        if let Some(b) = b {
+            if b.shape() != [g.k as usize] {
+                return Err(Error::shape(
+                    OP,
+                    format!("bias {:?} must be [{}]", b.shape(), g.k),
+                ));
+            }
+        }
+        // Without a bias the kernel never reads `b`; pass the weights as a valid pointer.
+        let bs = match b {
+            Some(b) => self.dev_slice(b, OP)?,
+            None => ws,
+        };
+        let has_bias: i32 = b.is_some() as i32;
+        let shape = g.out_shape();
+        let total = shape.iter().product::<usize>();
+        let mut y = self.alloc(total, "conv2d output")?;
+        if total > 0 {
+            let Geom {
+                n,
+                c,
+                h,
+                w: wd,
+                k,
+                r,
+                p,
+                q,
+                stride,
+                pad,
+            } = g;
+            match self.conv_version {
+                ConvVersion::V1 => {
+                    // SAFETY: conv2d_fwd_f32_v1(const float* x, const float* w, const float* b,
+                    // float* y, int N, int C, int H, int W, int K, int R, int P, int Q,
+                    // int stride, int pad, int has_bias); x, w, b, y hold N*C*H*W, K*C*R*R, K,
+                    // N*K*P*Q values (checked by Geom::new and the bias check above).
+                    unsafe {
+                        launch!(
+                            self,
+                            kt::CONV_FWD_V1,
+                            grid_1d(total),
+                            [
+                                xs,
+                                ws,
+                                bs,
+                                y.slice_mut(),
+                                &n,
+                                &c,
+                                &h,
+                                &wd,
+                                &k,
+                                &r,
+                                &p,
+                                &q,
+                                &stride,
+                                &pad,
+                                &has_bias
+                            ]
+                        )
+                    }?
+                }
+                ConvVersion::V2 => {
+                    let cfg = gemm_grid(k as usize, total / k.max(1) as usize);
+                    // SAFETY: conv2d_fwd_f32_v2 has the same argument order and buffer sizes as
+                    // conv2d_fwd_f32_v1; it needs 256 threads (gemm_grid).
+                    unsafe {
+                        launch!(
+                            self,
+                            kt::CONV_FWD_V2,
+                            cfg,
+                            [
+                                xs,
+                                ws,
+                                bs,
+                                y.slice_mut(),
+                                &n,
+                                &c,
+                                &h,
+                                &wd,
+                                &k,
+                                &r,
+                                &p,
+                                &q,
+                                &stride,
+                                &pad,
+                                &has_bias
+                            ]
+                        )
+                    }?
+                }
+            }
+        }
+        Ok(self.tensor(&shape, y))
+    }
+
+    pub(super) fn conv2d_backward_impl(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        prm: Conv2dParams,
+        want_dx: bool,
+    ) -> Result<Conv2dGrads> {
+        const OP: &str = "conv2d_backward";
+        let g = Geom::new(OP, x, w, prm)?;
+        if dy.shape() != g.out_shape() {
+            return Err(Error::shape(
+                OP,
+                format!("dy {:?} must be {:?}", dy.shape(), g.out_shape()),
+            ));
+        }
+        let xs = self.dev_slice(x, OP)?;
+        let ws = self.dev_slice(w, OP)?;
+        let dys = self.dev_slice(dy, OP)?;
+        let Geom {
+            n,
+            c,
+            h,
+            w: wd,
+            k,
+            r,
+            p,
+            q,
+            stride,
+            pad,
+        } = g;
+
+        let dx = if want_dx {
+            let total = x.numel();
+            let mut dx = self.alloc(total, "conv2d dx")?;
+            if total > 0 && dy.numel() > 0 {
+                match self.conv_version {
+                    ConvVersion::V1 => {
+                        // SAFETY: conv2d_bwd_data_f32_v1(const float* dy, const float* w,
+                        // float* dx, int N, int C, int H, int W, int K, int R, int P, int Q,
+                        // int stride, int pad); dy, w, dx hold N*K*P*Q, K*C*R*R, N*C*H*W values.
+                        unsafe {
+                            launch!(
+                                self,
+                                kt::CONV_BWD_DATA_V1,
+                                grid_1d(total),
+                                [
+                                    dys,
+                                    ws,
+                                    dx.slice_mut(),
+                                    &n,
+                                    &c,
+                                    &h,
+                                    &wd,
+                                    &k,
+                                    &r,
+                                    &p,
+                                    &q,
+                                    &stride,
+                                    &pad
+                                ]
+                            )
+                        }?
+                    }
+                    ConvVersion::V2 => {
+                        let cfg = gemm_grid(c as usize, total / c.max(1) as usize);
+                        // SAFETY: conv2d_bwd_data_f32_v2: same argument order and sizes as v1;
+                        // 256 threads per block (gemm_grid).
+                        unsafe {
+                            launch!(
+                                self,
+                                kt::CONV_BWD_DATA_V2,
+                                cfg,
+                                [
+                                    dys,
+                                    ws,
+                                    dx.slice_mut(),
+                                    &n,
+                                    &c,
+                                    &h,
+                                    &wd,
+                                    &k,
+                                    &r,
+                                    &p,
+                                    &q,
+                                    &stride,
+                                    &pad
+                                ]
+                            )
+                        }?
+                    }
+                }
+            } else if total > 0 {
+                self.stream()
+                    .memset_zeros(dx.slice_mut())
+                    .map_err(super::drv("zero conv2d dx"))?;
+            }
+            Some(self.tensor(x.shape(), dx))
+        } else {
+            None
+        };
+
+        let wtotal = w.numel();
+        let mut dw = self.alloc(wtotal, "conv2d dw")?;
+        if wtotal > 0 {
+            match self.conv_version {
+                ConvVersion::V1 => {
+                    // SAFETY: conv2d_bwd_filter_f32_v1(const float* x, const float* dy,
+                    // float* dw, int N, int C, int H, int W, int K, int R, int P, int Q,
+                    // int stride, int pad); x, dy, dw hold N*C*H*W, N*K*P*Q, K*C*R*R values.
+                    unsafe {
+                        launch!(
+                            self,
+                            kt::CONV_BWD_FILTER_V1,
+                            grid_1d(wtotal),
+                            [
+                                xs,
+                                dys,
+                                dw.slice_mut(),
+                                &n,
+                                &c,
+                                &h,
+                                &wd,
+                                &k,
+                                &r,
+                                &p,
+                                &q,
+                                &stride,
+                                &pad
+                            ]
+                        )
+                    }?
+                }
+                ConvVersion::V2 => {
+                    let cfg = gemm_grid(k as usize, wtotal / k.max(1) as usize);
+                    // SAFETY: conv2d_bwd_filter_f32_v2: same argument order and sizes as v1;
+                    // 256 threads per block (gemm_grid).
+                    unsafe {
+                        launch!(
+                            self,
+                            kt::CONV_BWD_FILTER_V2,
+                            cfg,
+                            [
+                                xs,
+                                dys,
+                                dw.slice_mut(),
+                                &n,
+                                &c,
+                                &h,
+                                &wd,
+                                &k,
+                                &r,
+                                &p,
+                                &q,
+                                &stride,
+                                &pad
+                            ]
+                        )
+                    }?
+                }
+            }
+        }
+        let dw = self.tensor(w.shape(), dw);
+
+        let mut db = self.alloc(k as usize, "conv2d db")?;
+        if k > 0 {
+            let pq: i64 = p as i64 * q as i64;
+            let cfg = super::grid_per_item(k as usize, 256, OP)?;
+            // SAFETY: bias_grad_nchw_f32_v1(const float* dy, float* db, int N, int K,
+            // long long PQ); dy holds N*K*PQ values, db K; one block of 256 per k.
+            unsafe {
+                launch!(
+                    self,
+                    kt::BIAS_GRAD_NCHW,
+                    cfg,
+                    [dys, db.slice_mut(), &n, &k, &pq]
+                )
+            }?;
+        }
+        let db = self.tensor(&[k as usize], db);
+        Ok(Conv2dGrads { dx, dw, db })
+    }
+}

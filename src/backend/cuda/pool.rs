@@ -1,0 +1,202 @@
+//! Pooling on the device: kernels/pool.cu.
+use super::kernel_table as kt;
+use super::{as_i32, grid_1d, CudaBackend};
+use crate::backend::{out_dim, Pool2dParams};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+impl CudaBackend {
+    fn maxpool_geom(
+        &self,
+        op: &'static str,
+        x: &Tensor,
+        p: Pool2dParams,
+    ) -> Result<(usize, usize, usize, usize, usize, usize)> {
+        let (n, c, h, w) = x.dims4(op)?;
+        if p.kernel == 0 {
+            return Err(Error::shape(op, "pooling window of size 0"));
+        }
+        match (
+            out_dim(h, p.kernel, p.stride, p.pad),
+            out_dim(w, p.kernel, p.stride, p.pad),
+        ) {
+            (Some(oh), Some(ow)) => Ok((n, c, h, w, oh, ow)),
+            _ => Err(Error::shape(
+                op,
+                format!(
+                    "window {} stride {} pad {} does not fit {h}x{w}",
+                    p.kernel, p.stride, p.pad
+                ),
+            )),
+        }
+    }
+
+    pub(super) fn maxpool2d_impl(&self, x: &Tensor, p: Pool2dParams) -> Result<Tensor> {
+        const OP: &str = "maxpool2d";
+        let (n, c, h, w, oh, ow) = self.maxpool_geom(OP, x, p)?;
+        let xs = self.dev_slice(x, OP)?;
+        let total = n * c * oh * ow;
+        let mut y = self.alloc(total, "maxpool2d output")?;
+        if total > 0 {
+            let (nc, hi, wi, ohi, owi) = (
+                as_i32(n * c, OP, "N*C")?,
+                h as i32,
+                w as i32,
+                oh as i32,
+                ow as i32,
+            );
+            let (k, s, pd) = (
+                as_i32(p.kernel, OP, "kernel")?,
+                as_i32(p.stride, OP, "stride")?,
+                as_i32(p.pad, OP, "pad")?,
+            );
+            // SAFETY: maxpool2d_fwd_f32_v1(const float* x, float* y, int NC, int H, int W, int P,
+            // int Q, int k, int stride, int pad); x holds NC*H*W values, y NC*P*Q.
+            unsafe {
+                launch!(
+                    self,
+                    kt::MAXPOOL_FWD,
+                    grid_1d(total),
+                    [xs, y.slice_mut(), &nc, &hi, &wi, &ohi, &owi, &k, &s, &pd]
+                )
+            }?;
+        }
+        Ok(self.tensor(&[n, c, oh, ow], y))
+    }
+
+    pub(super) fn maxpool2d_backward_impl(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        p: Pool2dParams,
+    ) -> Result<Tensor> {
+        const OP: &str = "maxpool2d_backward";
+        let (n, c, h, w, oh, ow) = self.maxpool_geom(OP, x, p)?;
+        if dy.shape() != [n, c, oh, ow] {
+            return Err(Error::shape(
+                OP,
+                format!("dy {:?} must be {:?}", dy.shape(), [n, c, oh, ow]),
+            ));
+        }
+        let xs = self.dev_slice(x, OP)?;
+        let dys = self.dev_slice(dy, OP)?;
+        let total = x.numel();
+        let mut dx = self.alloc(total, "maxpool2d dx")?;
+        if total > 0 {
+            let (nc, hi, wi, ohi, owi) = (
+                as_i32(n * c, OP, "N*C")?,
+                h as i32,
+                w as i32,
+                oh as i32,
+                ow as i32,
+            );
+            let (k, s, pd) = (
+                as_i32(p.kernel, OP, "kernel")?,
+                as_i32(p.stride, OP, "stride")?,
+                as_i32(p.pad, OP, "pad")?,
+            );
+            // SAFETY: maxpool2d_bwd_f32_v1(const float* x, const float* dy, float* dx, int NC,
+            // int H, int W, int P, int Q, int k, int stride, int pad); x and dx hold NC*H*W
+            // values, dy NC*P*Q.
+            unsafe {
+                launch!(
+                    self,
+                    kt::MAXPOOL_BWD,
+                    grid_1d(total),
+                    [
+                        xs,
+                        dys,
+                        dx.slice_mut(),
+                        &nc,
+                        &hi,
+                        &wi,
+                        &ohi,
+                        &owi,
+                        &k,
+                        &s,
+                        &pd
+                    ]
+                )
+            }?;
+        }
+        Ok(self.tensor(x.shape(), dx))
+    }
+
+    pub(super) fn adaptive_avgpool2d_impl(
+        &self,
+        x: &Tensor,
+        oh: usize,
+        ow: usize,
+    ) -> Result<Tensor> {
+        const OP: &str = "adaptive_avgpool2d";
+        let (n, c, h, w) = x.dims4(OP)?;
+        if oh == 0 || ow == 0 || h == 0 || w == 0 {
+            return Err(Error::shape(
+                OP,
+                format!("output {oh}x{ow} from input {h}x{w}: sizes must be > 0"),
+            ));
+        }
+        let xs = self.dev_slice(x, OP)?;
+        let total = n * c * oh * ow;
+        let mut y = self.alloc(total, "adaptive_avgpool2d output")?;
+        if total > 0 {
+            let (nc, hi, wi, ohi, owi) = (
+                as_i32(n * c, OP, "N*C")?,
+                as_i32(h, OP, "H")?,
+                as_i32(w, OP, "W")?,
+                as_i32(oh, OP, "OH")?,
+                as_i32(ow, OP, "OW")?,
+            );
+            // SAFETY: adaptive_avgpool2d_fwd_f32_v1(const float* x, float* y, int NC, int H,
+            // int W, int OH, int OW); x holds NC*H*W values, y NC*OH*OW.
+            unsafe {
+                launch!(
+                    self,
+                    kt::AVGPOOL_FWD,
+                    grid_1d(total),
+                    [xs, y.slice_mut(), &nc, &hi, &wi, &ohi, &owi]
+                )
+            }?;
+        }
+        Ok(self.tensor(&[n, c, oh, ow], y))
+    }
+
+    pub(super) fn adaptive_avgpool2d_backward_impl(
+        &self,
+        dy: &Tensor,
+        h: usize,
+        w: usize,
+    ) -> Result<Tensor> {
+        const OP: &str = "adaptive_avgpool2d_backward";
+        let (n, c, oh, ow) = dy.dims4(OP)?;
+        if oh == 0 || ow == 0 || h == 0 || w == 0 {
+            return Err(Error::shape(
+                OP,
+                format!("input {h}x{w} from output {oh}x{ow}: sizes must be > 0"),
+            ));
+        }
+        let dys = self.dev_slice(dy, OP)?;
+        let total = n * c * h * w;
+        let mut dx = self.alloc(total, "adaptive_avgpool2d dx")?;
+        if total > 0 {
+            let (nc, hi, wi, ohi, owi) = (
+                as_i32(n * c, OP, "N*C")?,
+                as_i32(h, OP, "H")?,
+                as_i32(w, OP, "W")?,
+                as_i32(oh, OP, "OH")?,
+                as_i32(ow, OP, "OW")?,
+            );
+            // SAFETY: adaptive_avgpool2d_bwd_f32_v1(const float* dy, float* dx, int NC, int H,
+            // int W, int OH, int OW); dy holds NC*OH*OW values, dx NC*H*W.
+            unsafe {
+                launch!(
+                    self,
+                    kt::AVGPOOL_BWD,
+                    grid_1d(total),
+                    [dys, dx.slice_mut(), &nc, &hi, &wi, &ohi, &owi]
+                )
+            }?;
+        }
+        Ok(self.tensor(&[n, c, h, w], dx))
+    }
+}
