@@ -11,7 +11,6 @@ pub mod analysis;
 pub mod attack;
 pub mod data;
 pub mod kernels;
-pub mod kernels;
 pub mod misc;
 pub mod op;
 pub mod train;
@@ -57,9 +56,6 @@ pub enum Command {
     Op(op::OpArgs),
     /// Print the compiled kernel table and devices (diagnostics).
     Info(misc::InfoArgs),
-    /// CUDA kernel table and offline NVRTC compile (CI checks kernels without a GPU).
-    #[command(subcommand)]
-    Kernels(kernels::KernelsCommand),
     /// CUDA kernel table and offline NVRTC compile (CI checks kernels without a GPU).
     #[command(subcommand)]
     Kernels(kernels::KernelsCommand),
@@ -118,7 +114,6 @@ pub fn main() -> i32 {
         Command::Attack(c) => attack::run(&ctx, c),
         Command::Op(a) => op::run(&ctx, a),
         Command::Info(a) => misc::run_info(&ctx, a),
-        Command::Kernels(c) => kernels::run(&ctx, c),
         Command::Kernels(c) => kernels::run(&ctx, c),
         Command::Wordnet(c) => analysis::run(&ctx, c),
     };
