@@ -53,10 +53,13 @@ pub fn assert_close(got: &[f32], want: &[f64], atol: f64, rtol: f64, what: &str)
     let mut worst: Option<(usize, f64)> = None;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (g as f64 - w).abs();
+        let allow = atol + rtol * w.abs();
         let ratio = if err.is_nan() {
             f64::INFINITY
+        } else if err == 0.0 {
+            0.0
         } else {
-            err / (atol + rtol * w.abs())
+            err / allow
         };
         if worst.is_none_or(|(_, r)| ratio > r) {
             worst = Some((i, ratio));
