@@ -1,1 +1,395 @@
-//! Training and evaluation loops (placeholder, filled next).
+//! Training and evaluation loops, as library functions (`advlens train`/`eval` and `reproduce`
+//! call them).
+//!
+//! Training: mean softmax cross-entropy, the optimiser of the config, a step learning-rate
+//! schedule (lr * gamma^(number of milestones <= epoch)), epoch `e` shuffled by
+//! `Rng::derive(seed, e)` (the data module's `Batches`), a checkpoint `epoch-XXX.safetensors` and
+//! `last.safetensors` after every epoch plus `train.json` (config and per-epoch history).
+//! A resumed run restores model, optimiser state, step count (dropout masks) and config from the
+//! checkpoint and continues with the same shuffles, so it ends with the same weights as an
+//! uninterrupted run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::backend::Backend;
+use crate::data::{Batches, Dataset};
+use crate::error::{Error, Result};
+
+use super::checkpoint;
+use super::model::{Model, ModelSpec};
+use super::optim::{OptimConfig, Optimizer};
+
+/// Everything that defines a training run (saved in every checkpoint as `train_config`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainConfig {
+    pub model: String,
+    /// None: the model's default width.
+    pub width: Option<usize>,
+    /// Total epochs (a resumed run continues up to this count).
+    pub epochs: usize,
+    pub batch: usize,
+    pub optim: OptimConfig,
+    /// Epochs (0-based) at which the learning rate is multiplied by `lr_gamma`.
+    pub lr_milestones: Vec<usize>,
+    pub lr_gamma: f32,
+    pub seed: u64,
+    /// Train on the first `limit` images only.
+    pub limit: Option<usize>,
+    /// Evaluate on the first `val_limit` validation images only.
+    pub val_limit: Option<usize>,
+}
+
+impl TrainConfig {
+    /// The learning rate of epoch `e` (0-based).
+    pub fn lr_at(&self, e: usize) -> f32 {
+        let k = self.lr_milestones.iter().filter(|&&m| m <= e).count();
+        self.optim.lr() * self.lr_gamma.powi(k as i32)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EvalReport {
+    pub images: usize,
+    pub top1: f64,
+    pub top5: f64,
+    pub loss: f64,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochReport {
+    /// 1-based.
+    pub epoch: usize,
+    pub lr: f32,
+    pub loss: f64,
+    pub train_top1: f64,
+    pub val: Option<EvalReport>,
+    pub seconds: f64,
+    pub images_per_sec: f64,
+}
+
+impl EpochReport {
+    pub fn line(&self, epochs: usize) -> String {
+        let val = self.val.as_ref().map_or(String::new(), |v| {
+            format!(
+                " val top1 {:.2}% top5 {:.2}%",
+                100.0 * v.top1,
+                100.0 * v.top5
+            )
+        });
+        format!(
+            "epoch {}/{epochs}: loss {:.4} train top1 {:.2}%{val} lr {} {:.1}s ({:.0} img/s)",
+            self.epoch,
+            self.loss,
+            100.0 * self.train_top1,
+            self.lr,
+            self.seconds,
+            self.images_per_sec
+        )
+    }
+}
+
+/// Where a run's files go, and whether to resume.
+#[derive(Clone, Debug)]
+pub struct RunDirs {
+    pub out: PathBuf,
+    pub resume: Option<PathBuf>,
+}
+
+pub struct TrainOutcome {
+    pub model: Model,
+    pub config: TrainConfig,
+    pub history: Vec<EpochReport>,
+    pub last_checkpoint: PathBuf,
+}
+
+/// Top-1 and top-5 hits of logits [N, K] (row-major host values) against labels.
+pub fn topk_hits(logits: &[f32], k: usize, labels: &[u32]) -> (usize, usize) {
+    let (mut t1, mut t5) = (0, 0);
+    for (row, &y) in logits.chunks_exact(k).zip(labels) {
+        let v = row[y as usize];
+        // Rank = number of classes scoring strictly higher (ties count in the label's favour,
+        // except that a NaN row never counts as a hit).
+        if v.is_nan() {
+            continue;
+        }
+        let higher = row.iter().filter(|&&x| x > v).count();
+        if higher == 0 {
+            t1 += 1;
+        }
+        if higher < 5 {
+            t5 += 1;
+        }
+    }
+    (t1, t5)
+}
+
+fn check_data(model: &Model, ds: &Dataset) -> Result<()> {
+    if ds.num_classes() != model.num_classes() {
+        return Err(Error::InvalidArg(format!(
+            "{} has {} classes but model {} has {}",
+            ds.path().display(),
+            ds.num_classes(),
+            model.name(),
+            model.num_classes()
+        )));
+    }
+    if ds.shape() != model.in_shape() {
+        let (c, h, w) = ds.shape();
+        let (mc, mh, mw) = model.in_shape();
+        return Err(Error::InvalidArg(format!(
+            "{} holds {c}x{h}x{w} images but model {} takes {mc}x{mh}x{mw}",
+            ds.path().display(),
+            model.name()
+        )));
+    }
+    if ds.is_empty() {
+        return Err(Error::InvalidArg(format!(
+            "{} holds no images",
+            ds.path().display()
+        )));
+    }
+    Ok(())
+}
+
+/// Top-1/top-5 accuracy and mean loss of `model` (eval mode) on the first `limit` images of
+/// `data` (all when None), in file order.
+pub fn evaluate(
+    be: &dyn Backend,
+    model: &mut Model,
+    data: &Arc<Dataset>,
+    batch: usize,
+    limit: Option<usize>,
+) -> Result<EvalReport> {
+    check_data(model, data)?;
+    let t0 = Instant::now();
+    let mut batches = Batches::new(data, batch, None, 0)?;
+    if let Some(l) = limit {
+        batches = batches.limit(l);
+    }
+    let total = batches.order().len();
+    let pb = crate::progress::bar(total as u64, "eval", "img");
+    let k = model.num_classes();
+    let (mut t1, mut t5, mut n) = (0usize, 0usize, 0usize);
+    let mut loss = 0.0f64;
+    for b in batches {
+        let b = b?;
+        let logits = model.predict(be, &b.images)?;
+        let (l, _) = be.softmax_xent(&logits, &b.labels)?;
+        loss += l.to_vec()?.iter().map(|&x| x as f64).sum::<f64>();
+        let (a, c) = topk_hits(&logits.to_vec()?, k, &b.labels);
+        t1 += a;
+        t5 += c;
+        n += b.labels.len();
+        pb.inc(b.labels.len() as u64);
+    }
+    pb.finish_and_clear();
+    let nf = n.max(1) as f64;
+    Ok(EvalReport {
+        images: n,
+        top1: t1 as f64 / nf,
+        top5: t5 as f64 / nf,
+        loss: loss / nf,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// One optimisation step on a batch: returns (sum of per-sample losses, top-1 hits).
+pub fn train_step(
+    be: &dyn Backend,
+    model: &mut Model,
+    opt: &mut Optimizer,
+    images: &crate::tensor::Tensor,
+    labels: &[u32],
+) -> Result<(f64, usize)> {
+    model.zero_grad();
+    let logits = model.forward(be, images, true)?;
+    let (loss, dlogits) = be.softmax_xent(&logits, labels)?;
+    let n = labels.len();
+    let dl = be.scale(&dlogits, 1.0 / n as f32)?;
+    drop(dlogits);
+    model.backward(be, &dl, None, false)?;
+    opt.step(be, model)?;
+    model.clear_cache();
+    let loss_sum: f64 = loss.to_vec()?.iter().map(|&x| x as f64).sum();
+    let (hits, _) = topk_hits(&logits.to_vec()?, model.num_classes(), labels);
+    Ok((loss_sum, hits))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v)
+        .map_err(|e| Error::InvalidArg(format!("cannot serialise run metadata: {e}")))
+}
+
+fn extra_meta(cfg: &TrainConfig, history: &[EpochReport]) -> Result<BTreeMap<String, String>> {
+    let mut m = BTreeMap::new();
+    m.insert("train_config".to_string(), to_json(cfg)?);
+    m.insert("history".to_string(), to_json(&history)?);
+    Ok(m)
+}
+
+/// Train `cfg.model` on `train_data` (validating on `val` after each epoch when given), writing
+/// checkpoints to `dirs.out`. With `dirs.resume`, the run continues from that checkpoint with its
+/// stored config (only `cfg.epochs` is taken from the argument). `on_epoch` sees each epoch's
+/// report (the CLI prints it).
+pub fn train(
+    be: &dyn Backend,
+    cfg: &TrainConfig,
+    train_data: &Arc<Dataset>,
+    val: Option<&Arc<Dataset>>,
+    dirs: &RunDirs,
+    on_epoch: &mut dyn FnMut(&EpochReport),
+) -> Result<TrainOutcome> {
+    if cfg.batch == 0 || cfg.epochs == 0 {
+        return Err(Error::InvalidArg(
+            "train: --batch and --epochs must be at least 1".into(),
+        ));
+    }
+    let (mut model, mut opt, cfg, mut history, start) = match &dirs.resume {
+        None => {
+            let (c, h, w) = train_data.shape();
+            let mut spec = ModelSpec::new(&cfg.model, train_data.num_classes(), (c, h, w));
+            if let Some(wd) = cfg.width {
+                spec.width = wd;
+            }
+            let model = Model::from_spec(&spec, cfg.seed)?;
+            let opt = Optimizer::new(cfg.optim)?;
+            (model, opt, cfg.clone(), Vec::new(), 0usize)
+        }
+        Some(path) => resume_state(path, cfg)?,
+    };
+    check_data(&model, train_data)?;
+    if let Some(v) = val {
+        check_data(&model, v)?;
+    }
+    model.to_backend(be)?;
+    let n_train = cfg
+        .limit
+        .map_or(train_data.len(), |l| l.min(train_data.len()));
+    let mut last = dirs.out.join("last.safetensors");
+    if start >= cfg.epochs {
+        return Ok(TrainOutcome {
+            model,
+            config: cfg,
+            history,
+            last_checkpoint: dirs.resume.clone().unwrap_or(last),
+        });
+    }
+    for epoch in start..cfg.epochs {
+        let lr = cfg.lr_at(epoch);
+        opt.set_lr(lr);
+        let t0 = Instant::now();
+        let mut batches = Batches::new(train_data, cfg.batch, Some(cfg.seed), epoch as u64)?;
+        if let Some(l) = cfg.limit {
+            batches = batches.limit(l);
+        }
+        // A final batch of one image would give BatchNorm a single value per channel in the
+        // deepest layers; torch's DataLoader users drop it the same way.
+        batches = batches.drop_last(n_train % cfg.batch == 1);
+        let pb = crate::progress::bar(
+            n_train as u64,
+            &format!("train {}/{}", epoch + 1, cfg.epochs),
+            "img",
+        );
+        let (mut loss_sum, mut hits, mut seen) = (0.0f64, 0usize, 0usize);
+        for (step, b) in batches.enumerate() {
+            let b = b?;
+            let (l, h) = train_step(be, &mut model, &mut opt, &b.images, &b.labels)?;
+            if !l.is_finite() {
+                return Err(Error::Numeric(format!(
+                    "training diverged: the loss is {l} at epoch {} step {} (lr {lr}); lower --lr \
+                     or check the data",
+                    epoch + 1,
+                    step + 1
+                )));
+            }
+            loss_sum += l;
+            hits += h;
+            seen += b.labels.len();
+            pb.inc(b.labels.len() as u64);
+            pb.set_message(format!("loss {:.4}", loss_sum / seen as f64));
+        }
+        pb.finish_and_clear();
+        let train_secs = t0.elapsed().as_secs_f64();
+        let val_report = match val {
+            Some(v) => Some(evaluate(
+                be,
+                &mut model,
+                v,
+                cfg.batch.max(256),
+                cfg.val_limit,
+            )?),
+            None => None,
+        };
+        let rep = EpochReport {
+            epoch: epoch + 1,
+            lr,
+            loss: loss_sum / seen.max(1) as f64,
+            train_top1: hits as f64 / seen.max(1) as f64,
+            val: val_report,
+            seconds: train_secs,
+            images_per_sec: seen as f64 / train_secs.max(1e-9),
+        };
+        history.push(rep.clone());
+        let meta = extra_meta(&cfg, &history)?;
+        let ep = dirs.out.join(format!("epoch-{:03}.safetensors", epoch + 1));
+        checkpoint::save(&ep, &model, epoch + 1, Some(&opt), &meta)?;
+        last = dirs.out.join("last.safetensors");
+        checkpoint::save(&last, &model, epoch + 1, Some(&opt), &meta)?;
+        crate::io::write_json(
+            &dirs.out.join("train.json"),
+            &serde_json::json!({ "config": &cfg, "spec": model.spec(), "history": &history }),
+        )?;
+        on_epoch(&rep);
+    }
+    Ok(TrainOutcome {
+        model,
+        config: cfg,
+        history,
+        last_checkpoint: last,
+    })
+}
+
+type Resumed = (Model, Optimizer, TrainConfig, Vec<EpochReport>, usize);
+
+fn resume_state(path: &Path, cfg: &TrainConfig) -> Result<Resumed> {
+    let ck = checkpoint::load(path)?;
+    let stored: TrainConfig =
+        match ck.metadata.get("train_config") {
+            Some(s) => serde_json::from_str(s).map_err(|e| {
+                Error::format(path, format!("metadata 'train_config' is unreadable: {e}"))
+            })?,
+            None => return Err(Error::format(
+                path,
+                "no 'train_config' metadata: only checkpoints written by `advlens train` resume",
+            )),
+        };
+    if stored.model != cfg.model {
+        return Err(Error::InvalidArg(format!(
+            "--resume {}: the checkpoint is a {} but --model is {}",
+            path.display(),
+            stored.model,
+            cfg.model
+        )));
+    }
+    let history: Vec<EpochReport> = match ck.metadata.get("history") {
+        Some(s) => serde_json::from_str(s)
+            .map_err(|e| Error::format(path, format!("metadata 'history' is unreadable: {e}")))?,
+        None => Vec::new(),
+    };
+    let opt = match ck.optimizer {
+        Some(o) => o,
+        None => {
+            return Err(Error::format(
+                path,
+                "no optimiser state in this checkpoint: it cannot resume a run",
+            ))
+        }
+    };
+    let mut run = stored;
+    run.epochs = cfg.epochs;
+    Ok((ck.model, opt, run, history, ck.epoch))
+}
