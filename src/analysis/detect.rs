@@ -60,6 +60,9 @@ fn lo_row(i: usize) -> usize {
     i * (i + 1) / 2
 }
 
+/// A class between the two fitting passes: (mean, shrunk covariance [D, D], shrinkage, tr S / D).
+type Staged = (Vec<f64>, Vec<f64>, f64, f64);
+
 #[derive(Clone, Debug)]
 struct ClassSums {
     n: u64,
@@ -192,7 +195,7 @@ impl GaussianAccumulator {
             )));
         }
         // Pass 1 (per class, parallel): mean, MLE covariance (full, temporary), shrinkage.
-        let stage: Vec<Option<(Vec<f64>, Vec<f64>, f64, f64)>> = self
+        let stage: Vec<Option<Staged>> = self
             .classes
             .par_iter()
             .map(|cs| {
@@ -222,10 +225,14 @@ impl GaussianAccumulator {
                         let mut ms2m = 0.0;
                         for i in 0..d {
                             let off = up_row(d, i);
-                            let mut acc = cs.s2[off] * m[i];
-                            for j in i + 1..d {
-                                acc += 2.0 * cs.s2[off + j - i] * m[j];
-                            }
+                            let row = &cs.s2[off..off + d - i];
+                            let acc = row[0] * m[i]
+                                + 2.0
+                                    * row[1..]
+                                        .iter()
+                                        .zip(&m[i + 1..])
+                                        .map(|(s, mj)| s * mj)
+                                        .sum::<f64>();
                             ms2m += m[i] * acc;
                         }
                         let mv: f64 = m.iter().zip(&cs.v).map(|(a, b)| a * b).sum();
@@ -253,7 +260,7 @@ impl GaussianAccumulator {
                 Some((mean, s, lambda, mu))
             })
             .collect();
-        let fitted: Vec<&(Vec<f64>, Vec<f64>, f64, f64)> = stage.iter().flatten().collect();
+        let fitted: Vec<&Staged> = stage.iter().flatten().collect();
         if fitted.is_empty() {
             return Err(Error::InvalidArg(
                 "gaussian: no class has any training sample".into(),
@@ -316,7 +323,7 @@ pub fn cholesky_packed(a: &[f64], d: usize) -> Option<Vec<f64>> {
                 .sum();
             let v = a[i * d + j] - dotp;
             if i == j {
-                if !(v > 0.0) || !v.is_finite() {
+                if v.is_nan() || v <= 0.0 || v.is_infinite() {
                     return None;
                 }
                 l[ri + i] = v.sqrt();
@@ -452,9 +459,8 @@ pub fn detection_scores(log_p_real: &[f64], log_p_adv: &[f64]) -> (Vec<f32>, Vec
         .chain(log_p_adv)
         .map(|&l| (-l) as f32)
         .collect();
-    let labels = std::iter::repeat(0u8)
-        .take(log_p_real.len())
-        .chain(std::iter::repeat(1u8).take(log_p_adv.len()))
+    let labels = std::iter::repeat_n(0u8, log_p_real.len())
+        .chain(std::iter::repeat_n(1u8, log_p_adv.len()))
         .collect();
     (scores, labels)
 }

@@ -21,7 +21,7 @@ pub fn prediction_difference(g: &[f32], g_removed: &[f32], c: &[f64]) -> Result<
             format!("C has {} values, expected {k} x {k}", c.len()),
         ));
     }
-    if g_removed.len() % k != 0 {
+    if !g_removed.len().is_multiple_of(k) {
         return Err(Error::shape(
             op,
             format!(
@@ -59,14 +59,14 @@ pub fn prediction_difference_batch(
     k: usize,
 ) -> Result<Vec<f64>> {
     let op = "prediction_difference";
-    if k == 0 || g.len() % k != 0 {
+    if k == 0 || !g.len().is_multiple_of(k) {
         return Err(Error::shape(
             op,
             format!("g has {} values, not a multiple of K = {k}", g.len()),
         ));
     }
     let b = g.len() / k;
-    if b == 0 || g_removed.len() % (b * k) != 0 {
+    if b == 0 || !g_removed.len().is_multiple_of(b * k) {
         return Err(Error::shape(
             op,
             format!(

@@ -31,20 +31,11 @@ use crate::error::{Error, Result};
 use crate::rng::Rng;
 
 /// Options of `distance_ratios`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct RatioConfig {
     /// Cap on real points per class (None = all). Subsampled with `seed`.
     pub max_per_class: Option<usize>,
     pub seed: u64,
-}
-
-impl Default for RatioConfig {
-    fn default() -> Self {
-        RatioConfig {
-            max_per_class: None,
-            seed: 0,
-        }
-    }
 }
 
 /// r1, r2 of every adversarial point (None where undefined: a class with too few real points,
@@ -152,7 +143,7 @@ fn dist_sums(a: &[f64], b: &[f64], d: usize, skip_diagonal: bool) -> Vec<f64> {
 
 /// Mean over distinct unordered pairs of the rows of `s` ([n, d]); None when n < 2.
 pub fn mean_within_distance(s: &[f64], d: usize) -> Option<f64> {
-    let n = if d == 0 { 0 } else { s.len() / d };
+    let n = s.len().checked_div(d).unwrap_or(0);
     if n < 2 {
         return None;
     }
@@ -162,11 +153,8 @@ pub fn mean_within_distance(s: &[f64], d: usize) -> Option<f64> {
 
 /// Mean over all pairs of rows of `s` and `t`; None if either is empty.
 pub fn mean_between_distance(s: &[f64], t: &[f64], d: usize) -> Option<f64> {
-    let (ns, nt) = if d == 0 {
-        (0, 0)
-    } else {
-        (s.len() / d, t.len() / d)
-    };
+    let ns = s.len().checked_div(d).unwrap_or(0);
+    let nt = t.len().checked_div(d).unwrap_or(0);
     if ns == 0 || nt == 0 {
         return None;
     }
