@@ -208,7 +208,7 @@ impl CudaBackend {
             .shape()
             .first()
             .ok_or_else(|| Error::shape(OP, "rank-0 features"))?;
-        let d = if n == 0 { 0 } else { a.numel() / n };
+        let d = a.numel().checked_div(n).unwrap_or(0);
         let (as_, bs) = (self.dev_slice(a, OP)?, self.dev_slice(b, OP)?);
         let mut loss = self.alloc(n, "feature_match loss")?;
         if n > 0 {
@@ -246,7 +246,7 @@ impl CudaBackend {
                 format!("gloss {:?} must be [{n}]", gloss.shape()),
             ));
         }
-        let d = if n == 0 { 0 } else { a.numel() / n };
+        let d = a.numel().checked_div(n).unwrap_or(0);
         let (as_, bs, gs) = (
             self.dev_slice(a, OP)?,
             self.dev_slice(b, OP)?,

@@ -17,6 +17,7 @@ struct Operand<'a> {
 
 impl CudaBackend {
     /// out[M, N] = A(m, k) B(k, n) (+ bias[n]).
+    #[allow(clippy::too_many_arguments)]
     fn gemm(
         &self,
         a: Operand<'_>,

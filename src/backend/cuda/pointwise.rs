@@ -194,6 +194,7 @@ impl CudaBackend {
 
     /// Fused iterative-FGS step in place: x = clamp(x - eps*sign(grad), max(lo, x0 - radius),
     /// min(hi, x0 + radius)); `x0 = None` (or a negative radius) skips the L-inf projection.
+    #[allow(clippy::too_many_arguments)]
     pub fn ifgs_step(
         &self,
         x: &mut Tensor,
