@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use crate::backend::{Backend, DeviceRequest};
 use crate::error::Result;
 
+pub mod advtrain;
 pub mod analysis;
 pub mod attack;
 pub mod data;
@@ -52,6 +53,8 @@ pub enum Command {
     /// Adversarial attacks (FGS, iterative FGS, ensemble optimisation).
     #[command(subcommand)]
     Attack(attack::AttackCommand),
+    /// Adversarial fine-tuning with the consistency loss (paper Eq. 8, experiment E6).
+    Advtrain(advtrain::AdvTrainArgs),
     /// Run one primitive op on named tensors from a safetensors file (golden-file interface).
     Op(op::OpArgs),
     /// Print the compiled kernel table and devices (diagnostics).
@@ -112,6 +115,7 @@ pub fn main() -> i32 {
         Command::Train(a) => train::run_train(&ctx, a),
         Command::Eval(a) => train::run_eval(&ctx, a),
         Command::Attack(c) => attack::run(&ctx, c),
+        Command::Advtrain(a) => advtrain::run(&ctx, a),
         Command::Op(a) => op::run(&ctx, a),
         Command::Info(a) => misc::run_info(&ctx, a),
         Command::Kernels(c) => kernels::run(&ctx, c),

@@ -1,1 +1,2 @@
-//! See DESIGN.md section 1.
+//! One module per paper experiment (DESIGN.md section 4) and the orchestration of `reproduce`.
+pub mod advtrain;

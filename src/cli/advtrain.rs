@@ -1,0 +1,101 @@
+//! `advlens advtrain`: adversarial fine-tuning with the consistency loss (E6, paper Eq. 8).
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{emit, Ctx};
+use crate::data::Dataset;
+use crate::error::Result;
+use crate::experiments::advtrain::{advtrain, AdvTrainConfig};
+use crate::nn::optim::OptimConfig;
+
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Example:\n  advlens advtrain --ckpt runs/resnet/last.safetensors --data data/fmnist/train.safetensors \
+    --val data/fmnist/test.safetensors --val-limit 1000 --epochs 1 --out runs/resnet-adv"
+)]
+pub struct AdvTrainArgs {
+    /// Checkpoint of the trained model to fine-tune (from `advlens train`).
+    #[arg(long)]
+    pub ckpt: PathBuf,
+    /// Training split.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Validation split: clean and iterative-FGS accuracy after every epoch.
+    #[arg(long)]
+    pub val: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Weight of the clean cross-entropy.
+    #[arg(long, default_value_t = 0.5)]
+    pub alpha: f32,
+    /// Weight of the consistency loss ||phi(x) - phi(G(x, y*))||^2.
+    #[arg(long, default_value_t = 0.1)]
+    pub beta: f32,
+    /// Iterative-FGS steps T of G(x, y*).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Iterative-FGS step size on the 0..255 pixel scale.
+    #[arg(long, default_value_t = 2.0)]
+    pub eps: f32,
+    /// Learning rate (SGD, momentum 0.9).
+    #[arg(long, default_value_t = 0.01)]
+    pub lr: f32,
+    #[arg(long, default_value_t = 5e-5)]
+    pub weight_decay: f32,
+    /// Output directory: epoch-XXX.safetensors, last.safetensors, advtrain.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue from a checkpoint written by an earlier `advlens advtrain` with the same settings.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Fine-tune on the first N images only.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Validate on the first N images only.
+    #[arg(long)]
+    pub val_limit: Option<usize>,
+}
+
+pub fn run(ctx: &Ctx, a: &AdvTrainArgs) -> Result<()> {
+    let cfg = AdvTrainConfig {
+        alpha: a.alpha,
+        beta: a.beta,
+        steps: a.steps,
+        eps: a.eps,
+        epochs: a.epochs,
+        batch: a.batch,
+        optim: OptimConfig::sgd(a.lr, 0.9, a.weight_decay),
+        seed: ctx.seed,
+        limit: a.limit,
+        val_limit: a.val_limit,
+    };
+    cfg.validate()?;
+    let train = Arc::new(Dataset::open(&a.data)?);
+    let val = match &a.val {
+        Some(p) => Some(Arc::new(Dataset::open(p)?)),
+        None => None,
+    };
+    let be = ctx.backend()?;
+    let json = ctx.json;
+    let epochs = cfg.epochs;
+    let out = advtrain(
+        be.as_ref(),
+        &a.ckpt,
+        &cfg,
+        &train,
+        val.as_ref(),
+        &a.out,
+        a.resume.as_deref(),
+        &mut |r| {
+            if !json {
+                println!("{}", r.line(epochs));
+            }
+        },
+    )?;
+    emit(ctx, &out.history, || {
+        format!("wrote {}", out.last_checkpoint.display())
+    });
+    Ok(())
+}

@@ -1,0 +1,536 @@
+//! E6: adversarial training with the consistency (feature-matching) loss, paper Eq. 8:
+//!
+//! L = alpha * CE(y, f(x)) + (1 - alpha) * CE(y, f(G(x, y*))) + beta * ||phi(x) - phi(G(x, y*))||^2
+//!
+//! Decisions the paper leaves open, written down here and in the run's `advtrain.json`:
+//! - G is the targeted iterative FGS of Eq. 9-11 ([`crate::attack::methods::ifgs`]), T steps of
+//!   size `eps` on the 0..255 scale, computed with the model being trained, in eval mode (running
+//!   BatchNorm statistics, no dropout), with no parameter gradients.
+//! - y* is drawn uniformly among the K-1 wrong classes of each image, from (seed, epoch, image
+//!   index) only, so a resumed run draws the same targets.
+//! - The clean and adversarial halves go through the network as one batch [x; x*] in training
+//!   mode, so BatchNorm normalises with statistics of both halves together (as in most adversarial
+//!   training code) and one backward pass carries all three terms.
+//! - Each CE term is the batch mean; the consistency term is the batch mean over images of the
+//!   squared L2 distance between the two phi (summed over all of phi's C*H*W values).
+//! - The gradient of the consistency term flows through BOTH branches: d/dphi(x) = 2*beta/N*(phi(x)
+//!   - phi(x*)) and d/dphi(x*) = -2*beta/N*(phi(x) - phi(x*)); x* itself is treated as a constant
+//!   input (it is produced by sign steps, which have no useful gradient).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::attack::methods::{ifgs, random_targets};
+use crate::backend::Backend;
+use crate::data::{Batches, Dataset};
+use crate::error::{Error, Result};
+use crate::nn::checkpoint;
+use crate::nn::optim::{OptimConfig, Optimizer};
+use crate::nn::train::{evaluate, topk_hits, EvalReport};
+use crate::nn::Model;
+use crate::tensor::Tensor;
+
+/// Hyper-parameters of an adversarial fine-tuning run.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdvTrainConfig {
+    /// Weight of the clean cross-entropy (paper: 0.5).
+    pub alpha: f32,
+    /// Weight of the consistency loss (paper: 0.1).
+    pub beta: f32,
+    /// Iterative-FGS steps T of G (paper: 10).
+    pub steps: usize,
+    /// Iterative-FGS step size on the 0..255 scale (the paper does not give it).
+    pub eps: f32,
+    pub epochs: usize,
+    pub batch: usize,
+    pub optim: OptimConfig,
+    pub seed: u64,
+    /// Fine-tune on the first `limit` training images only.
+    pub limit: Option<usize>,
+    /// Validation: clean and iterative-FGS accuracy on the first `val_limit` images.
+    pub val_limit: Option<usize>,
+}
+
+impl Default for AdvTrainConfig {
+    fn default() -> Self {
+        AdvTrainConfig {
+            alpha: 0.5,
+            beta: 0.1,
+            steps: 10,
+            eps: 2.0,
+            epochs: 1,
+            batch: 64,
+            optim: OptimConfig::sgd(0.01, 0.9, 5e-5),
+            seed: 0,
+            limit: None,
+            val_limit: None,
+        }
+    }
+}
+
+impl AdvTrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.alpha) {
+            return Err(Error::InvalidArg(format!(
+                "--alpha must be in [0, 1], got {}",
+                self.alpha
+            )));
+        }
+        if !self.beta.is_finite() || self.beta < 0.0 {
+            return Err(Error::InvalidArg(format!(
+                "--beta must be >= 0, got {}",
+                self.beta
+            )));
+        }
+        if self.batch == 0 || self.epochs == 0 {
+            return Err(Error::InvalidArg(
+                "advtrain: --batch and --epochs must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Value and gradients of the consistency term for phi of the clean half `a` and of the
+/// adversarial half `b` (host values, same length, `n` images): returns
+/// (mean over images of ||a_i - b_i||^2, d/da, d/db).
+pub fn consistency_loss(a: &[f32], b: &[f32], n: usize) -> Result<(f64, Vec<f32>, Vec<f32>)> {
+    if a.len() != b.len() || n == 0 || a.len() % n != 0 {
+        return Err(Error::shape(
+            "consistency_loss",
+            format!(
+                "phi halves of {} and {} values for {n} images",
+                a.len(),
+                b.len()
+            ),
+        ));
+    }
+    let scale = 2.0 / n as f32;
+    let mut value = 0.0f64;
+    let mut da = Vec::with_capacity(a.len());
+    let mut db = Vec::with_capacity(a.len());
+    for (&x, &y) in a.iter().zip(b) {
+        let d = x - y;
+        value += (d as f64) * (d as f64);
+        da.push(scale * d);
+        db.push(-scale * d);
+    }
+    Ok((value / n as f64, da, db))
+}
+
+/// Per-epoch figures of adversarial training.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdvEpochReport {
+    /// 1-based.
+    pub epoch: usize,
+    pub loss: f64,
+    pub ce_clean: f64,
+    pub ce_adv: f64,
+    pub consistency: f64,
+    pub train_top1_clean: f64,
+    pub train_top1_adv: f64,
+    pub val: Option<RobustReport>,
+    pub seconds: f64,
+    pub images_per_sec: f64,
+}
+
+impl AdvEpochReport {
+    pub fn line(&self, epochs: usize) -> String {
+        let val = self.val.as_ref().map_or(String::new(), |v| {
+            format!(
+                " | val clean top1 {:.2}% ifgs top1 {:.2}%",
+                100.0 * v.clean.top1,
+                100.0 * v.adv_top1
+            )
+        });
+        format!(
+            "advtrain epoch {}/{epochs}: loss {:.4} (ce {:.4} / adv ce {:.4} / cons {:.4}) train top1 {:.2}% adv {:.2}%{val} {:.1}s ({:.0} img/s)",
+            self.epoch,
+            self.loss,
+            self.ce_clean,
+            self.ce_adv,
+            self.consistency,
+            100.0 * self.train_top1_clean,
+            100.0 * self.train_top1_adv,
+            self.seconds,
+            self.images_per_sec
+        )
+    }
+}
+
+/// Clean accuracy and accuracy (w.r.t. the true label) on targeted iterative-FGS images with
+/// random wrong targets, the held-out measure of what adversarial training buys.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RobustReport {
+    pub clean: EvalReport,
+    pub images: usize,
+    pub adv_top1: f64,
+    /// Fraction of adversarial images classified as their target.
+    pub target_hit: f64,
+    pub eps: f32,
+    pub steps: usize,
+}
+
+/// Clean and iterative-FGS accuracy of `model` on the first `limit` images of `data`.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_robust(
+    be: &dyn Backend,
+    model: &mut Model,
+    data: &Arc<Dataset>,
+    batch: usize,
+    limit: Option<usize>,
+    eps: f32,
+    steps: usize,
+    seed: u64,
+) -> Result<RobustReport> {
+    let clean = evaluate(be, model, data, batch, limit)?;
+    let mut batches = Batches::new(data, batch, None, 0)?;
+    if let Some(l) = limit {
+        batches = batches.limit(l);
+    }
+    let total = batches.order().len();
+    let pb = crate::progress::bar(total as u64, "ifgs eval", "img");
+    let k = model.num_classes();
+    let (mut hits, mut tgt, mut n) = (0usize, 0usize, 0usize);
+    for b in batches {
+        let b = b?;
+        let targets = random_targets(seed, &b.indices, &b.labels, k)?;
+        let adv = ifgs(be, model, &b.images, &targets, eps, steps)?;
+        let logits = model.predict(be, &adv)?.to_vec()?;
+        hits += topk_hits(&logits, k, &b.labels).0;
+        tgt += topk_hits(&logits, k, &targets).0;
+        n += b.labels.len();
+        pb.inc(b.labels.len() as u64);
+    }
+    pb.finish_and_clear();
+    let nf = n.max(1) as f64;
+    Ok(RobustReport {
+        clean,
+        images: n,
+        adv_top1: hits as f64 / nf,
+        target_hit: tgt as f64 / nf,
+        eps,
+        steps,
+    })
+}
+
+/// Figures of one optimisation step.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StepStats {
+    pub loss: f64,
+    pub ce_clean: f64,
+    pub ce_adv: f64,
+    pub consistency: f64,
+    pub hits_clean: usize,
+    pub hits_adv: usize,
+}
+
+/// Stack two host-readable batches [N, ...] into one [2N, ...] on `be`.
+fn stack(be: &dyn Backend, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.shape() != b.shape() || a.rank() == 0 {
+        return Err(Error::shape(
+            "advtrain.stack",
+            format!("cannot stack {:?} and {:?}", a.shape(), b.shape()),
+        ));
+    }
+    let mut v = a.to_vec()?;
+    v.extend(b.to_vec()?);
+    let mut shape = a.shape().to_vec();
+    shape[0] *= 2;
+    be.upload(&Tensor::from_vec(&shape, v)?)
+}
+
+/// The objective of Eq. 8 on a clean batch `x` and its adversarial counterpart `x_adv` (both on
+/// the 0..255 scale), with gradients accumulated into the model's parameters. The caller zeroes
+/// gradients and steps the optimiser. Returns the loss terms.
+pub fn objective_and_grads(
+    be: &dyn Backend,
+    model: &mut Model,
+    x: &Tensor,
+    x_adv: &Tensor,
+    labels: &[u32],
+    alpha: f32,
+    beta: f32,
+) -> Result<StepStats> {
+    let n = labels.len();
+    let xx = stack(be, x, x_adv)?;
+    let mut yy = labels.to_vec();
+    yy.extend_from_slice(labels);
+    let logits = model.forward(be, &xx, true)?;
+    let (loss, dlogits) = be.softmax_xent(&logits, &yy)?;
+    let k = model.num_classes();
+    let loss = loss.to_vec()?;
+    let mut dl = dlogits.to_vec()?;
+    let (wa, wb) = (alpha / n as f32, (1.0 - alpha) / n as f32);
+    for (i, row) in dl.chunks_exact_mut(k).enumerate() {
+        let w = if i < n { wa } else { wb };
+        row.iter_mut().for_each(|v| *v *= w);
+    }
+    let dl = be.upload(&Tensor::from_vec(&[2 * n, k], dl)?)?;
+    let phi = model.phi()?;
+    let phi_shape = phi.shape().to_vec();
+    let phi_v = phi.to_vec()?;
+    let half = phi_v.len() / 2;
+    let (cons, da, db) = consistency_loss(&phi_v[..half], &phi_v[half..], n)?;
+    let mut dphi: Vec<f32> = da.into_iter().map(|v| beta * v).collect();
+    dphi.extend(db.into_iter().map(|v| beta * v));
+    let dphi = be.upload(&Tensor::from_vec(&phi_shape, dphi)?)?;
+    model.backward(be, &dl, Some(&dphi), false)?;
+    let ce_clean = loss[..n].iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+    let ce_adv = loss[n..].iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+    let lv = logits.to_vec()?;
+    let hits_clean = topk_hits(&lv[..n * k], k, labels).0;
+    let hits_adv = topk_hits(&lv[n * k..], k, labels).0;
+    model.clear_cache();
+    Ok(StepStats {
+        loss: alpha as f64 * ce_clean + (1.0 - alpha as f64) * ce_adv + beta as f64 * cons,
+        ce_clean,
+        ce_adv,
+        consistency: cons,
+        hits_clean,
+        hits_adv,
+    })
+}
+
+pub struct AdvTrainOutcome {
+    pub model: Model,
+    pub history: Vec<AdvEpochReport>,
+    pub last_checkpoint: PathBuf,
+}
+
+fn meta(
+    cfg: &AdvTrainConfig,
+    base: &Path,
+    history: &[AdvEpochReport],
+) -> Result<BTreeMap<String, String>> {
+    let js = |v: serde_json::Value| {
+        serde_json::to_string(&v)
+            .map_err(|e| Error::InvalidArg(format!("cannot serialise run metadata: {e}")))
+    };
+    let mut m = BTreeMap::new();
+    m.insert("advtrain_config".into(), js(serde_json::json!(cfg))?);
+    m.insert("advtrain_base".into(), base.display().to_string());
+    m.insert("advtrain_history".into(), js(serde_json::json!(history))?);
+    Ok(m)
+}
+
+/// Fine-tune the model of checkpoint `base` with Eq. 8 on `train_data`, writing
+/// `out/epoch-XXX.safetensors`, `out/last.safetensors` and `out/advtrain.json` after each epoch.
+/// With `resume`, the run continues from that checkpoint (written by an earlier `advtrain` with the
+/// same config) and reproduces the uninterrupted run.
+#[allow(clippy::too_many_arguments)]
+pub fn advtrain(
+    be: &dyn Backend,
+    base: &Path,
+    cfg: &AdvTrainConfig,
+    train_data: &Arc<Dataset>,
+    val: Option<&Arc<Dataset>>,
+    out: &Path,
+    resume: Option<&Path>,
+    on_epoch: &mut dyn FnMut(&AdvEpochReport),
+) -> Result<AdvTrainOutcome> {
+    cfg.validate()?;
+    let (mut model, mut opt, mut history, start) = match resume {
+        None => (
+            Model::load(base)?,
+            Optimizer::new(cfg.optim)?,
+            Vec::new(),
+            0,
+        ),
+        Some(p) => {
+            let ck = checkpoint::load(p)?;
+            let stored: AdvTrainConfig = match ck.metadata.get("advtrain_config") {
+                Some(s) => serde_json::from_str(s).map_err(|e| {
+                    Error::format(p, format!("metadata 'advtrain_config' is unreadable: {e}"))
+                })?,
+                None => {
+                    return Err(Error::format(
+                        p,
+                        "not an advtrain checkpoint (no 'advtrain_config' metadata)",
+                    ))
+                }
+            };
+            let same = AdvTrainConfig {
+                epochs: cfg.epochs,
+                ..stored.clone()
+            };
+            if &same != cfg {
+                return Err(Error::InvalidArg(format!(
+                    "--resume {}: the checkpoint was made with a different configuration ({stored:?})",
+                    p.display()
+                )));
+            }
+            let history: Vec<AdvEpochReport> = match ck.metadata.get("advtrain_history") {
+                Some(s) => serde_json::from_str(s).map_err(|e| {
+                    Error::format(p, format!("metadata 'advtrain_history' is unreadable: {e}"))
+                })?,
+                None => Vec::new(),
+            };
+            let opt = ck.optimizer.ok_or_else(|| {
+                Error::format(p, "no optimiser state in this checkpoint: it cannot resume")
+            })?;
+            (ck.model, opt, history, ck.epoch)
+        }
+    };
+    if train_data.num_classes() != model.num_classes() || train_data.shape() != model.in_shape() {
+        return Err(Error::InvalidArg(format!(
+            "{} ({} classes, {:?}) does not fit model {} ({} classes, {:?})",
+            train_data.path().display(),
+            train_data.num_classes(),
+            train_data.shape(),
+            model.name(),
+            model.num_classes(),
+            model.in_shape()
+        )));
+    }
+    if train_data.is_empty() {
+        return Err(Error::InvalidArg(format!(
+            "{} holds no images",
+            train_data.path().display()
+        )));
+    }
+    model.to_backend(be)?;
+    opt.set_lr(cfg.optim.lr());
+    let n_train = cfg
+        .limit
+        .map_or(train_data.len(), |l| l.min(train_data.len()));
+    let last = out.join("last.safetensors");
+    for epoch in start..cfg.epochs {
+        let t0 = Instant::now();
+        let mut batches = Batches::new(train_data, cfg.batch, Some(cfg.seed), epoch as u64)?;
+        if let Some(l) = cfg.limit {
+            batches = batches.limit(l);
+        }
+        batches = batches.drop_last(n_train % cfg.batch == 1);
+        let pb = crate::progress::bar(
+            n_train as u64,
+            &format!("advtrain {}/{}", epoch + 1, cfg.epochs),
+            "img",
+        );
+        let target_seed = crate::rng::hash64(cfg.seed, 0xAD7_0000 + epoch as u64);
+        let mut acc = StepStats::default();
+        let mut seen = 0usize;
+        for (step, b) in batches.enumerate() {
+            let b = b?;
+            let targets = random_targets(target_seed, &b.indices, &b.labels, model.num_classes())?;
+            let x_adv = ifgs(be, &mut model, &b.images, &targets, cfg.eps, cfg.steps)?;
+            model.zero_grad();
+            let s = objective_and_grads(
+                be, &mut model, &b.images, &x_adv, &b.labels, cfg.alpha, cfg.beta,
+            )?;
+            if !s.loss.is_finite() {
+                return Err(Error::Numeric(format!(
+                    "adversarial training diverged: loss {} at epoch {} step {}; lower --lr",
+                    s.loss,
+                    epoch + 1,
+                    step + 1
+                )));
+            }
+            opt.step(be, &mut model)?;
+            let m = b.labels.len() as f64;
+            acc.loss += s.loss * m;
+            acc.ce_clean += s.ce_clean * m;
+            acc.ce_adv += s.ce_adv * m;
+            acc.consistency += s.consistency * m;
+            acc.hits_clean += s.hits_clean;
+            acc.hits_adv += s.hits_adv;
+            seen += b.labels.len();
+            pb.inc(b.labels.len() as u64);
+            pb.set_message(format!("loss {:.4}", acc.loss / seen as f64));
+        }
+        pb.finish_and_clear();
+        let secs = t0.elapsed().as_secs_f64();
+        let val_report = match val {
+            Some(v) => Some(evaluate_robust(
+                be,
+                &mut model,
+                v,
+                cfg.batch.max(128),
+                cfg.val_limit,
+                cfg.eps,
+                cfg.steps,
+                cfg.seed ^ 0x5EED_7E57,
+            )?),
+            None => None,
+        };
+        let sf = seen.max(1) as f64;
+        let rep = AdvEpochReport {
+            epoch: epoch + 1,
+            loss: acc.loss / sf,
+            ce_clean: acc.ce_clean / sf,
+            ce_adv: acc.ce_adv / sf,
+            consistency: acc.consistency / sf,
+            train_top1_clean: acc.hits_clean as f64 / sf,
+            train_top1_adv: acc.hits_adv as f64 / sf,
+            val: val_report,
+            seconds: secs,
+            images_per_sec: seen as f64 / secs.max(1e-9),
+        };
+        history.push(rep.clone());
+        let m = meta(cfg, base, &history)?;
+        checkpoint::save(
+            &out.join(format!("epoch-{:03}.safetensors", epoch + 1)),
+            &model,
+            epoch + 1,
+            Some(&opt),
+            &m,
+        )?;
+        checkpoint::save(&last, &model, epoch + 1, Some(&opt), &m)?;
+        crate::io::write_json(
+            &out.join("advtrain.json"),
+            &serde_json::json!({ "base": base, "config": cfg, "history": &history }),
+        )?;
+        on_epoch(&rep);
+    }
+    Ok(AdvTrainOutcome {
+        model,
+        history,
+        last_checkpoint: last,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consistency_gradient_matches_finite_differences() {
+        let mut r = crate::rng::Rng::new(11);
+        let n = 3;
+        let a: Vec<f32> = (0..n * 7).map(|_| r.normal() as f32).collect();
+        let b: Vec<f32> = (0..n * 7).map(|_| r.normal() as f32).collect();
+        let (v, da, db) = consistency_loss(&a, &b, n).unwrap();
+        let f = |a: &[f32], b: &[f32]| consistency_loss(a, b, n).unwrap().0;
+        let h = 1e-2f32;
+        for i in [0, 5, 13, 20] {
+            let (mut ap, mut am) = (a.clone(), a.clone());
+            ap[i] += h;
+            am[i] -= h;
+            let num = (f(&ap, &b) - f(&am, &b)) / (2.0 * h as f64);
+            assert!(
+                (num - da[i] as f64).abs() < 1e-3 * (1.0 + num.abs()),
+                "da[{i}] {num} vs {}",
+                da[i]
+            );
+            let (mut bp, mut bm) = (b.clone(), b.clone());
+            bp[i] += h;
+            bm[i] -= h;
+            let num = (f(&a, &bp) - f(&a, &bm)) / (2.0 * h as f64);
+            assert!(
+                (num - db[i] as f64).abs() < 1e-3 * (1.0 + num.abs()),
+                "db[{i}] {num} vs {}",
+                db[i]
+            );
+        }
+        let direct: f64 = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| ((x - y) as f64).powi(2))
+            .sum::<f64>()
+            / n as f64;
+        assert!((v - direct).abs() < 1e-9 * direct.max(1.0));
+        assert!(consistency_loss(&a, &b[1..], n).is_err());
+    }
+}
