@@ -99,8 +99,19 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, ignored: &mut usize) -> Res
     Ok(())
 }
 
+/// What [`scan`] finds in a source folder.
+#[derive(Clone, Debug)]
+pub struct FolderScan {
+    /// Sorted subfolder names; label i is `classes[i]`.
+    pub classes: Vec<String>,
+    /// Every image file with its label, in import order.
+    pub files: Vec<(PathBuf, usize)>,
+    /// Files inside class folders that are not jpg/jpeg/png.
+    pub ignored: usize,
+}
+
 /// The classes (sorted subfolder names) and every image file with its label.
-pub fn scan(src: &Path) -> Result<(Vec<String>, Vec<(PathBuf, usize)>, usize)> {
+pub fn scan(src: &Path) -> Result<FolderScan> {
     let mut classes = Vec::new();
     let mut files = Vec::new();
     let mut ignored = 0usize;
@@ -135,7 +146,11 @@ pub fn scan(src: &Path) -> Result<(Vec<String>, Vec<(PathBuf, usize)>, usize)> {
             "no class subfolders (expected SRC/<class or wnid>/<images>)",
         ));
     }
-    Ok((classes, files, ignored))
+    Ok(FolderScan {
+        classes,
+        files,
+        ignored,
+    })
 }
 
 /// torchvision's `Resize(int)` output size: the shorter side becomes `target`, the longer one
@@ -195,7 +210,11 @@ pub fn import_folder(src: &Path, out: &Path, opts: &FolderOptions) -> Result<Fol
             opts.size, opts.resize
         )));
     }
-    let (classes, files, ignored) = scan(src)?;
+    let FolderScan {
+        classes,
+        files,
+        ignored,
+    } = scan(src)?;
     let s = opts.size as usize;
     let spec = SplitSpec {
         channels: 3,
