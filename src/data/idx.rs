@@ -134,7 +134,18 @@ impl IdxStream {
                 format!("IDX dimensions {dims:?} contain a zero item dimension"),
             ));
         }
-        let item_len: usize = dims.iter().skip(1).product();
+        // A corrupt header must not turn into a huge allocation or an overflow.
+        let item_len = dims
+            .iter()
+            .skip(1)
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .filter(|&l| l <= 1 << 28)
+            .ok_or_else(|| {
+                Error::format(
+                    path,
+                    format!("IDX item dimensions {dims:?} are implausibly large"),
+                )
+            })?;
         Ok(IdxStream {
             path: path.to_path_buf(),
             reader,
@@ -182,9 +193,10 @@ impl IdxStream {
     /// file, trailing bytes or a bad gzip checksum is an error.
     pub fn finish(mut self) -> Result<()> {
         let count = self.count();
-        let mut buf = vec![0u8; self.item_len * 256];
+        let per_chunk = ((1usize << 20) / self.item_len).max(1);
+        let mut buf = vec![0u8; self.item_len * per_chunk];
         while self.items_read < count {
-            let k = (count - self.items_read).min(256);
+            let k = (count - self.items_read).min(per_chunk);
             let chunk = &mut buf[..k * self.item_len];
             let got = fill(&mut *self.reader, chunk).map_err(|e| {
                 read_err(
@@ -289,10 +301,13 @@ pub fn import_split(
         ));
     }
     let (rows, cols) = (img.header.dims[1], img.header.dims[2]);
-    let mut all_labels = vec![0u8; n];
-    for (i, l) in all_labels.iter_mut().enumerate() {
-        lab.next_item(std::slice::from_mut(l))?;
-        if *l as usize >= FASHION_MNIST_CLASSES.len() {
+    // Grown as read (not sized from the header), so a corrupt count cannot allocate gigabytes.
+    let mut all_labels = Vec::new();
+    let mut l = 0u8;
+    for i in 0..n {
+        lab.next_item(std::slice::from_mut(&mut l))?;
+        all_labels.push(l);
+        if l as usize >= FASHION_MNIST_CLASSES.len() {
             return Err(Error::format(
                 labels,
                 format!(

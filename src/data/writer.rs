@@ -134,7 +134,7 @@ pub fn write_split_streaming(
             w,
             image_len: spec.image_len(),
             capacity,
-            labels: Vec::with_capacity(capacity),
+            labels: Vec::with_capacity(capacity.min(1 << 20)),
         };
         if let Err(e) = produce(&mut sink) {
             failure = Some(e);
