@@ -314,6 +314,12 @@ fn import_idx_bad_inputs_fail_clearly_and_leave_nothing() {
             vec!["t10k-images-idx3-ubyte.gz"],
         ),
         (
+            "implausible dimensions",
+            t10k_img.clone(),
+            gz(&idx_bytes(0x803, &[3, 1 << 20, 1 << 20], &[])),
+            vec!["t10k-images-idx3-ubyte.gz", "implausibly large"],
+        ),
+        (
             "count mismatch",
             t10k_lab.clone(),
             gz(&idx_bytes(0x801, &[2], &[1, 2])),
