@@ -47,9 +47,9 @@ impl Rng {
         (self.next_u64() >> 11) as f64 * (1.0 / 9_007_199_254_740_992.0)
     }
 
-    /// Uniform integer in [0, n), n > 0 (Lemire's multiply-shift; bias < 2^-32 for our n).
+    /// Uniform integer in [0, n), n > 0 (Lemire's multiply-shift; bias < n / 2^64).
     pub fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() >> 32) * n as u64 >> 32) as usize
+        ((self.next_u64() as u128 * n as u128) >> 64) as usize
     }
 
     /// Standard normal (Box-Muller).

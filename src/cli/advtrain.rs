@@ -39,8 +39,11 @@ pub struct AdvTrainArgs {
     /// Iterative-FGS step size on the 0..255 pixel scale.
     #[arg(long, default_value_t = 2.0)]
     pub eps: f32,
-    /// Learning rate (SGD, momentum 0.9).
-    #[arg(long, default_value_t = 0.01)]
+    /// Optimiser of the fine-tune.
+    #[arg(long, default_value = "adam", value_parser = ["sgd", "adam"])]
+    pub optim: String,
+    /// Learning rate.
+    #[arg(long, default_value_t = 5e-4)]
     pub lr: f32,
     #[arg(long, default_value_t = 5e-5)]
     pub weight_decay: f32,
@@ -66,7 +69,11 @@ pub fn run(ctx: &Ctx, a: &AdvTrainArgs) -> Result<()> {
         eps: a.eps,
         epochs: a.epochs,
         batch: a.batch,
-        optim: OptimConfig::sgd(a.lr, 0.9, a.weight_decay),
+        optim: if a.optim == "sgd" {
+            OptimConfig::sgd(a.lr, 0.9, a.weight_decay)
+        } else {
+            OptimConfig::adam(a.lr, a.weight_decay)
+        },
         seed: ctx.seed,
         limit: a.limit,
         val_limit: a.val_limit,

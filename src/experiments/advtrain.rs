@@ -13,9 +13,10 @@
 //!   training code) and one backward pass carries all three terms.
 //! - Each CE term is the batch mean; the consistency term is the batch mean over images of the
 //!   squared L2 distance between the two phi (summed over all of phi's C*H*W values).
-//! - The gradient of the consistency term flows through BOTH branches: d/dphi(x) = 2*beta/N*(phi(x)
-//!   - phi(x*)) and d/dphi(x*) = -2*beta/N*(phi(x) - phi(x*)); x* itself is treated as a constant
-//!   input (it is produced by sign steps, which have no useful gradient).
+//! - The gradient of the consistency term flows through BOTH branches:
+//!   d/dphi(x) = 2*beta/N*(phi(x) minus phi(x*)) and d/dphi(x*) = -2*beta/N*(phi(x) minus phi(x*));
+//!   x* itself is treated as a constant input (it is produced by sign steps, which have no useful
+//!   gradient).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -62,7 +63,7 @@ impl Default for AdvTrainConfig {
             eps: 2.0,
             epochs: 1,
             batch: 64,
-            optim: OptimConfig::sgd(0.01, 0.9, 5e-5),
+            optim: OptimConfig::adam(5e-4, 5e-5),
             seed: 0,
             limit: None,
             val_limit: None,
@@ -97,7 +98,7 @@ impl AdvTrainConfig {
 /// adversarial half `b` (host values, same length, `n` images): returns
 /// (mean over images of ||a_i - b_i||^2, d/da, d/db).
 pub fn consistency_loss(a: &[f32], b: &[f32], n: usize) -> Result<(f64, Vec<f32>, Vec<f32>)> {
-    if a.len() != b.len() || n == 0 || a.len() % n != 0 {
+    if a.len() != b.len() || n == 0 || !a.len().is_multiple_of(n) {
         return Err(Error::shape(
             "consistency_loss",
             format!(
