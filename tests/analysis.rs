@@ -384,6 +384,11 @@ fn topk_errors_and_fraction_helper() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("channel 1") && e.contains("image 4"), "{e}");
+    // A negative-signed NaN (which total_cmp ranks below -inf) is rejected too, even once the
+    // heap is full.
+    let mut t1 = TopK::new(1, 1).unwrap();
+    t1.push_batch(&[5.0], &[0]).unwrap();
+    assert!(t1.push_batch(&[-f32::NAN], &[1]).is_err());
     assert!(TopK::new(2, 0).is_err());
     assert!(t.merge(TopK::new(2, 4).unwrap()).is_err());
     assert_eq!(top_fraction_k(50_000, 0.01), 500);
@@ -738,8 +743,18 @@ fn gaussian_log_density_matches_direct_2d_formula() {
     // The empty class cannot be scored; a wrong-length feature is a shape error.
     assert!(g.log_density(&[0.0, 0.0], 2).is_err());
     assert!(g.log_density(&[0.0], 0).is_err());
-    let batch = g.log_density_batch(&feats[..4], &[0, 1]).unwrap();
-    assert_eq!(batch[1], g.log_density(&feats[2..4], 1).unwrap());
+    let batch = g.log_density_batch(&feats, &labels).unwrap();
+    for (i, &c) in labels.iter().enumerate() {
+        let single = g.log_density(&feats[2 * i..2 * i + 2], c as usize).unwrap();
+        assert_eq!(batch[i], single, "batch vs single, row {i}");
+    }
+    assert!(g.log_density_batch(&feats[..2], &[2]).is_err());
+    // One batch (GEMM path for x x^T) vs row by row (rank-1 path): same fit.
+    let mut one = GaussianAccumulator::new(3, 2).unwrap();
+    one.add_batch(&feats, &labels).unwrap();
+    let g_one = one.fit(&cfg).unwrap();
+    let b_one = g_one.log_density_batch(&feats, &labels).unwrap();
+    assert_close(&b_one, &batch, 1e-9, 1e-12, "one batch vs many");
     // Full shrinkage: covariance (tr S / D) I.
     let g1 = acc
         .fit(&GaussianConfig {

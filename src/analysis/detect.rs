@@ -47,6 +47,44 @@ impl Default for GaussianConfig {
     }
 }
 
+/// A class with at least this many rows in a batch gets its x x^T sum as one matrix product
+/// instead of rank-1 updates.
+const SYRK_MIN_ROWS: usize = 8;
+
+/// `s2 (packed upper) += A^T A` for A = `a` ([rows, d] row-major), through one f64 GEMM.
+fn add_gram_blocked(s2: &mut [f64], a: &[f64], d: usize) {
+    let rows = a.len() / d;
+    let mut g = vec![0.0f64; d * d];
+    // SAFETY: A^T is read from `a` ([rows, d]) with strides (1, d), A with (d, 1); g is d x d.
+    unsafe {
+        matrixmultiply::dgemm(
+            d,
+            rows,
+            d,
+            1.0,
+            a.as_ptr(),
+            1,
+            d as isize,
+            a.as_ptr(),
+            d as isize,
+            1,
+            0.0,
+            g.as_mut_ptr(),
+            d as isize,
+            1,
+        );
+    }
+    for i in 0..d {
+        let off = up_row(d, i);
+        for (s, gv) in s2[off..off + d - i]
+            .iter_mut()
+            .zip(&g[i * d + i..(i + 1) * d])
+        {
+            *s += gv;
+        }
+    }
+}
+
 /// Row offset of row i in a packed upper triangle (row i has d - i entries).
 #[inline]
 fn up_row(d: usize, i: usize) -> usize {
@@ -150,26 +188,35 @@ impl GaussianAccumulator {
             .zip(rows.par_iter())
             .filter(|(_, r)| !r.is_empty())
             .for_each(|(cs, r)| {
-                let mut a = vec![0.0f64; d];
-                for &i in r {
+                if cs.shift.is_empty() {
+                    let x = &features[r[0] * d..(r[0] + 1) * d];
+                    cs.shift = x.iter().map(|&v| v as f64).collect();
+                }
+                // The class's rows of this batch, shifted, as one [rows, d] f64 block.
+                let mut a = vec![0.0f64; r.len() * d];
+                for (row, &i) in a.chunks_exact_mut(d).zip(r) {
                     let x = &features[i * d..(i + 1) * d];
-                    if cs.shift.is_empty() {
-                        cs.shift = x.iter().map(|&v| v as f64).collect();
-                    }
-                    for ((aj, &xj), sj) in a.iter_mut().zip(x).zip(&cs.shift) {
+                    for ((aj, &xj), sj) in row.iter_mut().zip(x).zip(&cs.shift) {
                         *aj = xj as f64 - sj;
                     }
-                    let nrm2: f64 = a.iter().map(|v| v * v).sum();
+                    let nrm2: f64 = row.iter().map(|v| v * v).sum();
                     cs.n += 1;
                     cs.t4 += nrm2 * nrm2;
-                    for j in 0..d {
-                        cs.s1[j] += a[j];
-                        cs.v[j] += nrm2 * a[j];
-                        let aj = a[j];
-                        if aj != 0.0 {
-                            let off = up_row(d, j);
-                            for (s, &am) in cs.s2[off..off + d - j].iter_mut().zip(&a[j..]) {
-                                *s += aj * am;
+                    for ((s1, v), &aj) in cs.s1.iter_mut().zip(cs.v.iter_mut()).zip(row.iter()) {
+                        *s1 += aj;
+                        *v += nrm2 * aj;
+                    }
+                }
+                if r.len() >= SYRK_MIN_ROWS {
+                    add_gram_blocked(&mut cs.s2, &a, d);
+                } else {
+                    for row in a.chunks_exact(d) {
+                        for (j, &aj) in row.iter().enumerate() {
+                            if aj != 0.0 {
+                                let off = up_row(d, j);
+                                for (s, &am) in cs.s2[off..off + d - j].iter_mut().zip(&row[j..]) {
+                                    *s += aj * am;
+                                }
                             }
                         }
                     }
@@ -431,6 +478,8 @@ impl ClassGaussians {
     }
 
     /// Log-densities of `features` [N, D] under `classes[N]` (e.g. the predicted classes).
+    /// Samples are grouped by class and solved in blocks, so each Cholesky factor is streamed
+    /// from memory once per block rather than once per sample; results equal `log_density`.
     pub fn log_density_batch(&self, features: &[f32], classes: &[u32]) -> Result<Vec<f64>> {
         let d = self.dim;
         if features.len() != classes.len() * d {
@@ -443,11 +492,60 @@ impl ClassGaussians {
                 ),
             ));
         }
-        features
-            .par_chunks(d)
-            .zip(classes.par_iter())
-            .map(|(x, &c)| self.log_density(x, c as usize))
-            .collect()
+        let k = self.classes.len();
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); k];
+        for (i, &c) in classes.iter().enumerate() {
+            match self.classes.get(c as usize) {
+                Some(Some(_)) => groups[c as usize].push(i),
+                Some(None) => {
+                    return Err(Error::InvalidArg(format!(
+                        "gaussian log-density: class {c} (sample {i}) had no training samples"
+                    )))
+                }
+                None => {
+                    return Err(Error::InvalidArg(format!(
+                        "gaussian log-density: class {c} (sample {i}) of {k} classes"
+                    )))
+                }
+            }
+        }
+        const BLK: usize = 64;
+        let work: Vec<(usize, &[usize])> = groups
+            .iter()
+            .enumerate()
+            .flat_map(|(c, g)| g.chunks(BLK).map(move |ch| (c, ch)))
+            .collect();
+        let parts: Vec<(&[usize], Vec<f64>)> = work
+            .into_par_iter()
+            .map(|(c, idx)| {
+                let mut out = Vec::new();
+                if let Some(f) = &self.classes[c] {
+                    let m = idx.len();
+                    let mut z = vec![0.0f64; m * d];
+                    let mut maha = vec![0.0f64; m];
+                    for i in 0..d {
+                        let r = lo_row(i);
+                        let li = &f.chol[r..r + i];
+                        for (s, &n) in idx.iter().enumerate() {
+                            let zs = &mut z[s * d..(s + 1) * d];
+                            let acc: f64 = li.iter().zip(&zs[..i]).map(|(l, zj)| l * zj).sum();
+                            zs[i] = (features[n * d + i] as f64 - f.mean[i] - acc) / f.chol[r + i];
+                            maha[s] += zs[i] * zs[i];
+                        }
+                    }
+                    let cst = d as f64 * (2.0 * std::f64::consts::PI).ln() + f.log_det;
+                    out = maha.into_iter().map(|q| -0.5 * (cst + q)).collect();
+                }
+                (idx, out)
+            })
+            .collect();
+        let mut res = vec![0.0f64; classes.len()];
+        for (idx, vals) in parts {
+            for (&i, v) in idx.iter().zip(vals) {
+                res[i] = v;
+            }
+        }
+        Ok(res)
     }
 }
 

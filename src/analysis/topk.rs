@@ -12,6 +12,7 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -136,15 +137,65 @@ impl TopK {
                 ),
             ));
         }
-        if c == 0 {
+        if c == 0 || ids.is_empty() {
             return Ok(());
         }
-        for (row, &id) in acts.chunks_exact(c).zip(ids) {
-            for (ch, &v) in row.iter().enumerate() {
-                self.push(ch, v, id)?;
-            }
-        }
-        Ok(())
+        let k = self.k;
+        // Parallel over blocks of channels; inside a block, row by row over a contiguous slice,
+        // with each channel's current worst kept hit (its floor) in a small local array. The
+        // common case (a value below the floor) is one compare and touches no heap.
+        const CH_BLOCK: usize = 128;
+        self.heaps
+            .par_chunks_mut(CH_BLOCK)
+            .enumerate()
+            .try_for_each(|(blk, heaps)| -> Result<()> {
+                let c0 = blk * CH_BLOCK;
+                let mut floors: Vec<Option<Hit>> = heaps
+                    .iter()
+                    .map(|h| {
+                        if h.len() >= k {
+                            h.peek().map(|w| w.0)
+                        } else {
+                            None
+                        }
+                    })
+                    .collect();
+                for (b, &id) in ids.iter().enumerate() {
+                    let row = &acts[b * c + c0..b * c + c0 + heaps.len()];
+                    for (j, &value) in row.iter().enumerate() {
+                        if value.is_nan() {
+                            return Err(Error::Numeric(format!(
+                                "top-k: NaN activation in channel {} for image {id}",
+                                c0 + j
+                            )));
+                        }
+                        let hit = Hit { value, id };
+                        match floors[j] {
+                            // Plain float compare first (NaN is excluded above); the total
+                            // order only decides exact ties (and -0.0 vs 0.0).
+                            Some(f)
+                                if value < f.value
+                                    || (value == f.value
+                                        && hit.rank_cmp(&f) != Ordering::Greater) => {}
+                            Some(_) => {
+                                let heap = &mut heaps[j];
+                                if let Some(mut top) = heap.peek_mut() {
+                                    *top = Worst(hit);
+                                }
+                                floors[j] = heap.peek().map(|w| w.0);
+                            }
+                            None => {
+                                let heap = &mut heaps[j];
+                                heap.push(Worst(hit));
+                                if heap.len() >= k {
+                                    floors[j] = heap.peek().map(|w| w.0);
+                                }
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            })
     }
 
     /// Fold another partial state (same channels and k) into this one.
