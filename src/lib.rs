@@ -8,6 +8,7 @@
 pub mod analysis;
 pub mod attack;
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod nn;
 pub mod progress;
 pub mod rng;
 pub mod tensor;
+pub mod viz;
 
 pub use error::{Error, Result};
 pub use tensor::Tensor;
