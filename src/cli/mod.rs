@@ -10,6 +10,7 @@ use crate::error::Result;
 pub mod advtrain;
 pub mod analysis;
 pub mod attack;
+pub mod bench;
 pub mod data;
 pub mod kernels;
 pub mod misc;
@@ -65,6 +66,9 @@ pub enum Command {
     /// WordNet class hierarchy: tree distances and the class correlation matrix C.
     #[command(subcommand)]
     Wordnet(analysis::WordnetCommand),
+    /// Benchmarks: per-layer conv timings against cuDNN (CUDA) or sgemm (CPU).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// What every command gets: the global options and a lazily opened backend (commands that never
@@ -120,6 +124,7 @@ pub fn main() -> i32 {
         Command::Info(a) => misc::run_info(&ctx, a),
         Command::Kernels(c) => kernels::run(&ctx, c),
         Command::Wordnet(c) => analysis::run(&ctx, c),
+        Command::Bench(c) => bench::run(&ctx, c),
     };
     match r {
         Ok(()) => 0,

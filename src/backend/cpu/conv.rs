@@ -293,3 +293,35 @@ pub fn naive_forward(g: &Geom, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f
     }
     y
 }
+
+/// The two backward paths of a convolution one at a time, for benchmarks that time backward-data
+/// and backward-filter separately (`Backend::conv2d_backward` always computes dw and db).
+impl super::CpuBackend {
+    /// dx[N,C,H,W] of `conv2d` given dy; `x` is read for its shape only.
+    pub fn conv2d_backward_data(
+        &self,
+        x: &crate::tensor::Tensor,
+        w: &crate::tensor::Tensor,
+        dy: &crate::tensor::Tensor,
+        p: crate::backend::Conv2dParams,
+    ) -> crate::error::Result<crate::tensor::Tensor> {
+        const OP: &str = "conv2d_backward_data";
+        let g = super::conv_geom(OP, x, w, p)?;
+        super::want_shape(OP, "dy", dy, &[g.n, g.k, g.p, g.q])?;
+        crate::tensor::Tensor::from_vec(x.shape(), backward_data(&g, w.cpu(OP)?, dy.cpu(OP)?))
+    }
+
+    /// dw[K,C,R,R] of `conv2d` given dy, summed over the batch.
+    pub fn conv2d_backward_filter(
+        &self,
+        x: &crate::tensor::Tensor,
+        w: &crate::tensor::Tensor,
+        dy: &crate::tensor::Tensor,
+        p: crate::backend::Conv2dParams,
+    ) -> crate::error::Result<crate::tensor::Tensor> {
+        const OP: &str = "conv2d_backward_filter";
+        let g = super::conv_geom(OP, x, w, p)?;
+        super::want_shape(OP, "dy", dy, &[g.n, g.k, g.p, g.q])?;
+        crate::tensor::Tensor::from_vec(w.shape(), backward_filter(&g, x.cpu(OP)?, dy.cpu(OP)?))
+    }
+}

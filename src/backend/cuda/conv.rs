@@ -8,6 +8,7 @@ use crate::tensor::Tensor;
 use cudarc::driver::LaunchConfig;
 
 /// Checked geometry of one convolution, as the kernels' ints.
+#[derive(Clone, Copy)]
 pub(super) struct Geom {
     pub n: i32,
     pub c: i32,
@@ -203,13 +204,70 @@ impl CudaBackend {
     ) -> Result<Conv2dGrads> {
         const OP: &str = "conv2d_backward";
         let g = Geom::new(OP, x, w, prm)?;
-        if dy.shape() != g.out_shape() {
-            return Err(Error::shape(
-                OP,
-                format!("dy {:?} must be {:?}", dy.shape(), g.out_shape()),
-            ));
+        check_dy(OP, &g, dy)?;
+        // Device placement of x and w is checked here too: the dx-only path never reads x.
+        self.dev_slice(x, OP)?;
+        self.dev_slice(w, OP)?;
+        let dys = self.dev_slice(dy, OP)?;
+        let Geom { n, k, p, q, .. } = g;
+
+        let dx = if want_dx {
+            Some(self.bwd_data_launch(x, w, dy, &g)?)
+        } else {
+            None
+        };
+        let dw = self.bwd_filter_launch(x, w, dy, &g)?;
+
+        let mut db = self.alloc(k as usize, "conv2d db")?;
+        if k > 0 {
+            let pq: i64 = p as i64 * q as i64;
+            let cfg = super::grid_per_item(k as usize, 256, OP)?;
+            // SAFETY: bias_grad_nchw_f32_v1(const float* dy, float* db, int N, int K,
+            // long long PQ); dy holds N*K*PQ values, db K; one block of 256 per k.
+            unsafe {
+                launch!(
+                    self,
+                    kt::BIAS_GRAD_NCHW,
+                    cfg,
+                    [dys, db.slice_mut(), &n, &k, &pq]
+                )
+            }?;
         }
-        let xs = self.dev_slice(x, OP)?;
+        let db = self.tensor(&[k as usize], db);
+        Ok(Conv2dGrads { dx, dw, db })
+    }
+
+    /// dx of a convolution alone (benchmarks time it apart from dw); `x` is read for its shape.
+    pub fn conv2d_backward_data(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        prm: Conv2dParams,
+    ) -> Result<Tensor> {
+        const OP: &str = "conv2d_backward_data";
+        let g = Geom::new(OP, x, w, prm)?;
+        check_dy(OP, &g, dy)?;
+        self.bwd_data_launch(x, w, dy, &g)
+    }
+
+    /// dw of a convolution alone (summed over the batch).
+    pub fn conv2d_backward_filter(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        prm: Conv2dParams,
+    ) -> Result<Tensor> {
+        const OP: &str = "conv2d_backward_filter";
+        let g = Geom::new(OP, x, w, prm)?;
+        check_dy(OP, &g, dy)?;
+        self.bwd_filter_launch(x, w, dy, &g)
+    }
+
+    /// Launch the backward-data kernel of the selected version; shapes checked by the caller.
+    fn bwd_data_launch(&self, x: &Tensor, w: &Tensor, dy: &Tensor, g: &Geom) -> Result<Tensor> {
+        const OP: &str = "conv2d_backward";
         let ws = self.dev_slice(w, OP)?;
         let dys = self.dev_slice(dy, OP)?;
         let Geom {
@@ -223,78 +281,91 @@ impl CudaBackend {
             q,
             stride,
             pad,
-        } = g;
-
-        let dx = if want_dx {
-            let total = x.numel();
-            let mut dx = self.alloc(total, "conv2d dx")?;
-            if total > 0 && dy.numel() > 0 {
-                match self.conv_version {
-                    ConvVersion::V1 => {
-                        // SAFETY: conv2d_bwd_data_f32_v1(const float* dy, const float* w,
-                        // float* dx, int N, int C, int H, int W, int K, int R, int P, int Q,
-                        // int stride, int pad); dy, w, dx hold N*K*P*Q, K*C*R*R, N*C*H*W values.
-                        unsafe {
-                            launch!(
-                                self,
-                                kt::CONV_BWD_DATA_V1,
-                                grid_1d(total),
-                                [
-                                    dys,
-                                    ws,
-                                    dx.slice_mut(),
-                                    &n,
-                                    &c,
-                                    &h,
-                                    &wd,
-                                    &k,
-                                    &r,
-                                    &p,
-                                    &q,
-                                    &stride,
-                                    &pad
-                                ]
-                            )
-                        }?
-                    }
-                    ConvVersion::V2 => {
-                        let cfg = gemm_grid(c as usize, total / c.max(1) as usize);
-                        // SAFETY: conv2d_bwd_data_f32_v2: same argument order and sizes as v1;
-                        // 256 threads per block (gemm_grid).
-                        unsafe {
-                            launch!(
-                                self,
-                                kt::CONV_BWD_DATA_V2,
-                                cfg,
-                                [
-                                    dys,
-                                    ws,
-                                    dx.slice_mut(),
-                                    &n,
-                                    &c,
-                                    &h,
-                                    &wd,
-                                    &k,
-                                    &r,
-                                    &p,
-                                    &q,
-                                    &stride,
-                                    &pad
-                                ]
-                            )
-                        }?
-                    }
+        } = *g;
+        let total = x.numel();
+        let mut dx = self.alloc(total, "conv2d dx")?;
+        if total > 0 && dy.numel() > 0 {
+            match self.conv_version {
+                ConvVersion::V1 => {
+                    // SAFETY: conv2d_bwd_data_f32_v1(const float* dy, const float* w,
+                    // float* dx, int N, int C, int H, int W, int K, int R, int P, int Q,
+                    // int stride, int pad); dy, w, dx hold N*K*P*Q, K*C*R*R, N*C*H*W values.
+                    unsafe {
+                        launch!(
+                            self,
+                            kt::CONV_BWD_DATA_V1,
+                            grid_1d(total),
+                            [
+                                dys,
+                                ws,
+                                dx.slice_mut(),
+                                &n,
+                                &c,
+                                &h,
+                                &wd,
+                                &k,
+                                &r,
+                                &p,
+                                &q,
+                                &stride,
+                                &pad
+                            ]
+                        )
+                    }?
                 }
-            } else if total > 0 {
-                self.stream()
-                    .memset_zeros(dx.slice_mut())
-                    .map_err(super::drv("zero conv2d dx"))?;
+                ConvVersion::V2 => {
+                    let cfg = gemm_grid(c as usize, total / c.max(1) as usize);
+                    // SAFETY: conv2d_bwd_data_f32_v2: same argument order and sizes as v1;
+                    // 256 threads per block (gemm_grid).
+                    unsafe {
+                        launch!(
+                            self,
+                            kt::CONV_BWD_DATA_V2,
+                            cfg,
+                            [
+                                dys,
+                                ws,
+                                dx.slice_mut(),
+                                &n,
+                                &c,
+                                &h,
+                                &wd,
+                                &k,
+                                &r,
+                                &p,
+                                &q,
+                                &stride,
+                                &pad
+                            ]
+                        )
+                    }?
+                }
             }
-            Some(self.tensor(x.shape(), dx))
-        } else {
-            None
-        };
+        } else if total > 0 {
+            self.stream()
+                .memset_zeros(dx.slice_mut())
+                .map_err(super::drv("zero conv2d dx"))?;
+        }
+        Ok(self.tensor(x.shape(), dx))
+    }
 
+    /// Launch the backward-filter kernel of the selected version; shapes checked by the caller.
+    fn bwd_filter_launch(&self, x: &Tensor, w: &Tensor, dy: &Tensor, g: &Geom) -> Result<Tensor> {
+        const OP: &str = "conv2d_backward";
+        let xs = self.dev_slice(x, OP)?;
+        let dys = self.dev_slice(dy, OP)?;
+        let Geom {
+            n,
+            c,
+            h,
+            w: wd,
+            k,
+            r,
+            p,
+            q,
+            stride,
+            pad,
+        } = *g;
         let wtotal = w.numel();
         let mut dw = self.alloc(wtotal, "conv2d dw")?;
         if wtotal > 0 {
@@ -355,24 +426,16 @@ impl CudaBackend {
                 }
             }
         }
-        let dw = self.tensor(w.shape(), dw);
-
-        let mut db = self.alloc(k as usize, "conv2d db")?;
-        if k > 0 {
-            let pq: i64 = p as i64 * q as i64;
-            let cfg = super::grid_per_item(k as usize, 256, OP)?;
-            // SAFETY: bias_grad_nchw_f32_v1(const float* dy, float* db, int N, int K,
-            // long long PQ); dy holds N*K*PQ values, db K; one block of 256 per k.
-            unsafe {
-                launch!(
-                    self,
-                    kt::BIAS_GRAD_NCHW,
-                    cfg,
-                    [dys, db.slice_mut(), &n, &k, &pq]
-                )
-            }?;
-        }
-        let db = self.tensor(&[k as usize], db);
-        Ok(Conv2dGrads { dx, dw, db })
+        Ok(self.tensor(w.shape(), dw))
     }
+}
+
+fn check_dy(op: &'static str, g: &Geom, dy: &Tensor) -> Result<()> {
+    if dy.shape() != g.out_shape() {
+        return Err(Error::shape(
+            op,
+            format!("dy {:?} must be {:?}", dy.shape(), g.out_shape()),
+        ));
+    }
+    Ok(())
 }

@@ -40,6 +40,8 @@ pub mod kernel_table;
 
 mod analysis;
 mod conv;
+#[cfg(feature = "cudnn")]
+pub mod cudnn;
 mod dense;
 mod norm;
 mod pointwise;

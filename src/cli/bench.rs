@@ -1,0 +1,103 @@
+//! `advlens bench conv`: per-layer conv timings with a same-run baseline (sgemm on the CPU,
+//! cuDNN on CUDA). The numerics live in `crate::bench`.
+use std::path::PathBuf;
+
+use super::Ctx;
+use crate::backend::DeviceRequest;
+use crate::bench::conv::{self, ConvBenchConfig, NETS};
+use crate::error::{Error, Result};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Time forward, backward-data and backward-filter of every conv layer of an ImageNet-size
+    /// model; on CUDA next to cuDNN in the same run (build with --features cudnn), on the CPU
+    /// next to a plain sgemm of the same GEMM work.
+    #[command(
+        after_help = "Examples:\n  advlens --device cuda bench conv --net resnet18 --batch 32 --json\n  advlens --device cpu bench conv --net vgg16 --batch 1 --layers features.0,features.2"
+    )]
+    Conv(ConvArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ConvArgs {
+    /// Model whose conv layers are timed: vgg16, resnet18 or alexnet (ImageNet-size).
+    #[arg(long)]
+    pub net: String,
+    /// Batch size (default: 1 on the CPU, 32 on CUDA).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Input height and width.
+    #[arg(long, default_value_t = 224)]
+    pub input: usize,
+    /// Unmeasured runs per pass before timing (default: 1 on the CPU, 3 on CUDA).
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// Measured runs per pass; the median is reported (default: 3 on the CPU, 20 on CUDA).
+    #[arg(long)]
+    pub iters: Option<usize>,
+    /// Only these conv layers (comma-separated torchvision names, e.g. conv1,layer1.0.conv1).
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Vec<String>,
+    /// fp32 peak of the GPU in TFLOP/s for the floor (default 67: H100 SXM, no tensor cores).
+    #[arg(long)]
+    pub peak_tflops: Option<f64>,
+    /// Let cuDNN use TF32 tensor cores (default: FMA-only fp32, the same arithmetic as ours).
+    #[arg(long)]
+    pub cudnn_tf32: bool,
+    /// Also write the JSON report to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+pub fn run(ctx: &Ctx, c: &BenchCommand) -> Result<()> {
+    match c {
+        BenchCommand::Conv(a) => run_conv(ctx, a),
+    }
+}
+
+fn run_conv(ctx: &Ctx, a: &ConvArgs) -> Result<()> {
+    if !NETS.contains(&a.net.as_str()) {
+        return Err(Error::unknown("net", a.net.clone(), NETS));
+    }
+    if let Some(p) = a.peak_tflops {
+        if !(p.is_finite() && p > 0.0) {
+            return Err(Error::InvalidArg(format!(
+                "--peak-tflops must be a positive number, got {p}"
+            )));
+        }
+    }
+    // Which device: an explicit cuda request that cannot be met is an error (with the reason);
+    // auto falls back to the CPU and says so.
+    let cuda = match ctx.device {
+        DeviceRequest::Cpu => None,
+        DeviceRequest::Cuda(n) => Some(n),
+        DeviceRequest::Auto => match crate::backend::open(DeviceRequest::Auto)?.name() {
+            name if name.starts_with("cuda") => Some(0),
+            _ => None,
+        },
+    };
+    let gpu = cuda.is_some();
+    let cfg = ConvBenchConfig {
+        net: a.net.clone(),
+        batch: a.batch.unwrap_or(if gpu { 32 } else { 1 }),
+        input: a.input,
+        warmup: a.warmup.unwrap_or(if gpu { 3 } else { 1 }),
+        iters: a.iters.unwrap_or(if gpu { 20 } else { 3 }),
+        layers: a.layers.clone(),
+        peak_tflops: a.peak_tflops,
+        cudnn_tf32: a.cudnn_tf32,
+        seed: ctx.seed,
+    };
+    if cfg.iters == 0 {
+        return Err(Error::InvalidArg("--iters must be at least 1".into()));
+    }
+    let report = match cuda {
+        Some(n) => conv::run_cuda(&cfg, n)?,
+        None => conv::run_cpu(&cfg)?,
+    };
+    if let Some(path) = &a.out {
+        crate::io::write_json(path, &report)?;
+    }
+    super::emit(ctx, &report, || conv::render(&report));
+    Ok(())
+}
