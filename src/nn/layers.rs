@@ -507,7 +507,7 @@ impl Layer {
             }
             LayerKind::Flatten => {
                 let n = x.shape().first().copied().unwrap_or(0);
-                let rest = if n == 0 { 0 } else { x.numel() / n };
+                let rest = x.numel().checked_div(n).unwrap_or(0);
                 (x.clone().reshape(&[n, rest])?, Saved::None)
             }
             LayerKind::Linear(l) => (be.linear(x, &l.weight.value, &l.bias.value)?, Saved::None),
