@@ -65,11 +65,20 @@
 //! model.head(be, &phi) -> Result<Tensor>                    // g(phi), eval mode, no cache touched
 //! model.conv_layer_names() -> Vec<String>
 //! model.forward_with_activations(be, &x, &["features.0", ...]) -> Result<(Tensor, Vec<Tensor>)>
-//! model.params() / params_mut() -> Vec<&(mut) Param>   (Param { name, value, grad })
-//! model.batchnorms() -> running statistics;   model.zero_grad();   model.to_backend(be)
-//! Model::load(path) -> Result<Model>;   model.save(path, &TrainState)   model.load_weights(path)
-//! optim::Optimizer::new(OptimConfig) .step(be, &mut model)
-//! train::train(be, &TrainConfig, ...) / train::evaluate(be, &mut model, &dataset, ...)
+//! model.params() / params_mut() -> Vec<&(mut) Param>   (Param { name, value, grad: Option })
+//! model.batchnorms() (running stats, num_batches_tracked); model.zero_grad(); model.to_backend(be)
+//! model.train_steps (dropout masks are seeded by it; saved in checkpoints)
+//! Model::load(path) -> Result<Model>          // advlens checkpoint (metadata rebuilds the model)
+//! model.save(path, epoch)                      // weights + buffers + spec metadata
+//! model.load_weights(path)                     // any safetensors with the same names (torchvision)
+//! checkpoint::save(path, &model, epoch, Some(&optimizer), &extra_metadata)
+//! checkpoint::load(path) -> Checkpoint { model, optimizer: Option<Optimizer>, epoch, metadata }
+//! optim::Optimizer::new(OptimConfig::sgd(lr, momentum, wd) | OptimConfig::adam(lr, wd))
+//!     .step(be, &mut model)  .set_lr(lr)  .state_tensors()  .load_state(..)
+//! train::train(be, &TrainConfig, &train_ds, Some(&val_ds), &RunDirs { out, resume }, &mut on_epoch)
+//!     -> TrainOutcome { model, config, history: Vec<EpochReport>, last_checkpoint }
+//! train::train_step(be, &mut model, &mut opt, &images, &labels) -> (loss sum, top-1 hits)
+//! train::evaluate(be, &mut model, &ds, batch, limit) -> EvalReport { images, top1, top5, loss, seconds }
 //! ```
 //!
 //! The loss convention: `Backend::softmax_xent` gives per-sample gradients; the training loop
