@@ -9,6 +9,7 @@ use crate::error::Result;
 
 pub mod advtrain;
 pub mod analysis;
+pub mod analyze;
 pub mod attack;
 pub mod bench;
 pub mod data;
@@ -66,6 +67,14 @@ pub enum Command {
     /// WordNet class hierarchy: tree distances and the class correlation matrix C.
     #[command(subcommand)]
     Wordnet(analysis::WordnetCommand),
+    /// E3: per-neuron top-1% real and adversarial images, LC/CS1/CS2, Fig. 4 curve, Fig. 2 grids.
+    Neurons(analyze::NeuronsArgs),
+    /// E4: distance ratios r1/r2 of adversarial representations (Fig. 5).
+    Ratios(analyze::RatiosArgs),
+    /// E5: class-conditional Gaussian detection of adversarial images, ROC and AUC (Fig. 6).
+    Detect(analyze::DetectArgs),
+    /// E8: prediction difference of each last-conv neuron for an image, top neurons (Fig. 10).
+    Explain(analyze::ExplainArgs),
     /// Benchmarks: per-layer conv timings against cuDNN (CUDA) or sgemm (CPU).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -124,6 +133,10 @@ pub fn main() -> i32 {
         Command::Info(a) => misc::run_info(&ctx, a),
         Command::Kernels(c) => kernels::run(&ctx, c),
         Command::Wordnet(c) => analysis::run(&ctx, c),
+        Command::Neurons(a) => analyze::run_neurons(&ctx, a),
+        Command::Ratios(a) => analyze::run_ratios(&ctx, a),
+        Command::Detect(a) => analyze::run_detect(&ctx, a),
+        Command::Explain(a) => analyze::run_explain(&ctx, a),
         Command::Bench(c) => bench::run(&ctx, c),
     };
     match r {

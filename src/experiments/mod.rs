@@ -1,2 +1,6 @@
 //! One module per paper experiment (DESIGN.md section 4) and the orchestration of `reproduce`.
 pub mod advtrain;
+pub mod detect;
+pub mod explain;
+pub mod neurons;
+pub mod ratios;
