@@ -81,7 +81,7 @@ impl EpochReport {
             )
         });
         format!(
-            "epoch {}/{epochs}: loss {:.4} train top1 {:.2}%{val} lr {} {:.1}s ({:.0} img/s)",
+            "epoch {}/{epochs}: loss {:.4} train top1 {:.2}%{val} lr {:.3e} {:.1}s ({:.0} img/s)",
             self.epoch,
             self.loss,
             100.0 * self.train_top1,
