@@ -98,12 +98,30 @@ pub struct ShardStats {
     pub top5_true: Vec<usize>,
     /// Images that every model classifies as the target.
     pub ensemble_hits: usize,
-    /// Sums over images of the L2 and Linf norms of (stored u8 image - source image), 0-255 scale.
-    pub l2_sum: f64,
-    pub linf_sum: f64,
+    /// Sums over images of the L2 norm (in millionths, rounded per image) and of the Linf norm
+    /// of (stored u8 image - source image) on the 0-255 scale. Integers, so that statistics read
+    /// back from JSON add up to exactly what an uninterrupted run computes.
+    pub l2_sum_micro: u64,
+    pub linf_sum: u64,
 }
 
 impl ShardStats {
+    /// Mean L2 and Linf perturbation per image.
+    pub fn mean_l2_linf(&self) -> (f64, f64) {
+        let n = self.images.max(1) as f64;
+        (
+            self.l2_sum_micro as f64 * 1e-6 / n,
+            self.linf_sum as f64 / n,
+        )
+    }
+
+    /// Add one image's perturbation, given the sum of squared and the largest absolute pixel
+    /// difference (integers: the stored images and the sources are both u8).
+    pub fn add_perturbation(&mut self, sum_sq: u64, max_abs: u64) {
+        self.l2_sum_micro += ((sum_sq as f64).sqrt() * 1e6).round() as u64;
+        self.linf_sum += max_abs;
+    }
+
     pub fn zeros(models: usize) -> ShardStats {
         ShardStats {
             target_hits: vec![0; models],
@@ -124,7 +142,7 @@ impl ShardStats {
         self.images += o.images;
         self.sources += o.sources;
         self.ensemble_hits += o.ensemble_hits;
-        self.l2_sum += o.l2_sum;
+        self.l2_sum_micro += o.l2_sum_micro;
         self.linf_sum += o.linf_sum;
         for i in 0..self.target_hits.len() {
             self.target_hits[i] += o.target_hits[i];

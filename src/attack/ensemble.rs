@@ -222,17 +222,25 @@ fn identity(
         .len();
     let (c, h, w) = ds.shape();
     let a = &cfg.attack;
+    // f32 hyper-parameters go to JSON through their shortest decimal form ("0.999", not
+    // 0.9990000128746033): serde_json reads such short numbers back exactly, so a params block
+    // read from a part's manifest compares equal to the one a run computes.
+    let f = |x: f32| -> serde_json::Value {
+        x.to_string()
+            .parse::<f64>()
+            .map_or(serde_json::Value::Null, |v| json!(v))
+    };
     Ok(json!({
         "format": FORMAT,
         "attack": "ensemble-optimisation (paper Eq. 1): Adam on x*, lambda*||x*-x||_2 + sum_i CE(y*, f_i(x*)), clip [0,255] after each step",
         "distance": "l2 (unsquared Euclidean norm on the 0..255 scale)",
         "target_rule": "least likely by mean ensemble softmax on the clean image, true label excluded, least likely first",
         "steps": a.steps,
-        "lr": a.lr,
-        "lambda": a.lambda,
-        "beta1": a.beta1,
-        "beta2": a.beta2,
-        "adam_eps": a.adam_eps,
+        "lr": f(a.lr),
+        "lambda": f(a.lambda),
+        "beta1": f(a.beta1),
+        "beta2": f(a.beta2),
+        "adam_eps": f(a.adam_eps),
         "targets": cfg.targets,
         "batch": cfg.batch,
         "shard_size": cfg.shard_size,
@@ -388,8 +396,8 @@ pub fn report_of(
         adversarial_images: s.images,
         models: reports,
         ensemble_success: s.ensemble_hits as f64 / n,
-        mean_l2: s.l2_sum / n,
-        mean_linf: s.linf_sum / n,
+        mean_l2: s.mean_l2_linf().0,
+        mean_linf: s.mean_l2_linf().1,
         shards_written: written,
         shards_reused: reused,
         attacked_now,
@@ -456,14 +464,13 @@ fn attack_batch(
     stats.ensemble_hits += all_hit.iter().filter(|&&b| b).count();
     let xsr = xr.to_vec()?;
     for (a, o) in adv_u8.chunks_exact(per).zip(xsr.chunks_exact(per)) {
-        let (mut ss, mut mx) = (0f64, 0f64);
+        let (mut ss, mut mx) = (0u64, 0u64);
         for (&p, &q) in a.iter().zip(o) {
-            let d = (p as f64 - q as f64).abs();
+            let d = (p as i64 - q as i64).unsigned_abs();
             ss += d * d;
             mx = mx.max(d);
         }
-        stats.l2_sum += ss.sqrt();
-        stats.linf_sum += mx;
+        stats.add_perturbation(ss, mx);
     }
     stats.images += m;
     stats.sources += indices.len();

@@ -182,11 +182,17 @@ pub struct EnsembleAttack {
     pub adam_eps: f32,
 }
 
-/// Default lambda of Eq. 1. The distance is the (unsquared) L2 norm on the 0..255 scale, whose
-/// gradient lambda * (x* - x)/||x* - x|| has per-pixel size ~ lambda / sqrt(pixels); 0.05 keeps
-/// it below the cross-entropy gradients of the Fashion-MNIST models until the perturbation has
-/// done its work, and still pulls unneeded pixel changes back (see the report's mean L2).
-pub const DEFAULT_LAMBDA: f32 = 0.05;
+/// Default lambda of Eq. 1 (the paper gives no value). The distance is the unsquared L2 norm on
+/// the 0..255 scale, whose gradient lambda * (x* - x)/||x* - x|| has per-pixel size about
+/// lambda / sqrt(pixels), while the cross-entropy input gradients of the small Fashion-MNIST
+/// models are ~1e-5..1e-3 per pixel. Measured with 9 targets, lr 5 (Fashion-MNIST test images):
+/// one small-resnet18 (width 4, 2 epochs on 2000 images), 20 steps, 8 images: lambda 0.05 -> 33%
+/// success (mean L2 60), 0.02 -> 89% (L2 111), 0.01 -> 100% (L2 166), 0.001 -> 100% (L2 573);
+/// two such models as an ensemble, 20 steps, 8 images: lambda 0 -> 75% (L2 830), 0.001 -> 71%
+/// (L2 727), 0.01 -> 54% (L2 310); 40 steps, 6 images: 0.001 -> 100% (L2 828). The adversarial
+/// set must be adversarial first (the paper's Valid-Adv top-1 is ~0.3%), so the default favours
+/// success: 0.001. Raise it for smaller perturbations at some cost in success.
+pub const DEFAULT_LAMBDA: f32 = 0.001;
 
 impl Default for EnsembleAttack {
     fn default() -> Self {
