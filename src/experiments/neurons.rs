@@ -262,7 +262,7 @@ pub fn resolve_layers(model: &Model, wanted: Option<&[String]>) -> Result<Vec<St
     let known = model.conv_layer_names();
     match wanted {
         None => Ok(known),
-        Some(w) if w.is_empty() => Err(Error::InvalidArg("--layers: no layer given".into())),
+        Some([]) => Err(Error::InvalidArg("--layers: no layer given".into())),
         Some(w) => {
             let k: Vec<&str> = known.iter().map(String::as_str).collect();
             for n in w {
