@@ -16,6 +16,7 @@ pub mod data;
 pub mod kernels;
 pub mod misc;
 pub mod op;
+pub mod reproduce;
 pub mod train;
 
 #[derive(Parser, Debug)]
@@ -57,6 +58,8 @@ pub enum Command {
     Attack(attack::AttackCommand),
     /// Adversarial fine-tuning with the consistency loss (paper Eq. 8, experiment E6).
     Advtrain(advtrain::AdvTrainArgs),
+    /// Every experiment of the paper (E1-E8), one command, one report.
+    Reproduce(reproduce::ReproduceArgs),
     /// Run one primitive op on named tensors from a safetensors file (golden-file interface).
     Op(op::OpArgs),
     /// Print the compiled kernel table and devices (diagnostics).
@@ -129,6 +132,7 @@ pub fn main() -> i32 {
         Command::Eval(a) => train::run_eval(&ctx, a),
         Command::Attack(c) => attack::run(&ctx, c),
         Command::Advtrain(a) => advtrain::run(&ctx, a),
+        Command::Reproduce(a) => reproduce::run(&ctx, a),
         Command::Op(a) => op::run(&ctx, a),
         Command::Info(a) => misc::run_info(&ctx, a),
         Command::Kernels(c) => kernels::run(&ctx, c),

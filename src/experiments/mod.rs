@@ -4,3 +4,5 @@ pub mod detect;
 pub mod explain;
 pub mod neurons;
 pub mod ratios;
+pub mod report;
+pub mod reproduce;

@@ -1,0 +1,123 @@
+//! `advlens reproduce --profile quick` end to end through the binary: every report file exists,
+//! results.json holds every experiment E1..E8 with finite numbers, the HTML embeds its figures,
+//! and a rerun reuses every cached stage.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+const FMNIST: &str = "/usr/share/datasets/fashion-mnist";
+
+fn finite_numbers(v: &Value, path: &str, bad: &mut Vec<String>, count: &mut usize) {
+    match v {
+        Value::Number(n) => {
+            *count += 1;
+            if !n.as_f64().is_some_and(f64::is_finite) {
+                bad.push(path.to_string());
+            }
+        }
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .for_each(|(i, x)| finite_numbers(x, &format!("{path}[{i}]"), bad, count)),
+        Value::Object(o) => o
+            .iter()
+            .for_each(|(k, x)| finite_numbers(x, &format!("{path}.{k}"), bad, count)),
+        _ => {}
+    }
+}
+
+fn run(out: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_advlens"))
+        .args([
+            "--device",
+            "cpu",
+            "--seed",
+            "3",
+            "reproduce",
+            "--profile",
+            "quick",
+            "--out",
+        ])
+        .arg(out)
+        .output()
+        .expect("the advlens binary runs")
+}
+
+#[test]
+fn quick_profile_end_to_end() {
+    if !Path::new(FMNIST).exists() {
+        eprintln!("skipped: {FMNIST} missing (apt-get install dataset-fashion-mnist)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let t0 = std::time::Instant::now();
+    let o = run(&out);
+    let first = t0.elapsed().as_secs_f64();
+    assert!(
+        o.status.success(),
+        "reproduce failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for f in ["results.json", "report.md", "index.html", "hierarchy.json"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    for e in ["E1", "E2", "E3", "E4", "E5", "E6", "E7", "E8"] {
+        assert!(
+            r.get(e).is_some_and(|v| !v.is_null()),
+            "results.json has no {e}"
+        );
+        let (mut bad, mut count) = (Vec::new(), 0);
+        finite_numbers(&r[e], e, &mut bad, &mut count);
+        assert!(bad.is_empty(), "non-finite numbers: {bad:?}");
+        assert!(count > 0, "{e} holds no numbers");
+    }
+    // Every model has its before/after analyses.
+    for e in ["E3", "E4", "E5", "E7", "E8"] {
+        for tag in ["before", "after"] {
+            assert_eq!(r[e][tag].as_array().map(Vec::len), Some(3), "{e}.{tag}");
+        }
+    }
+    assert_eq!(r["E1"]["table1"].as_array().map(Vec::len), Some(12));
+    assert_eq!(r["findings"].as_array().map(Vec::len), Some(10));
+    let auc = r["E5"]["before"][0]["result"]["auc"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&auc));
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    assert!(
+        html.contains("data:image/svg+xml;base64,"),
+        "no inline SVG figure"
+    );
+    assert!(
+        html.contains("data:image/png;base64,"),
+        "no inline PNG grid"
+    );
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "external resource in the report"
+    );
+
+    // A rerun finds every stage cached.
+    let t1 = std::time::Instant::now();
+    let o = run(&out);
+    assert!(o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!stderr.contains(" ..."), "a stage ran again: {stderr}");
+    eprintln!(
+        "quick profile: {first:.1}s, cached rerun {:.1}s",
+        t1.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn unknown_profile_is_an_error() {
+    let o = Command::new(env!("CARGO_BIN_EXE_advlens"))
+        .args(["reproduce", "--profile", "huge", "--out", "/nonexistent/x"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown profile 'huge'"));
+}
