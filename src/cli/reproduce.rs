@@ -32,7 +32,7 @@ pub struct ReproduceArgs {
     #[arg(long, default_value = "/usr/share/datasets/fashion-mnist")]
     pub fmnist: PathBuf,
     /// Output folder: stage caches, results.json, report.md, index.html.
-    #[arg(long, default_value = "runs/reproduce")]
+    #[arg(long, default_value = "runs/default")]
     pub out: PathBuf,
 }
 
