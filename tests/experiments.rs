@@ -709,3 +709,52 @@ fn cli_detect_json_and_clear_errors() {
         err_has(String::from_utf8_lossy(&o.stdout), &["Example:", "--ckpt"]);
     }
 }
+
+#[test]
+fn discrepancy_maps_are_normalised_and_follow_the_neuron() {
+    let (_, r) = mined();
+    let f = fixture();
+    let be = CpuBackend::new();
+    let mut model = Model::load(&f.ckpt).unwrap();
+    model.to_backend(&be).unwrap();
+    let real = test_set();
+    let layer = &r.layers[r.layers.len() - 1];
+    // A live neuron (a dead one, all zeros, has nothing to drop).
+    let n = layer
+        .neurons
+        .iter()
+        .find(|n| n.top_real_act[0] > 0.0)
+        .expect("a live neuron in the last layer");
+    let ch = n.channel;
+    let (x, _) = real.batch_f32(&[n.top_real[0] as usize]).unwrap();
+    let px = x.to_vec().unwrap();
+    // Awkward geometry: patch 5, stride 3 (last position aligned to the border), batch 7.
+    let occ = OcclusionConfig {
+        patch: 5,
+        stride: 3,
+    };
+    let m = advlens::viz::discrepancy_map(&be, &mut model, &px, &layer.layer, ch, &occ, 7).unwrap();
+    assert_eq!(m.len(), 28 * 28);
+    assert!(m.iter().all(|v| (0.0..=1.0).contains(v)));
+    let top = m.iter().cloned().fold(0.0f32, f32::max);
+    assert!(
+        top == 1.0,
+        "the top image's activation drops somewhere (max {top})"
+    );
+    // Same map whatever the batch of occluded copies.
+    let m1 =
+        advlens::viz::discrepancy_map(&be, &mut model, &px, &layer.layer, ch, &occ, 1000).unwrap();
+    let a: Vec<f64> = m.iter().map(|&v| v as f64).collect();
+    let b: Vec<f64> = m1.iter().map(|&v| v as f64).collect();
+    assert_close64(&a, &b, 1e-5, 1e-4, "map vs batch size");
+    let bad = OcclusionConfig {
+        patch: 29,
+        stride: 1,
+    };
+    assert!(
+        advlens::viz::discrepancy_map(&be, &mut model, &px, &layer.layer, ch, &bad, 7).is_err()
+    );
+    assert!(
+        advlens::viz::discrepancy_map(&be, &mut model, &px, &layer.layer, 999, &occ, 7).is_err()
+    );
+}

@@ -345,6 +345,7 @@ pub fn run_ratios(ctx: &Ctx, a: &RatiosArgs) -> Result<()> {
         seconds: r.seconds,
     };
     let opt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.3}"));
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{:.1}%", 100.0 * x));
     emit(ctx, &brief, || {
         format!(
             "{} adversarial images, {} real: mean r1 {} (median {}, {} above 1), mean r2 {} \
@@ -353,10 +354,10 @@ pub fn run_ratios(ctx: &Ctx, a: &RatiosArgs) -> Result<()> {
             r.real_images,
             opt(r.r1.mean),
             opt(r.r1.median),
-            opt(r.r1.frac_above_1),
+            pct(r.r1.frac_above_1),
             opt(r.r2.mean),
             opt(r.r2.median),
-            opt(r.r2.frac_below_1),
+            pct(r.r2.frac_below_1),
             r.r1.missing,
             r.r2.missing,
             a.out.join("ratios.json").display()

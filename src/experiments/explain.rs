@@ -407,7 +407,11 @@ pub fn explain(
                 }
                 let file = format!(
                     "explain_{}{}_{}_n{ch}.png",
-                    &image.source[..3.min(image.source.len())],
+                    if image.source.starts_with("adv") {
+                        "adv"
+                    } else {
+                        "real"
+                    },
                     image.index,
                     file_safe(&phi_layer)
                 );

@@ -120,7 +120,7 @@ pub fn lc_curve_svg(path: &Path, title: &str, series: &[LcSeries]) -> Result<()>
             .configure_series_labels()
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
-            .position(SeriesLabelPosition::LowerRight)
+            .position(SeriesLabelPosition::UpperLeft)
             .draw()
             .map_err(|e| plot_err(path, e))?;
         Ok(())
@@ -164,6 +164,7 @@ pub fn histograms_svg(path: &Path, title: &str, series: &[HistSeries]) -> Result
             .configure_mesh()
             .x_desc("ratio of distances")
             .y_desc("adversarial images")
+            .y_label_formatter(&|v| format!("{v:.0}"))
             .draw()
             .map_err(|e| plot_err(path, e))?;
         chart
