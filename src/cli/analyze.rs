@@ -78,7 +78,7 @@ fn parse_occlusion(s: &Option<String>) -> Result<Option<OcclusionConfig>> {
     Fig. 4 curve), fig4_lc_cs.svg and fig2_<layer>_n<channel>.png grids."
 )]
 pub struct NeuronsArgs {
-    /// Model checkpoint.
+    /// Model checkpoint (from `advlens train` or `advlens advtrain`).
     #[arg(long)]
     pub ckpt: PathBuf,
     /// Real image set (e.g. the test split the adversarial set was built from).
@@ -101,6 +101,7 @@ pub struct NeuronsArgs {
     /// Comma-separated conv layers (default: all; see the error of a wrong name for the list).
     #[arg(long, value_delimiter = ',')]
     pub layers: Option<Vec<String>>,
+    /// Images per forward pass.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
     /// Top fraction of each set kept per neuron.
@@ -127,22 +128,28 @@ pub struct NeuronsArgs {
     means, histograms) and fig5_ratios.svg."
 )]
 pub struct RatiosArgs {
+    /// Model checkpoint (from `advlens train` or `advlens advtrain`).
     #[arg(long)]
     pub ckpt: PathBuf,
     /// Real image set: phi of its images grouped by true class.
     #[arg(long)]
     pub data: PathBuf,
+    /// Adversarial set directory (from `advlens attack ensemble`).
     #[arg(long)]
     pub adv: PathBuf,
+    /// Output directory.
     #[arg(long)]
     pub out: PathBuf,
+    /// Use the first N real images only.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Use the first N adversarial images only.
     #[arg(long)]
     pub adv_limit: Option<usize>,
     /// Keep at most N real images per class (seeded uniform subsample; bounds memory).
     #[arg(long)]
     pub max_per_class: Option<usize>,
+    /// Images per forward pass.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
     /// Upper edge of the histograms (bins of 0.05 from 0).
@@ -158,6 +165,7 @@ pub struct RatiosArgs {
     fig6_roc.svg."
 )]
 pub struct DetectArgs {
+    /// Model checkpoint (from `advlens train` or `advlens advtrain`).
     #[arg(long)]
     pub ckpt: PathBuf,
     /// Training split the class-conditional Gaussians are fitted on.
@@ -166,16 +174,22 @@ pub struct DetectArgs {
     /// Real validation images (the positives).
     #[arg(long)]
     pub data: PathBuf,
+    /// Adversarial set directory (from `advlens attack ensemble`).
     #[arg(long)]
     pub adv: PathBuf,
+    /// Output directory.
     #[arg(long)]
     pub out: PathBuf,
+    /// Fit on the first N training images only.
     #[arg(long)]
     pub train_limit: Option<usize>,
+    /// Use the first N real images only.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Use the first N adversarial images only.
     #[arg(long)]
     pub adv_limit: Option<usize>,
+    /// Images per forward pass.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
     /// Fixed covariance shrinkage weight in [0, 1] instead of Ledoit-Wolf.
@@ -192,6 +206,7 @@ pub struct DetectArgs {
     each with its top real images."
 )]
 pub struct ExplainArgs {
+    /// Model checkpoint (from `advlens train` or `advlens advtrain`).
     #[arg(long)]
     pub ckpt: PathBuf,
     /// Real image set (class names; the real image to explain).
