@@ -432,7 +432,7 @@ fn targeted_ensemble_attack_reaches_high_success() {
     let p = ensemble_mean_probs(&be, &mut models, &x).unwrap();
     let want = least_likely_targets(&p, 10, &labels, 9).unwrap();
     assert_eq!(&set.target_labels()[27..36], &want[0][..]);
-    let mut all = vec![true; 54];
+    let mut all = [true; 54];
     for m in &mut models {
         for b in set.batches(10) {
             let b = b.unwrap();
@@ -505,7 +505,7 @@ fn resume_and_parts_give_byte_identical_sets() {
 
     // Merge errors: a gap, an overlap, parts of different runs.
     err_has(
-        merge(&scratch("m2"), &[p2.clone()]).unwrap_err(),
+        merge(&scratch("m2"), std::slice::from_ref(&p2)).unwrap_err(),
         &["uncovered", "[0, 2)"],
     );
     err_has(

@@ -520,12 +520,12 @@ pub fn write_report(out: &Path, r: &Value) -> Result<()> {
     let mut html = String::from("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>advlens report</title><style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}th{background:#eee}figure{display:inline-block;margin:6px;vertical-align:top}figure img{max-width:520px}figcaption{font-size:small;color:#555}.missing{color:#b00}</style></head><body>\n");
     html.push_str(&md_to_html(&md));
     for tag in ["before", "after"] {
-        let _ = write!(html, "<h2>Figures ({tag} adversarial training)</h2>\n");
+        let _ = writeln!(html, "<h2>Figures ({tag} adversarial training)</h2>");
         for key in ["E3", "E4", "E5"] {
             for m in r[key][tag].as_array().cloned().unwrap_or_default() {
-                let _ = write!(
+                let _ = writeln!(
                     html,
-                    "<h3>{key} {}</h3>\n",
+                    "<h3>{key} {}</h3>",
                     esc(m["model"].as_str().unwrap_or("?"))
                 );
                 for p in figures(&m["result"]) {
@@ -541,9 +541,9 @@ pub fn write_report(out: &Path, r: &Value) -> Result<()> {
             }
         }
         for m in r["E8"][tag].as_array().cloned().unwrap_or_default() {
-            let _ = write!(
+            let _ = writeln!(
                 html,
-                "<h3>E8 {}</h3>\n",
+                "<h3>E8 {}</h3>",
                 esc(m["model"].as_str().unwrap_or("?"))
             );
             for item in m["result"].as_array().cloned().unwrap_or_default() {
@@ -560,9 +560,9 @@ pub fn write_report(out: &Path, r: &Value) -> Result<()> {
                         )
                     })
                     .collect();
-                let _ = write!(
+                let _ = writeln!(
                     html,
-                    "<p>{} image {}: true {}, predicted {} ({:.2}); top neurons: {}</p>\n",
+                    "<p>{} image {}: true {}, predicted {} ({:.2}); top neurons: {}</p>",
                     esc(item["source"].as_str().unwrap_or("?")),
                     item["index"],
                     esc(item["true"].as_str().unwrap_or("?")),

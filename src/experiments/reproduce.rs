@@ -76,8 +76,7 @@ pub struct Profile {
 
 impl Profile {
     pub fn named(name: &str) -> Result<Profile> {
-        let small = |w| -> Vec<String> {
-            let _ = w;
+        let small = || -> Vec<String> {
             ["small-alexnet", "small-vgg16", "small-resnet18"]
                 .iter()
                 .map(|s| s.to_string())
@@ -86,7 +85,7 @@ impl Profile {
         match name {
             "quick" => Ok(Profile {
                 name: name.into(),
-                models: small(()),
+                models: small(),
                 width: Some(4),
                 train_limit: Some(1500),
                 epochs: 1,
@@ -111,7 +110,7 @@ impl Profile {
             }),
             "default" => Ok(Profile {
                 name: name.into(),
-                models: small(()),
+                models: small(),
                 width: None,
                 train_limit: None,
                 epochs: 2,
