@@ -25,11 +25,8 @@ impl Backend for CudaBackend {
             }
         };
         let mut b = self.alloc(data.len(), "upload")?;
-        if !data.is_empty() {
-            self.stream()
-                .memcpy_htod(data, &mut b.slice_mut().slice_mut(0..data.len()))
-                .map_err(drv(format!("copy host -> device ({:?})", t.shape())))?;
-        }
+        self.dev
+            .htod(data, b.slice_mut(), &format!("upload {:?}", t.shape()))?;
         Ok(self.tensor(t.shape(), b))
     }
     fn zeros(&self, shape: &[usize]) -> Result<Tensor> {

@@ -46,6 +46,7 @@ mod dense;
 mod norm;
 mod pointwise;
 mod pool;
+mod staging;
 
 pub use analysis::TopK;
 use kernel_table::Kernel;
@@ -187,16 +188,9 @@ impl DeviceBuf {
     /// Copy the values to the host (waits for the queued work that produces them).
     pub fn to_host(&self) -> Result<Vec<f32>> {
         let s = self.slice();
-        let stream = s.stream().clone();
         let mut out = vec![0.0f32; self.len];
-        if self.len > 0 {
-            stream
-                .memcpy_dtoh(&s.slice(0..self.len), &mut out[..])
-                .map_err(drv("copy device -> host"))?;
-        }
-        stream
-            .synchronize()
-            .map_err(drv("synchronize after copy to host"))?;
+        // The buffer's device is open (it allocated this buffer), so this is a registry lookup.
+        Device::open(s.ordinal())?.dtoh(s, &mut out, "to_host")?;
         Ok(out)
     }
 }
@@ -209,13 +203,15 @@ pub(crate) struct Device {
     ordinal: usize,
     name: String,
     arch: String,
-    #[allow(dead_code)] // kept alive for the stream and modules; not read directly
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
     pool: Arc<MemPool>,
     total_mem: usize,
+    /// Pinned staging buffers for large host<->device copies: None until first used,
+    /// Some(None) when pinned memory could not be allocated (plain copies then).
+    staging: Mutex<Option<Option<staging::Staging>>>,
 }
 
 fn registry() -> &'static Mutex<HashMap<usize, Arc<Device>>> {
@@ -285,9 +281,48 @@ impl Device {
             functions: Mutex::new(HashMap::new()),
             pool,
             total_mem,
+            staging: Mutex::new(None),
         });
         reg.insert(ordinal, dev.clone());
         Ok(dev)
+    }
+
+    /// Copy `src` into the first `src.len()` values of `dst` (queued on the stream), through the
+    /// pinned staging buffers when the copy is large.
+    fn htod(&self, src: &[f32], dst: &mut CudaSlice<f32>, what: &str) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        if src.len() >= staging::STAGING_MIN {
+            if let Some(mut g) = staging::lock_staging(&self.staging, &self.ctx) {
+                if let Some(Some(st)) = g.as_mut() {
+                    return staging::htod(st, &self.stream, src, dst, what);
+                }
+            }
+        }
+        self.stream
+            .memcpy_htod(src, &mut dst.slice_mut(0..src.len()))
+            .map_err(drv(format!("copy host -> device ({what})")))
+    }
+
+    /// Fill `dst` with the first `dst.len()` values of `src`, after the queued work; returns
+    /// when the values are on the host.
+    fn dtoh(&self, src: &CudaSlice<f32>, dst: &mut [f32], what: &str) -> Result<()> {
+        if dst.len() >= staging::STAGING_MIN {
+            if let Some(mut g) = staging::lock_staging(&self.staging, &self.ctx) {
+                if let Some(Some(st)) = g.as_mut() {
+                    return staging::dtoh(st, &self.stream, src, dst, what);
+                }
+            }
+        }
+        if !dst.is_empty() {
+            self.stream
+                .memcpy_dtoh(&src.slice(0..dst.len()), dst)
+                .map_err(drv(format!("copy device -> host ({what})")))?;
+        }
+        self.stream
+            .synchronize()
+            .map_err(drv(format!("synchronize after copy to host ({what})")))
     }
 
     /// The function for `k`, compiling and loading its family's module on first use.
