@@ -1,0 +1,141 @@
+//! `advlens bench conv` end to end through the binary: the JSON report on the CPU carries finite,
+//! positive figures for the selected layers, and `--device cuda` on a machine without a usable
+//! GPU (or a build without the `cuda` feature) fails with a one-line explanation.
+use std::process::Command;
+
+fn advlens(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_advlens"))
+        .args(args)
+        .output()
+        .expect("advlens runs")
+}
+
+fn positive(v: &serde_json::Value, what: &str) -> f64 {
+    let x = v
+        .as_f64()
+        .unwrap_or_else(|| panic!("{what}: not a number: {v}"));
+    assert!(x.is_finite() && x > 0.0, "{what}: {x}");
+    x
+}
+
+#[test]
+fn bench_conv_cpu_json() {
+    // Two cheap ResNet-18 layers (a 3x3 stride-1 and a 1x1 stride-2 downsample) at batch 1.
+    let out = advlens(&[
+        "--device",
+        "cpu",
+        "bench",
+        "conv",
+        "--net",
+        "resnet18",
+        "--batch",
+        "1",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+        "--layers",
+        "layer4.1.conv1,layer3.0.downsample.0",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "advlens failed: {stderr}");
+    let r: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
+    assert_eq!(r["bench"], "conv");
+    assert_eq!(r["device"], "cpu");
+    assert_eq!(r["dtype"], "f32");
+    assert!(r["commit"].as_str().is_some_and(|s| !s.is_empty()));
+    let layers = r["layers"].as_array().expect("layers array");
+    let names: Vec<&str> = layers
+        .iter()
+        .map(|l| l["layer"]["name"].as_str().unwrap())
+        .collect();
+    // Execution order of the model, whatever order --layers gave.
+    assert_eq!(names, ["layer3.0.downsample.0", "layer4.1.conv1"]);
+    let ds = &layers[0]["layer"];
+    assert_eq!(
+        (ds["c"].as_u64(), ds["h"].as_u64(), ds["k"].as_u64()),
+        (Some(128), Some(28), Some(256))
+    );
+    assert_eq!(
+        (ds["r"].as_u64(), ds["stride"].as_u64()),
+        (Some(1), Some(2))
+    );
+    let mut flop_sum = 0.0;
+    for l in layers {
+        let name = l["layer"]["name"].as_str().unwrap();
+        let gflop = positive(&l["forward"]["gflop"], name);
+        flop_sum += gflop;
+        for pass in ["forward", "backward_data", "backward_filter"] {
+            let o = &l[pass];
+            let what = format!("{name} {pass}");
+            assert_eq!(
+                positive(&o["gflop"], &what),
+                gflop,
+                "{what}: same FLOPs per pass"
+            );
+            let ms = positive(&o["ours"]["ms"], &format!("{what} ms"));
+            let gf = positive(&o["ours"]["gflops"], &format!("{what} GFLOP/s"));
+            // The rate is the work over the time.
+            assert!((gf * ms * 1e-3 - gflop).abs() <= 1e-6 * gflop, "{what}");
+            positive(&o["baseline"]["ms"], &format!("{what} sgemm ms"));
+            positive(&o["time_ratio"], &format!("{what} ratio"));
+        }
+    }
+    let total = &r["totals"]["forward"];
+    assert!((positive(&total["gflop"], "total") - flop_sum).abs() < 1e-9);
+    positive(&r["totals"]["all"]["ours"]["ms"], "total ms");
+}
+
+#[test]
+fn bench_conv_rejects_unknown_layer_and_net() {
+    let out = advlens(&[
+        "--device",
+        "cpu",
+        "bench",
+        "conv",
+        "--net",
+        "resnet18",
+        "--layers",
+        "layer9.conv1",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("layer9.conv1") && err.contains("layer1.0.conv1"),
+        "{err}"
+    );
+    let out = advlens(&["--device", "cpu", "bench", "conv", "--net", "lenet"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("lenet") && err.contains("resnet18"), "{err}");
+}
+
+#[test]
+fn bench_conv_cuda_without_gpu_explains() {
+    let out = advlens(&[
+        "--device", "cuda", "bench", "conv", "--net", "resnet18", "--batch", "1", "--iters", "1",
+        "--warmup", "0", "--layers", "conv1",
+    ]);
+    if out.status.success() {
+        // A GPU box: the run must then be a CUDA report.
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            r["device"].as_str().is_some_and(|d| d.starts_with("cuda")) || text.contains("cuda:"),
+            "{text}"
+        );
+        println!("a GPU is present: bench ran on it");
+        return;
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {err}");
+    assert!(lines[0].starts_with("advlens: error:"), "{err}");
+    assert!(
+        lines[0].contains("cuda") || lines[0].contains("CUDA") || lines[0].contains("GPU"),
+        "{err}"
+    );
+    assert!(!lines[0].contains("panicked"), "{err}");
+}
