@@ -11,9 +11,9 @@
 //! - Output spatial size of conv/pool: `(H + 2*pad - k) / stride + 1` (floor, like torch).
 
 pub mod cpu;
-pub mod op_runner;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod op_runner;
 
 use crate::error::Result;
 use crate::tensor::Tensor;
