@@ -2,6 +2,8 @@
 //! worst index, and seeded random tensors.
 #![allow(dead_code)]
 
+pub mod golden;
+
 use advlens::backend::Backend;
 use advlens::rng::Rng;
 use advlens::Tensor;
