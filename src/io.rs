@@ -127,7 +127,35 @@ pub fn save_safetensors(
 ) -> Result<()> {
     let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), &metadata)
         .map_err(|e| Error::format(path, format!("cannot serialise safetensors: {e}")))?;
+    let bytes = canonical_header(&bytes)
+        .map_err(|e| Error::format(path, format!("cannot serialise safetensors: {e}")))?;
     write_atomic(path, |w| w.write_all(&bytes))
+}
+
+/// Rewrite a serialised safetensors buffer with its JSON header keys in sorted order.
+///
+/// `safetensors::serialize` writes `__metadata__` in `HashMap` iteration order, which differs
+/// between runs, so two saves of the same checkpoint would differ byte for byte. serde_json's
+/// `Map` is a `BTreeMap` (the `preserve_order` feature is off), so a parse and re-serialise sorts
+/// every key. Data offsets are relative to the end of the header and do not change.
+fn canonical_header(bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let n_bytes: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or("buffer shorter than the 8-byte header length")?;
+    let n = usize::try_from(u64::from_le_bytes(n_bytes)).map_err(|e| e.to_string())?;
+    let header = bytes.get(8..8 + n).ok_or("header length past the end")?;
+    let value: serde_json::Value = serde_json::from_slice(header).map_err(|e| e.to_string())?;
+    let mut json = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
+    // The format pads the header with spaces so that the data starts 8-byte aligned.
+    while json.len() % 8 != 0 {
+        json.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + json.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&bytes[8 + n..]);
+    Ok(out)
 }
 
 /// A memory-mapped safetensors file. The header is parsed and validated once (offsets inside the
@@ -289,5 +317,28 @@ mod tests {
         std::fs::write(&q, &bytes[..bytes.len() - 5]).unwrap();
         let msg = SafeFile::open(&q).unwrap_err().to_string();
         assert!(msg.contains("b.safetensors"), "{msg}");
+    }
+
+    #[test]
+    fn metadata_order_does_not_change_the_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = vec![("w".to_string(), OwnedTensor::f32(&[3], &[0.5, -1.25, 3.0]))];
+        // Many keys: two HashMaps built in different insertion orders iterate differently, which
+        // is what made checkpoints differ byte for byte before the header was canonicalised.
+        let keys: Vec<String> = (0..40).map(|i| format!("key{i:02}")).collect();
+        let forward: HashMap<String, String> =
+            keys.iter().map(|k| (k.clone(), format!("v-{k}"))).collect();
+        let backward: HashMap<String, String> =
+            keys.iter().rev().map(|k| (k.clone(), format!("v-{k}"))).collect();
+        let (a, b) = (dir.path().join("a.st"), dir.path().join("b.st"));
+        save_safetensors(&a, &t, Some(forward.clone())).unwrap();
+        save_safetensors(&b, &t, Some(backward)).unwrap();
+        let (ba, bb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        assert_eq!(ba, bb);
+        let n = u64::from_le_bytes(ba[..8].try_into().unwrap()) as usize;
+        assert_eq!(n % 8, 0, "data must start 8-byte aligned");
+        let f = SafeFile::open(&a).unwrap();
+        assert_eq!(f.metadata(), forward);
+        assert_eq!(f.f32("w").unwrap().to_vec().unwrap(), vec![0.5, -1.25, 3.0]);
     }
 }
