@@ -328,8 +328,11 @@ mod tests {
         let keys: Vec<String> = (0..40).map(|i| format!("key{i:02}")).collect();
         let forward: HashMap<String, String> =
             keys.iter().map(|k| (k.clone(), format!("v-{k}"))).collect();
-        let backward: HashMap<String, String> =
-            keys.iter().rev().map(|k| (k.clone(), format!("v-{k}"))).collect();
+        let backward: HashMap<String, String> = keys
+            .iter()
+            .rev()
+            .map(|k| (k.clone(), format!("v-{k}")))
+            .collect();
         let (a, b) = (dir.path().join("a.st"), dir.path().join("b.st"));
         save_safetensors(&a, &t, Some(forward.clone())).unwrap();
         save_safetensors(&b, &t, Some(backward)).unwrap();

@@ -96,7 +96,7 @@ fn conv_case(be: &dyn Backend, seed: u64, xs: [usize; 4], k: usize, r: usize, p:
     let nx = numeric_grad(&x, h, &|v| dot(&rr, &host(&fwd(v, &wt, &b))));
     check_grad(
         &format!("{tag} dx"),
-        &host(&g.dx.expect("dx")),
+        &host(g.dx.as_ref().expect("dx")),
         &nx,
         1e-4,
         1e-3,
@@ -118,6 +118,18 @@ fn conv_case(be: &dyn Backend, seed: u64, xs: [usize; 4], k: usize, r: usize, p:
     assert!(g2.dx.is_none());
     // Same values up to summation order (a device may reduce in another order).
     assert_close32(&host(&g2.dw), &host(&g.dw), 1e-6, 1e-5, "dw without dx");
+    // The data-only backward (frozen weights: attacks) gives the same dx.
+    let dx_only = be
+        .conv2d_backward_data(
+            &put(be, &xs, x.clone()),
+            &put(be, &ws, wt.clone()),
+            &put(be, y.shape(), rr.clone()),
+            p,
+        )
+        .expect("conv2d_backward_data");
+    assert_eq!(dx_only.shape(), &xs[..]);
+    let dx_full = host(g.dx.as_ref().expect("dx"));
+    assert_close32(&host(&dx_only), &dx_full, 1e-6, 1e-5, "dx alone");
 }
 
 backend_test!(conv2d_grad_stride2_pad1, |be: &dyn Backend| {

@@ -114,6 +114,16 @@ pub trait Backend: Send + Sync {
         p: Conv2dParams,
         want_dx: bool,
     ) -> Result<Conv2dGrads>;
+    /// dx of `conv2d` alone, the same values as `conv2d_backward(.., true).dx`; `x` is read for its
+    /// shape only. Attacks and the consistency branch freeze the weights, so they skip dw and db,
+    /// which cost as much as dx.
+    fn conv2d_backward_data(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        p: Conv2dParams,
+    ) -> Result<Tensor>;
 
     // ---- pooling ------------------------------------------------------------------------------
     /// Max pool; padded cells are -inf (never selected). Ties pick the first maximum in row-major

@@ -140,6 +140,11 @@ impl Conv2d {
         if !m.want_dx && !m.param_grads {
             return Ok(None);
         }
+        if !m.param_grads {
+            return be
+                .conv2d_backward_data(x, &self.weight.value, dy, self.params)
+                .map(Some);
+        }
         let g = be.conv2d_backward(x, &self.weight.value, dy, self.params, m.want_dx)?;
         if m.param_grads {
             self.weight.accumulate(be, g.dw)?;
