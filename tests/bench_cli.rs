@@ -1,10 +1,12 @@
 //! `advlens bench conv` end to end through the binary: the JSON report on the CPU carries finite,
 //! positive figures for the selected layers, and `--device cuda` on a machine without a usable
 //! GPU (or a build without the `cuda` feature) fails with a one-line explanation.
+mod common;
+
 use std::process::Command;
 
 fn advlens(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_advlens"))
+    Command::new(common::advlens_bin())
         .args(args)
         .output()
         .expect("advlens runs")

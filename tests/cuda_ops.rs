@@ -1,7 +1,7 @@
 //! CUDA backend vs the CPU oracle, op by op, on fresh random inputs and awkward sizes (1, primes,
 //! sizes that straddle the 64x64 GEMM tile and the 16-deep K step). Every GPU test first opens
 //! `cuda:0` and prints "skipped: <reason>" and returns when it cannot (no driver, no NVRTC, no
-//! device). `nvrtc_compiles_every_kernel` needs no GPU, only libnvrtc (LD_LIBRARY_PATH as in
+//! device; with ADVLENS_REQUIRE_GPU=1 that is a failure instead). `nvrtc_compiles_every_kernel` needs no GPU, only libnvrtc (LD_LIBRARY_PATH as in
 //! scripts/check_kernels.sh); it skips with a reason when libnvrtc cannot be loaded.
 #![cfg(feature = "cuda")]
 
@@ -20,7 +20,7 @@ fn gpu(test: &str) -> Option<Arc<dyn Backend>> {
     match advlens::backend::open(DeviceRequest::Cuda(0)) {
         Ok(b) => Some(b),
         Err(e) => {
-            println!("{test}: skipped: {e}");
+            common::skip_gpu(test, &e);
             None
         }
     }
@@ -30,7 +30,7 @@ fn gpu_concrete(test: &str) -> Option<CudaBackend> {
     match CudaBackend::new(0) {
         Ok(b) => Some(b),
         Err(e) => {
-            println!("{test}: skipped: {e}");
+            common::skip_gpu(test, &e);
             None
         }
     }
@@ -74,7 +74,7 @@ fn close(got: &Tensor, want: &Tensor, atol: f64, rtol: f64, what: &str) {
 #[test]
 fn nvrtc_compiles_every_kernel() {
     if let Err(e) = compile::nvrtc_present() {
-        println!("skipped: {e}");
+        common::skip_gpu("nvrtc_compiles_every_kernel", &e);
         return;
     }
     for fam in kernel_table::families() {

@@ -2,7 +2,8 @@
 //! through the CUDA backend: every op, with the default (v2) kernels and with the direct v1
 //! kernels, against the same tolerances as the CPU. Needs the `cuda` feature; without a usable
 //! GPU (no driver, no NVRTC, no device) it prints "skipped: <reason>" and passes, so the suite
-//! runs on the build machines and checks for real on a GPU box.
+//! runs on the build machines and checks for real on a GPU box (ADVLENS_REQUIRE_GPU=1 turns the
+//! skip into a failure there).
 #![cfg(feature = "cuda")]
 mod common;
 
@@ -14,7 +15,7 @@ fn golden_library_cuda() {
     let be = match CudaBackend::new(0) {
         Ok(b) => b,
         Err(e) => {
-            println!("golden_library_cuda: skipped: {e}");
+            common::skip_gpu("golden_library_cuda", &e);
             return;
         }
     };

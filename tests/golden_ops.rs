@@ -28,7 +28,7 @@ fn golden_binary_cpu() {
     let dir = tempfile::tempdir().expect("tempdir");
     for case in cases() {
         let out = dir.path().join(format!("{}.safetensors", case.name));
-        let res = Command::new(env!("CARGO_BIN_EXE_advlens"))
+        let res = Command::new(common::advlens_bin())
             .args(["--device", "cpu", "op", &case.op, "--in"])
             .arg(&case.input)
             .arg("--out")
@@ -92,7 +92,7 @@ fn op_errors_name_the_problem() {
     )
     .unwrap();
     let out = dir.path().join("out.safetensors");
-    let res = Command::new(env!("CARGO_BIN_EXE_advlens"))
+    let res = Command::new(common::advlens_bin())
         .args(["--device", "cpu", "op", "softmax_xent", "--in"])
         .arg(&bad)
         .arg("--out")

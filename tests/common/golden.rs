@@ -3,7 +3,7 @@
 //! tests/fixtures/golden/ (float64 JAX references), their tolerance, and the comparison.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use advlens::backend::op_runner::{run_op, OpAttrs};
 use advlens::backend::Backend;
@@ -29,7 +29,7 @@ pub struct Case {
 }
 
 pub fn golden_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden")
+    super::repo_root().join("tests/fixtures/golden")
 }
 
 /// Every case of the golden folder, sorted by name.

@@ -4,6 +4,8 @@
 
 pub mod golden;
 
+use std::path::PathBuf;
+
 use advlens::backend::Backend;
 use advlens::rng::Rng;
 use advlens::Tensor;
@@ -33,9 +35,7 @@ macro_rules! backend_test {
                 let body: &dyn Fn(&dyn advlens::backend::Backend) = &$body;
                 match advlens::backend::open(advlens::backend::DeviceRequest::Cuda(0)) {
                     Ok(backend) => body(backend.as_ref()),
-                    Err(e) => {
-                        println!("skipped: {e}");
-                    }
+                    Err(e) => $crate::common::skip_gpu(concat!(stringify!($name), "::cuda"), &e),
                 }
             }
         }
@@ -105,4 +105,30 @@ pub fn put(backend: &dyn Backend, shape: &[usize], v: Vec<f32>) -> Tensor {
 /// Values of any tensor, on the host.
 pub fn host(t: &Tensor) -> Vec<f32> {
     t.to_vec().expect("download")
+}
+
+/// Where a GPU test cannot open a device: prints "skipped: <reason>" and returns, so the suite
+/// passes on machines without a GPU. With `ADVLENS_REQUIRE_GPU=1` (set by scripts/gpu-run.sh on a
+/// GPU box) it panics instead, so a GPU run cannot report a pass that was really a skip (for
+/// example when libnvrtc is not on LD_LIBRARY_PATH).
+pub fn skip_gpu(test: &str, reason: &dyn std::fmt::Display) {
+    if std::env::var("ADVLENS_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+        panic!("{test}: ADVLENS_REQUIRE_GPU=1 but no usable GPU: {reason}");
+    }
+    println!("{test}: skipped: {reason}");
+}
+
+/// The repository root: `ADVLENS_TEST_ROOT` when set (test binaries copied to a GPU box whose
+/// checkout lives elsewhere), else the directory this crate was built in.
+pub fn repo_root() -> PathBuf {
+    std::env::var_os("ADVLENS_TEST_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// The advlens binary the CLI tests run: `ADVLENS_TEST_BIN` when set, else cargo's build of it.
+pub fn advlens_bin() -> PathBuf {
+    std::env::var_os("ADVLENS_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_advlens")))
 }

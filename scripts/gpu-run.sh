@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Run on a GPU box, from the repository root, with the binaries `scripts/gpu-pack.sh` left in
+# .gpu/ (the box needs no Rust). Results go to $OUT (default gpu-out/):
+#
+#   bash scripts/gpu-run.sh tests    # CUDA vs CPU for every op, golden files through CUDA, gradchecks
+#   bash scripts/gpu-run.sh bench    # bench conv vs cuDNN for the three nets, PyTorch on the same layers
+#   bash scripts/gpu-run.sh e2e      # train/eval/attack/reproduce --profile quick on --device cuda
+#   bash scripts/gpu-run.sh all      # the three in turn (about 10 minutes on an H100)
+#
+# ADVLENS_REQUIRE_GPU=1 is set for the tests: a test that cannot open the GPU fails instead of
+# printing "skipped", so a pass here is a pass on the GPU. Every step has its own time limit and
+# its exit status is written to $OUT/summary.txt; the script goes on after a failure.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+G=$PWD/.gpu
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+stage=${1:-all}
+
+if [ ! -x "$G/advlens" ]; then
+  echo "gpu-run: $G/advlens missing: run scripts/gpu-pack.sh on the build machine first" >&2
+  exit 2
+fi
+
+# Libraries: the driver (system), NVRTC from the CUDA toolkit or pip, cuDNN from the Python env.
+add_lib() { [ -d "$1" ] && LD_LIBRARY_PATH="$1${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; }
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do add_lib "$d"; done
+for sp in $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null); do
+  [ -d "$sp/nvidia" ] || continue
+  while read -r lib; do add_lib "$(dirname "$lib")"; done < <(
+    find "$sp/nvidia" \( -name 'libcudnn.so*' -o -name 'libnvrtc.so*' \) 2>/dev/null | sort -u)
+done
+export LD_LIBRARY_PATH
+
+summary=$OUT/summary.txt
+step() { # step NAME LIMIT_S CMD...: run CMD with a time limit, log to $OUT/NAME.log, record rc
+  local name=$1 limit=$2
+  shift 2
+  local t0=$SECONDS
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  printf '%-28s rc=%-3s %4ss\n' "$name" "$rc" "$((SECONDS - t0))" | tee -a "$summary"
+  return 0
+}
+
+{
+  cat "$G/COMMIT"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
+  echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+} >"$OUT/machine.txt"
+
+run_tests() {
+  export ADVLENS_REQUIRE_GPU=1 ADVLENS_TEST_ROOT=$PWD ADVLENS_TEST_BIN=$G/advlens
+  for t in cuda_ops golden_cuda gradcheck nn bench_cli; do
+    step "test_$t" 240 "$G/tests/$t" --test-threads=1 --nocapture
+  done
+  unset ADVLENS_REQUIRE_GPU
+}
+
+run_bench() {
+  for nb in resnet18:32 vgg16:32 alexnet:128; do
+    local net=${nb%:*} batch=${nb#*:}
+    step "bench_$net" 200 "$G/advlens" --device cuda bench conv --net "$net" --batch "$batch" \
+      --json --out "$OUT/gpu_$net.json"
+  done
+  step bench_resnet18_tf32 120 "$G/advlens" --device cuda bench conv --net resnet18 --batch 32 \
+    --cudnn-tf32 --json --out "$OUT/gpu_resnet18_tf32.json"
+  for net in resnet18 vgg16 alexnet; do
+    [ -f "$OUT/gpu_$net.json" ] || continue
+    step "torch_$net" 200 sh -c "python3 benches/torch_conv.py --net $net \
+      --advlens-json '$OUT/gpu_$net.json' > '$OUT/torch_$net.json'"
+  done
+}
+
+run_e2e() {
+  local d=$G/fmnist runs=$OUT/e2e
+  mkdir -p "$runs"
+  for dev in cuda cpu; do
+    step "train_small-resnet18_$dev" 200 "$G/advlens" --device "$dev" --json train \
+      --model small-resnet18 --data "$d/train.safetensors" --val "$d/test.safetensors" \
+      --epochs 1 --out "$runs/train_$dev"
+  done
+  step eval_cuda 60 "$G/advlens" --device cuda --json eval \
+    --ckpt "$runs/train_cuda/last.safetensors" --data "$d/test.safetensors"
+  step reproduce_quick_cuda 300 "$G/advlens" --device cuda --json reproduce --profile quick \
+    --data "$d" --hierarchy data/wordnet/fashion_mnist_hierarchy.json --out "$runs/quick"
+}
+
+case $stage in
+  tests) run_tests ;;
+  bench) run_bench ;;
+  e2e) run_e2e ;;
+  all) run_tests; run_bench; run_e2e ;;
+  *) echo "gpu-run: unknown stage '$stage' (tests, bench, e2e, all)" >&2; exit 2 ;;
+esac
+echo "gpu-run: results in $OUT (summary.txt, *.log, *.json)"
