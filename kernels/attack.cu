@@ -3,7 +3,7 @@
 // CPU twin: fgs_step in src/backend/cpu; ifgs_step has a host twin in tests/cuda_ops.rs.
 //
 // fgs_step_f32_v1: y = clamp(x - eps * sign(g), lo, hi), sign(0) = sign(NaN) = 0 (FGS ascent
-//   passes -eps).
+//   passes -eps); clamp as f32::clamp (NaN x stays NaN; the host checks lo <= hi).
 // ifgs_step_f32_v1: the fused iterative-FGS step of adversarial training, in place, one pass:
 //   x = clamp(x - eps * sign(g), max(lo, x0 - radius), min(hi, x0 + radius)); a negative radius
 //   means no projection onto the L-inf ball around the clean image x0 (x0 is then unread).
@@ -16,7 +16,12 @@ extern "C" __global__ void fgs_step_f32_v1(const float* __restrict__ x,
                                            const float* __restrict__ grad,
                                            float* __restrict__ y, float eps, float lo, float hi,
                                            long long n) {
-    ADV_GRID_STRIDE(i, n) { y[i] = fminf(fmaxf(x[i] - eps * adv_sign(grad[i]), lo), hi); }
+    // Rust's f32::clamp (the CPU oracle): a NaN stays NaN (fminf/fmaxf would turn it into lo).
+    ADV_GRID_STRIDE(i, n) {
+        float v = x[i] - eps * adv_sign(grad[i]);
+        v = v < lo ? lo : v;
+        y[i] = v > hi ? hi : v;
+    }
 }
 
 extern "C" __global__ void ifgs_step_f32_v1(float* __restrict__ x, const float* __restrict__ grad,

@@ -5,7 +5,8 @@
 // routed to it), so they need no atomics and are deterministic.
 //
 // Max pool contract: padded cells are -inf and never selected; ties pick the FIRST maximum in
-// row-major window order (strict '>' after seeding with the first in-range cell); the backward
+// row-major window order (strict '>' after seeding with the first in-range cell; the first NaN
+// wins, so NaN propagates like torch and the CPU oracle); the backward
 // routes dy only to that element, recomputing the argmax from x (nothing is stored by forward).
 // Adaptive avg window i spans [floor(i*H/oh), ceil((i+1)*H/oh)) (torch.nn.AdaptiveAvgPool2d).
 
@@ -22,7 +23,9 @@ __device__ __forceinline__ int maxpool_argmax(const float* __restrict__ xp, int 
             int w = w0 + s;
             if (w < 0 || w >= W) continue;
             float v = xp[h * W + w];
-            if (best_i < 0 || v > best) {
+            // Strict '>' keeps the first maximum; a NaN wins (once) so it propagates, exactly
+            // like the CPU oracle's pool_argmax.
+            if (best_i < 0 || v > best || (isnan(v) && !isnan(best))) {
                 best = v;
                 best_i = h * W + w;
             }

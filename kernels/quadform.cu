@@ -3,7 +3,7 @@
 //
 // quadform_f32_v1: for each pair n of p, q [N, K] and one C [K, K] (row-major, not assumed
 //   symmetric): pcq = p^T C q, pcp = p^T C p, qcq = q^T C q, cos = pcq / sqrt(pcp * qcq), and
-//   cos = 0 when pcp * qcq == 0.
+//   cos = 0 unless pcp > 0 and qcq > 0 (C need not be positive semi-definite).
 //   Launch: one block of 256 threads (8 warps) per pair, grid N, dynamic shared memory 2*K
 //   floats (the pair's p and q rows: 8 KB at K = 1000). Warp w handles rows i = w, w+8, ...;
 //   its 32 lanes read C[i, :] coalesced and form (Cq)_i and (Cp)_i by warp reduction, lane 0
@@ -52,7 +52,8 @@ extern "C" __global__ void quadform_f32_v1(const float* __restrict__ p,
         pcq_out[row] = (float)a_pcq;
         pcp_out[row] = (float)a_pcp;
         qcq_out[row] = (float)a_qcq;
-        double d = a_pcp * a_qcq;
-        cos_out[row] = d == 0.0 ? 0.0f : (float)(a_pcq / sqrt(d));
+        // Like the CPU oracle: a zero or negative norm (C need not be positive semi-definite)
+        // has no direction, so the cosine is 0 unless both norms are > 0.
+        cos_out[row] = (a_pcp > 0.0 && a_qcq > 0.0) ? (float)(a_pcq / sqrt(a_pcp * a_qcq)) : 0.0f;
     }
 }

@@ -29,7 +29,7 @@ use crate::data::{Batches, Dataset};
 use crate::error::{Error, Result};
 use crate::nn::checkpoint;
 use crate::nn::optim::{OptimConfig, Optimizer};
-use crate::nn::train::{evaluate, topk_hits, EvalReport};
+use crate::nn::train::{epoch_batches, evaluate, save_epoch, topk_hits, EvalReport};
 use crate::nn::Model;
 use crate::tensor::Tensor;
 
@@ -394,17 +394,10 @@ pub fn advtrain(
     }
     model.to_backend(be)?;
     opt.set_lr(cfg.optim.lr());
-    let n_train = cfg
-        .limit
-        .map_or(train_data.len(), |l| l.min(train_data.len()));
-    let last = out.join("last.safetensors");
+    let mut last = out.join("last.safetensors");
     for epoch in start..cfg.epochs {
         let t0 = Instant::now();
-        let mut batches = Batches::new(train_data, cfg.batch, Some(cfg.seed), epoch as u64)?;
-        if let Some(l) = cfg.limit {
-            batches = batches.limit(l);
-        }
-        batches = batches.drop_last(n_train % cfg.batch == 1);
+        let (batches, n_train) = epoch_batches(train_data, cfg.batch, cfg.seed, epoch, cfg.limit)?;
         let pb = crate::progress::bar(
             n_train as u64,
             &format!("advtrain {}/{}", epoch + 1, cfg.epochs),
@@ -470,17 +463,13 @@ pub fn advtrain(
             images_per_sec: seen as f64 / secs.max(1e-9),
         };
         history.push(rep.clone());
-        let m = meta(cfg, base, &history)?;
-        checkpoint::save(
-            &out.join(format!("epoch-{:03}.safetensors", epoch + 1)),
+        last = save_epoch(
+            out,
             &model,
             epoch + 1,
-            Some(&opt),
-            &m,
-        )?;
-        checkpoint::save(&last, &model, epoch + 1, Some(&opt), &m)?;
-        crate::io::write_json(
-            &out.join("advtrain.json"),
+            &opt,
+            &meta(cfg, base, &history)?,
+            "advtrain.json",
             &serde_json::json!({ "base": base, "config": cfg, "history": &history }),
         )?;
         on_epoch(&rep);

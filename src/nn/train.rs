@@ -231,6 +231,45 @@ fn extra_meta(cfg: &TrainConfig, history: &[EpochReport]) -> Result<BTreeMap<Str
     Ok(m)
 }
 
+/// The batches of one training epoch and how many images they hold: shuffled by (`seed`,
+/// `epoch`), cut to the first `limit` images when given. A final batch of one image is dropped:
+/// it would give BatchNorm a single value per channel in the deepest layers (torch's DataLoader
+/// users drop it the same way).
+pub fn epoch_batches(
+    data: &Arc<Dataset>,
+    batch: usize,
+    seed: u64,
+    epoch: usize,
+    limit: Option<usize>,
+) -> Result<(Batches, usize)> {
+    let n = limit.map_or(data.len(), |l| l.min(data.len()));
+    let mut batches = Batches::new(data, batch, Some(seed), epoch as u64)?;
+    if let Some(l) = limit {
+        batches = batches.limit(l);
+    }
+    Ok((batches.drop_last(n % batch == 1), n))
+}
+
+/// End-of-epoch outputs of a run in `out`: `epoch-XXX.safetensors` and `last.safetensors` (model,
+/// optimiser state, `meta`), then the run summary `json_name`. Each file is written atomically, so
+/// a crash leaves the previous epoch's files whole. Returns the path of `last.safetensors`.
+pub fn save_epoch(
+    out: &Path,
+    model: &Model,
+    epoch: usize,
+    opt: &Optimizer,
+    meta: &BTreeMap<String, String>,
+    json_name: &str,
+    summary: &serde_json::Value,
+) -> Result<PathBuf> {
+    let ep = out.join(format!("epoch-{epoch:03}.safetensors"));
+    checkpoint::save(&ep, model, epoch, Some(opt), meta)?;
+    let last = out.join("last.safetensors");
+    checkpoint::save(&last, model, epoch, Some(opt), meta)?;
+    crate::io::write_json(&out.join(json_name), summary)?;
+    Ok(last)
+}
+
 /// Train `cfg.model` on `train_data` (validating on `val` after each epoch when given), writing
 /// checkpoints to `dirs.out`. With `dirs.resume`, the run continues from that checkpoint with its
 /// stored config (only `cfg.epochs` is taken from the argument). `on_epoch` sees each epoch's
@@ -266,9 +305,6 @@ pub fn train(
         check_data(&model, v)?;
     }
     model.to_backend(be)?;
-    let n_train = cfg
-        .limit
-        .map_or(train_data.len(), |l| l.min(train_data.len()));
     let mut last = dirs.out.join("last.safetensors");
     if start >= cfg.epochs {
         return Ok(TrainOutcome {
@@ -282,13 +318,7 @@ pub fn train(
         let lr = cfg.lr_at(epoch);
         opt.set_lr(lr);
         let t0 = Instant::now();
-        let mut batches = Batches::new(train_data, cfg.batch, Some(cfg.seed), epoch as u64)?;
-        if let Some(l) = cfg.limit {
-            batches = batches.limit(l);
-        }
-        // A final batch of one image would give BatchNorm a single value per channel in the
-        // deepest layers; torch's DataLoader users drop it the same way.
-        batches = batches.drop_last(n_train % cfg.batch == 1);
+        let (batches, n_train) = epoch_batches(train_data, cfg.batch, cfg.seed, epoch, cfg.limit)?;
         let pb = crate::progress::bar(
             n_train as u64,
             &format!("train {}/{}", epoch + 1, cfg.epochs),
@@ -334,13 +364,13 @@ pub fn train(
             images_per_sec: seen as f64 / train_secs.max(1e-9),
         };
         history.push(rep.clone());
-        let meta = extra_meta(&cfg, &history)?;
-        let ep = dirs.out.join(format!("epoch-{:03}.safetensors", epoch + 1));
-        checkpoint::save(&ep, &model, epoch + 1, Some(&opt), &meta)?;
-        last = dirs.out.join("last.safetensors");
-        checkpoint::save(&last, &model, epoch + 1, Some(&opt), &meta)?;
-        crate::io::write_json(
-            &dirs.out.join("train.json"),
+        last = save_epoch(
+            &dirs.out,
+            &model,
+            epoch + 1,
+            &opt,
+            &extra_meta(&cfg, &history)?,
+            "train.json",
             &serde_json::json!({ "config": &cfg, "spec": model.spec(), "history": &history }),
         )?;
         on_epoch(&rep);

@@ -36,6 +36,13 @@ impl Geom {
                 ),
             ));
         }
+        // The CPU oracle refuses empty inputs and weights; so does this backend.
+        if [c, h, wd, k, r].contains(&0) {
+            return Err(Error::shape(
+                op,
+                format!("x {:?} / w {:?} has a zero dimension", x.shape(), w.shape()),
+            ));
+        }
         let p = out_dim(h, r, prm.stride, prm.pad);
         let q = out_dim(wd, r, prm.stride, prm.pad);
         let (Some(p), Some(q)) = (p, q) else {
@@ -47,10 +54,12 @@ impl Geom {
                 ),
             ));
         };
-        // The implicit-GEMM column index is an int: N*P*Q, N*H*W and C*R*R must fit.
+        // The implicit-GEMM indices are ints: N*P*Q, N*H*W, C*R*R and K*R*R (the reduction
+        // length of backward-data v2) must fit.
         as_i32(n * p * q, op, "N*P*Q")?;
         as_i32(n * h * wd, op, "N*H*W")?;
         as_i32(c * r * r, op, "C*R*R")?;
+        as_i32(k * r * r, op, "K*R*R")?;
         Ok(Geom {
             n: as_i32(n, op, "N")?,
             c: as_i32(c, op, "C")?,

@@ -256,6 +256,8 @@ impl CudnnConv {
             yd,
             wd,
             cd,
+            x_shape,
+            w_shape,
             y_shape: [n, k, p, q],
             fwd_algo: fwd.0,
             bwd_data_algo: bwd_data.0,
@@ -287,6 +289,8 @@ pub struct CudnnConvPlan<'a> {
     yd: TensorDesc,
     wd: FilterDesc,
     cd: ConvDesc,
+    x_shape: [usize; 4],
+    w_shape: [usize; 4],
     y_shape: [usize; 4],
     fwd_algo: sys::cudnnConvolutionFwdAlgo_t,
     bwd_data_algo: sys::cudnnConvolutionBwdDataAlgo_t,
@@ -324,6 +328,9 @@ impl CudnnConvPlan<'_> {
     /// y = conv(x, w) into the existing device tensor `y`.
     pub fn forward(&mut self, x: &Tensor, w: &Tensor, y: &mut Tensor) -> Result<()> {
         const OP: &str = "cudnn_conv_forward";
+        // cuDNN reads and writes by the plan's descriptors: every buffer must have their shape.
+        self.check(x, &self.x_shape, "x")?;
+        self.check(w, &self.w_shape, "w")?;
         self.check(y, &self.y_shape, "y")?;
         let be = &self.cudnn.be;
         let stream = be.stream().clone();
@@ -365,7 +372,9 @@ impl CudnnConvPlan<'_> {
     /// dx = backward-data(w, dy) into the existing device tensor `dx`.
     pub fn backward_data(&mut self, w: &Tensor, dy: &Tensor, dx: &mut Tensor) -> Result<()> {
         const OP: &str = "cudnn_conv_backward_data";
+        self.check(w, &self.w_shape, "w")?;
         self.check(dy, &self.y_shape, "dy")?;
+        self.check(dx, &self.x_shape, "dx")?;
         let be = &self.cudnn.be;
         let stream = be.stream().clone();
         let (ws, dys) = (be.dev_slice(w, OP)?, be.dev_slice(dy, OP)?);
@@ -381,8 +390,7 @@ impl CudnnConvPlan<'_> {
             None => (std::ptr::null_mut(), None),
         };
         let (alpha, beta) = (1.0f32, 0.0f32);
-        // SAFETY: as in `forward`; dx has the x descriptor's shape (the caller allocates it from
-        // the same x shape the plan was made for).
+        // SAFETY: as in `forward`; w, dy, dx have the plan's shapes (checked above).
         unsafe {
             result::convolution_backward_data(
                 self.cudnn.handle,
@@ -406,7 +414,9 @@ impl CudnnConvPlan<'_> {
     /// dw = backward-filter(x, dy) into the existing device tensor `dw`.
     pub fn backward_filter(&mut self, x: &Tensor, dy: &Tensor, dw: &mut Tensor) -> Result<()> {
         const OP: &str = "cudnn_conv_backward_filter";
+        self.check(x, &self.x_shape, "x")?;
         self.check(dy, &self.y_shape, "dy")?;
+        self.check(dw, &self.w_shape, "dw")?;
         let be = &self.cudnn.be;
         let stream = be.stream().clone();
         let (xs, dys) = (be.dev_slice(x, OP)?, be.dev_slice(dy, OP)?);
@@ -422,7 +432,7 @@ impl CudnnConvPlan<'_> {
             None => (std::ptr::null_mut(), None),
         };
         let (alpha, beta) = (1.0f32, 0.0f32);
-        // SAFETY: as in `forward`; dw has the filter descriptor's shape.
+        // SAFETY: as in `forward`; x, dy, dw have the plan's shapes (checked above).
         unsafe {
             result::convolution_backward_filter(
                 self.cudnn.handle,

@@ -15,6 +15,19 @@ fn check_channel(op: &'static str, name: &str, t: &Tensor, c: usize) -> Result<(
     Ok(())
 }
 
+/// (N, C, H*W) of a batch-norm input: rank 4, or rank 2 read as [N, C, 1, 1] (BatchNorm1d), the
+/// same shapes the CPU oracle accepts.
+fn bn_dims(op: &'static str, x: &Tensor) -> Result<(usize, usize, usize)> {
+    match x.shape() {
+        &[n, c, h, w] => Ok((n, c, h * w)),
+        &[n, c] => Ok((n, c, 1)),
+        s => Err(Error::shape(
+            op,
+            format!("expected x of rank 4 (NCHW) or 2 (NC), got shape {s:?}"),
+        )),
+    }
+}
+
 impl CudaBackend {
     pub(super) fn bn_train_impl(
         &self,
@@ -24,10 +37,10 @@ impl CudaBackend {
         eps: f32,
     ) -> Result<BatchNormTrain> {
         const OP: &str = "batchnorm2d_train";
-        let (n, c, h, w) = x.dims4(OP)?;
+        let (n, c, hw) = bn_dims(OP, x)?;
         check_channel(OP, "gamma", gamma, c)?;
         check_channel(OP, "beta", beta, c)?;
-        if n * h * w == 0 {
+        if n * hw == 0 {
             return Err(Error::shape(
                 OP,
                 format!("batch statistics of an empty batch {:?}", x.shape()),
@@ -36,7 +49,7 @@ impl CudaBackend {
         let xs = self.dev_slice(x, OP)?;
         let (gs, bs) = (self.dev_slice(gamma, OP)?, self.dev_slice(beta, OP)?);
         let (ni, ci) = (as_i32(n, OP, "N")?, as_i32(c, OP, "C")?);
-        let hw = (h * w) as i64;
+        let hw = hw as i64;
         let total = x.numel();
         let total64 = total as i64;
         let mut mean = self.alloc(c, "batchnorm mean")?;
@@ -94,7 +107,7 @@ impl CudaBackend {
         eps: f32,
     ) -> Result<Tensor> {
         const OP: &str = "batchnorm2d_eval";
-        let (_, c, h, w) = x.dims4(OP)?;
+        let (_, c, hw) = bn_dims(OP, x)?;
         for (name, t) in [
             ("gamma", gamma),
             ("beta", beta),
@@ -107,7 +120,7 @@ impl CudaBackend {
         let (gs, bs) = (self.dev_slice(gamma, OP)?, self.dev_slice(beta, OP)?);
         let (ms, vs) = (self.dev_slice(rmean, OP)?, self.dev_slice(rvar, OP)?);
         let ci = as_i32(c, OP, "C")?;
-        let hw = (h * w) as i64;
+        let hw = hw as i64;
         let total = x.numel();
         let total64 = total as i64;
         let mut y = self.alloc(total, "batchnorm output")?;
@@ -138,7 +151,7 @@ impl CudaBackend {
         dy: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         const OP: &str = "batchnorm2d_backward";
-        let (n, c, h, w) = x.dims4(OP)?;
+        let (n, c, hw) = bn_dims(OP, x)?;
         super::same_shape(OP, x, dy)?;
         for (name, t) in [("gamma", gamma), ("mean", mean), ("var", var)] {
             check_channel(OP, name, t, c)?;
@@ -148,7 +161,7 @@ impl CudaBackend {
         let gs = self.dev_slice(gamma, OP)?;
         let (ms, vs) = (self.dev_slice(mean, OP)?, self.dev_slice(var, OP)?);
         let (ni, ci) = (as_i32(n, OP, "N")?, as_i32(c, OP, "C")?);
-        let hw = (h * w) as i64;
+        let hw = hw as i64;
         let total = x.numel();
         let total64 = total as i64;
         let mut dgamma = self.alloc(c, "batchnorm dgamma")?;
@@ -220,13 +233,13 @@ impl CudaBackend {
         dy: &Tensor,
     ) -> Result<Tensor> {
         const OP: &str = "batchnorm2d_eval_backward";
-        let (_, c, h, w) = dy.dims4(OP)?;
+        let (_, c, hw) = bn_dims(OP, dy)?;
         check_channel(OP, "gamma", gamma, c)?;
         check_channel(OP, "running_var", rvar, c)?;
         let dys = self.dev_slice(dy, OP)?;
         let (gs, vs) = (self.dev_slice(gamma, OP)?, self.dev_slice(rvar, OP)?);
         let ci = as_i32(c, OP, "C")?;
-        let hw = (h * w) as i64;
+        let hw = hw as i64;
         let total = dy.numel();
         let total64 = total as i64;
         let mut dx = self.alloc(total, "batchnorm dx")?;

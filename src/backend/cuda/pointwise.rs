@@ -44,10 +44,10 @@ impl CudaBackend {
 
     pub(super) fn dropout_impl(&self, x: &Tensor, p: f32, seed: u64) -> Result<(Tensor, Tensor)> {
         const OP: &str = "dropout";
-        if !(0.0..1.0).contains(&p) {
-            return Err(Error::InvalidArg(format!(
-                "dropout: p = {p} must be in [0, 1)"
-            )));
+        // Same range as the CPU oracle: p = 1 is valid (uniform01 < 1, so every element is
+        // dropped and the mask is all zeros; the infinite scale is never selected).
+        if !(0.0..=1.0).contains(&p) {
+            return Err(Error::shape(OP, format!("p must be in [0, 1], got {p}")));
         }
         let xs = self.dev_slice(x, OP)?;
         let n = x.numel();
@@ -173,6 +173,13 @@ impl CudaBackend {
     ) -> Result<Tensor> {
         const OP: &str = "fgs_step";
         same_shape(OP, x, grad)?;
+        // The CPU oracle's f32::clamp needs lo <= hi (and neither NaN): refuse the same inputs.
+        if lo.is_nan() || hi.is_nan() || lo > hi {
+            return Err(Error::shape(
+                OP,
+                format!("need lo <= hi, got lo {lo}, hi {hi}"),
+            ));
+        }
         let (xs, gs) = (self.dev_slice(x, OP)?, self.dev_slice(grad, OP)?);
         let n = x.numel();
         let n64 = as_i64(n);

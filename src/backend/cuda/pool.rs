@@ -16,6 +16,20 @@ impl CudaBackend {
         if p.kernel == 0 {
             return Err(Error::shape(op, "pooling window of size 0"));
         }
+        // The CPU oracle's checks: an empty plane, or a pad above half the kernel (a window of
+        // padding only), is refused there, so it is refused here too.
+        if h == 0 || w == 0 {
+            return Err(Error::shape(
+                op,
+                format!("x shape (H,W) [{h}, {w}] has a zero dimension"),
+            ));
+        }
+        if 2 * p.pad > p.kernel {
+            return Err(Error::shape(
+                op,
+                format!("pad {} must be at most half the kernel {}", p.pad, p.kernel),
+            ));
+        }
         match (
             out_dim(h, p.kernel, p.stride, p.pad),
             out_dim(w, p.kernel, p.stride, p.pad),
