@@ -31,10 +31,13 @@ pub(crate) struct Staging {
 
 impl Staging {
     fn new(ctx: &Arc<CudaContext>) -> Option<Staging> {
+        // Plain page-locked memory (flags 0), not cudarc's `alloc_pinned` default of
+        // CU_MEMHOSTALLOC_WRITECOMBINED: write-combined memory is uncached for host reads, and
+        // `dtoh` reads every staged value back on the host.
         // SAFETY: the buffers are only read after being fully written for the copied range.
-        let a = unsafe { ctx.alloc_pinned::<f32>(STAGING_CHUNK) }.ok()?;
+        let a = unsafe { ctx.alloc_pinned_with_flags::<f32>(STAGING_CHUNK, 0) }.ok()?;
         // SAFETY: as above.
-        let b = unsafe { ctx.alloc_pinned::<f32>(STAGING_CHUNK) }.ok()?;
+        let b = unsafe { ctx.alloc_pinned_with_flags::<f32>(STAGING_CHUNK, 0) }.ok()?;
         let ea = ctx.new_event(None).ok()?;
         let eb = ctx.new_event(None).ok()?;
         Some(Staging {
