@@ -179,9 +179,10 @@ impl CudaBackend {
         let mut loss = self.alloc(n, "softmax_xent loss")?;
         let mut dz = self.alloc(n * k, "softmax_xent dlogits")?;
         if n > 0 {
-            let lab = self
-                .stream()
-                .clone_htod(labels)
+            // SAFETY (alloc): fully written by the copy right below.
+            let mut lab = unsafe { self.alloc_raw::<u32>(n, "softmax_xent labels") }?;
+            self.stream()
+                .memcpy_htod(labels, &mut lab)
                 .map_err(drv("upload labels"))?;
             let ki = as_i32(k, OP, "K")?;
             // SAFETY: softmax_xent_f32_v1(const float* z, const unsigned int* labels,
@@ -284,16 +285,17 @@ impl CudaBackend {
         as_i32(channels, OP, "channels")?;
         let len = channels * k;
         let s = self.stream();
-        let vals = s
-            .clone_htod(&vec![f32::NEG_INFINITY; len])
-            .map_err(drv("topk state alloc"))?;
-        let ids = s
-            .clone_htod(&vec![u32::MAX; len])
-            .map_err(drv("topk state alloc"))?;
-        // SAFETY: the spare buffers are fully written by every merge before being read (every
-        // position < k receives exactly one element).
-        let spare_vals = unsafe { s.alloc::<f32>(len) }.map_err(drv("topk state alloc"))?;
-        let spare_ids = unsafe { s.alloc::<u32>(len) }.map_err(drv("topk state alloc"))?;
+        // SAFETY (alloc): vals and ids are fully written by the copies right below; the spare
+        // buffers are fully written by every merge before being read (every position < k
+        // receives exactly one element).
+        let mut vals = unsafe { self.alloc_raw::<f32>(len, "topk values") }?;
+        let mut ids = unsafe { self.alloc_raw::<u32>(len, "topk ids") }?;
+        s.memcpy_htod(&vec![f32::NEG_INFINITY; len], &mut vals)
+            .map_err(drv("topk state init"))?;
+        s.memcpy_htod(&vec![u32::MAX; len], &mut ids)
+            .map_err(drv("topk state init"))?;
+        let spare_vals = unsafe { self.alloc_raw::<f32>(len, "topk values") }?;
+        let spare_ids = unsafe { self.alloc_raw::<u32>(len, "topk ids") }?;
         Ok(TopK {
             channels,
             k,

@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{
-    sys::CUresult, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError,
-    LaunchConfig,
+    sys::CUresult, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr,
+    DriverError, LaunchConfig,
 };
 
 use crate::error::{Error, Result};
@@ -356,10 +356,28 @@ impl Device {
             return Ok(m.clone());
         }
         let ptx = compile::compile_family(family, &self.arch)?;
-        let m = self.ctx.load_module(ptx).map_err(drv(format!(
-            "load module kernels/{family}.cu ({})",
-            self.arch
-        )))?;
+        let m = self.ctx.load_module(ptx).map_err(|e| {
+            let too_new = e.0 == CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION;
+            let mut err = drv(format!("load module kernels/{family}.cu ({})", self.arch))(e);
+            if too_new {
+                // The PTX comes from the NVRTC that was loaded; the driver JIT only takes PTX
+                // of its own CUDA version or older.
+                let mut v = 0i32;
+                // SAFETY: cuDriverGetVersion writes one int; the driver library is loaded.
+                let driver = match unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) } {
+                    CUresult::CUDA_SUCCESS => format!("CUDA {}.{}", v / 1000, (v % 1000) / 10),
+                    _ => "unknown".into(),
+                };
+                if let Error::Cuda { msg, .. } = &mut err {
+                    msg.push_str(&format!(
+                        "; the NVRTC library is newer than the NVIDIA driver (driver supports \
+                         {driver}): update the driver (CUDA 13 needs >= 580) or put an NVRTC no \
+                         newer than the driver on LD_LIBRARY_PATH"
+                    ));
+                }
+            }
+            err
+        })?;
         mods.insert(family, m.clone());
         Ok(m)
     }
@@ -375,35 +393,48 @@ impl Device {
         }
         // SAFETY: the memory is uninitialised; every caller fully writes the first `len` values
         // (a kernel output or a copy) before reading them.
-        let first = unsafe { self.stream.alloc::<f32>(class) };
-        let s = match first {
-            Ok(s) => s,
-            Err(DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY)) => {
-                // Idle pooled buffers may be what fills the device: give them back and retry.
-                self.pool.release_all();
-                let _ = self.stream.synchronize();
-                // SAFETY: as above.
-                match unsafe { self.stream.alloc::<f32>(class) } {
-                    Ok(s) => s,
-                    Err(DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY)) => {
-                        return Err(Error::OutOfMemory {
-                            requested_bytes: class * 4,
-                            what: format!("{what} on cuda:{} ({})", self.ordinal, self.name),
-                            hint: format!(
-                                "the device has {} MiB in total; lower --batch (or the model/image size)",
-                                self.total_mem >> 20
-                            ),
-                        })
-                    }
-                    Err(e) => return Err(drv(format!("allocate {} bytes for {what}", class * 4))(e)),
-                }
-            }
-            Err(e) => return Err(drv(format!("allocate {} bytes for {what}", class * 4))(e)),
-        };
+        let s = unsafe { self.alloc_raw::<f32>(class, what) }?;
         Ok(Block {
             slice: Some(s),
             pool: self.pool.clone(),
         })
+    }
+
+    /// An uninitialised, unpooled device buffer of `len` values of `T` on the stream. When the
+    /// device is out of memory, the idle pooled buffers are released and the allocation retried
+    /// once; a second failure is `Error::OutOfMemory` with the size, the free memory and what to
+    /// lower.
+    ///
+    /// # Safety
+    /// The memory is uninitialised: the caller writes every value it later reads.
+    unsafe fn alloc_raw<T: DeviceRepr>(&self, len: usize, what: &str) -> Result<CudaSlice<T>> {
+        let bytes = len.saturating_mul(std::mem::size_of::<T>());
+        match unsafe { self.stream.alloc::<T>(len) } {
+            Ok(s) => return Ok(s),
+            Err(DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY)) => {}
+            Err(e) => return Err(drv(format!("allocate {bytes} bytes for {what}"))(e)),
+        }
+        // Idle pooled buffers may be what fills the device: give them back and retry.
+        self.pool.release_all();
+        let _ = self.stream.synchronize();
+        match unsafe { self.stream.alloc::<T>(len) } {
+            Ok(s) => Ok(s),
+            Err(DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY)) => {
+                let free = match self.ctx.mem_get_info() {
+                    Ok((free, _)) => format!("{} MiB free of ", free >> 20),
+                    Err(_) => String::new(),
+                };
+                Err(Error::OutOfMemory {
+                    requested_bytes: bytes,
+                    what: format!("{what} on cuda:{} ({})", self.ordinal, self.name),
+                    hint: format!(
+                        "the device has {free}{} MiB in total; lower --batch (or the model/image size)",
+                        self.total_mem >> 20
+                    ),
+                })
+            }
+            Err(e) => Err(drv(format!("allocate {bytes} bytes for {what}"))(e)),
+        }
     }
 }
 
@@ -477,6 +508,19 @@ impl CudaBackend {
     /// A fresh pooled output buffer of `len` values.
     pub(crate) fn alloc(&self, len: usize, what: &str) -> Result<Block> {
         self.dev.alloc(len, what)
+    }
+
+    /// An unpooled uninitialised device buffer of `len` values of `T`, with the pool's
+    /// out-of-memory handling (release idle pooled buffers, retry, `Error::OutOfMemory`).
+    ///
+    /// # Safety
+    /// The memory is uninitialised: the caller writes every value it later reads.
+    pub(crate) unsafe fn alloc_raw<T: DeviceRepr>(
+        &self,
+        len: usize,
+        what: &str,
+    ) -> Result<CudaSlice<T>> {
+        unsafe { self.dev.alloc_raw(len, what) }
     }
 
     /// Wrap a written block as a tensor of `shape`.

@@ -133,10 +133,8 @@ impl CudaBackend {
         let g = n.div_ceil(1024).clamp(1, 1024);
         let gi = g as i32;
         // SAFETY (alloc): both buffers are fully written by the kernels below before the read.
-        let mut partial = unsafe { self.stream().alloc::<f64>(g) }
-            .map_err(drv("allocate sum_squares partials"))?;
-        let mut out =
-            unsafe { self.stream().alloc::<f64>(1) }.map_err(drv("allocate sum_squares result"))?;
+        let mut partial = unsafe { self.alloc_raw::<f64>(g, "sum_squares partials") }?;
+        let mut out = unsafe { self.alloc_raw::<f64>(1, "sum_squares result") }?;
         let cfg = cudarc::driver::LaunchConfig {
             grid_dim: (g as u32, 1, 1),
             block_dim: (256, 1, 1),
