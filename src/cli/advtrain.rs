@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::{emit, Ctx};
 use crate::data::Dataset;
 use crate::error::Result;
-use crate::experiments::advtrain::{advtrain, AdvTrainConfig};
+use crate::experiments::advtrain::{advtrain, AdvTrainConfig, Consistency};
 use crate::nn::optim::OptimConfig;
 
 #[derive(clap::Args, Debug)]
@@ -33,6 +33,10 @@ pub struct AdvTrainArgs {
     /// Weight of the consistency loss ||phi(x) - phi(G(x, y*))||^2.
     #[arg(long, default_value_t = 0.1)]
     pub beta: f32,
+    /// Form of the consistency term: sum (the paper's ||phi(x) - phi(x*)||^2) or relative (the
+    /// same divided by ||phi(x)||^2 + ||phi(x*)||^2, scale-free; not in the paper).
+    #[arg(long, default_value = "sum", value_parser = ["sum", "relative"])]
+    pub consistency: String,
     /// Iterative-FGS steps T of G(x, y*).
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
@@ -65,6 +69,11 @@ pub fn run(ctx: &Ctx, a: &AdvTrainArgs) -> Result<()> {
     let cfg = AdvTrainConfig {
         alpha: a.alpha,
         beta: a.beta,
+        consistency: if a.consistency == "relative" {
+            Consistency::Relative
+        } else {
+            Consistency::Sum
+        },
         steps: a.steps,
         eps: a.eps,
         epochs: a.epochs,

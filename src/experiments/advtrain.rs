@@ -17,6 +17,10 @@
 //!   d/dphi(x) = 2*beta/N*(phi(x) minus phi(x*)) and d/dphi(x*) = -2*beta/N*(phi(x) minus phi(x*));
 //!   x* itself is treated as a constant input (it is produced by sign steps, which have no useful
 //!   gradient).
+//! - [`Consistency::Relative`] (not in the paper, off by default) divides each image's term by
+//!   ||phi(x)||^2 + ||phi(x*)||^2, which makes it scale-free (in [0, 2]): the paper's form can be
+//!   lowered by shrinking phi as a whole, and on a small BN-free model that is what the fine-tune
+//!   does at beta = 0.1 (README, "Why the small-vgg16 fine-tune collapses").
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,6 +37,23 @@ use crate::nn::train::{epoch_batches, evaluate, save_epoch, topk_hits, EvalRepor
 use crate::nn::Model;
 use crate::tensor::Tensor;
 
+/// Form of the consistency term of Eq. 8.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// The paper's ||phi(x) - phi(x*)||^2.
+    #[default]
+    Sum,
+    /// ||phi(x) - phi(x*)||^2 / (||phi(x)||^2 + ||phi(x*)||^2): unchanged when phi is scaled.
+    Relative,
+}
+
+impl Consistency {
+    fn is_sum(&self) -> bool {
+        *self == Consistency::Sum
+    }
+}
+
 /// Hyper-parameters of an adversarial fine-tuning run.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdvTrainConfig {
@@ -40,6 +61,10 @@ pub struct AdvTrainConfig {
     pub alpha: f32,
     /// Weight of the consistency loss (paper: 0.1).
     pub beta: f32,
+    /// Form of the consistency term. Left out of the JSON when it is the paper's, so configs,
+    /// checkpoints and `reproduce` stage keys written before it existed still match.
+    #[serde(default, skip_serializing_if = "Consistency::is_sum")]
+    pub consistency: Consistency,
     /// Iterative-FGS steps T of G (paper: 10).
     pub steps: usize,
     /// Iterative-FGS step size on the 0..255 scale (the paper does not give it).
@@ -59,6 +84,7 @@ impl Default for AdvTrainConfig {
         AdvTrainConfig {
             alpha: 0.5,
             beta: 0.1,
+            consistency: Consistency::Sum,
             steps: 10,
             eps: 2.0,
             epochs: 1,
@@ -98,6 +124,18 @@ impl AdvTrainConfig {
 /// adversarial half `b` (host values, same length, `n` images): returns
 /// (mean over images of ||a_i - b_i||^2, d/da, d/db).
 pub fn consistency_loss(a: &[f32], b: &[f32], n: usize) -> Result<(f64, Vec<f32>, Vec<f32>)> {
+    consistency_loss_as(Consistency::Sum, a, b, n)
+}
+
+/// [`consistency_loss`] in the given form. For `Relative`, with D = a_i - b_i and
+/// S = ||a_i||^2 + ||b_i||^2: c = ||D||^2 / S, dc/da = 2 D / S - 2 c a / S and
+/// dc/db = -2 D / S - 2 c b / S (an image with S = 0 has D = 0 and contributes nothing).
+pub fn consistency_loss_as(
+    form: Consistency,
+    a: &[f32],
+    b: &[f32],
+    n: usize,
+) -> Result<(f64, Vec<f32>, Vec<f32>)> {
     if a.len() != b.len() || n == 0 || !a.len().is_multiple_of(n) {
         return Err(Error::shape(
             "consistency_loss",
@@ -107,6 +145,9 @@ pub fn consistency_loss(a: &[f32], b: &[f32], n: usize) -> Result<(f64, Vec<f32>
                 b.len()
             ),
         ));
+    }
+    if form == Consistency::Relative {
+        return Ok(relative_consistency(a, b, n));
     }
     let scale = 2.0 / n as f32;
     let mut value = 0.0f64;
@@ -119,6 +160,35 @@ pub fn consistency_loss(a: &[f32], b: &[f32], n: usize) -> Result<(f64, Vec<f32>
         db.push(-scale * d);
     }
     Ok((value / n as f64, da, db))
+}
+
+fn relative_consistency(a: &[f32], b: &[f32], n: usize) -> (f64, Vec<f32>, Vec<f32>) {
+    let dim = a.len() / n;
+    let (mut da, mut db) = (vec![0.0f32; a.len()], vec![0.0f32; a.len()]);
+    let mut value = 0.0f64;
+    for i in 0..n {
+        let r = i * dim..(i + 1) * dim;
+        let (ai, bi) = (&a[r.clone()], &b[r.clone()]);
+        let sq = |v: &[f32]| v.iter().map(|&x| x as f64 * x as f64).sum::<f64>();
+        let s = sq(ai) + sq(bi);
+        if s == 0.0 {
+            continue;
+        }
+        let dd: f64 = ai
+            .iter()
+            .zip(bi)
+            .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+            .sum();
+        let c = dd / s;
+        value += c;
+        let w = 2.0 / (s * n as f64);
+        for (j, (&x, &y)) in ai.iter().zip(bi).enumerate() {
+            let (x, y) = (x as f64, y as f64);
+            da[r.start + j] = (w * ((x - y) - c * x)) as f32;
+            db[r.start + j] = (w * (-(x - y) - c * y)) as f32;
+        }
+    }
+    (value / n as f64, da, db)
 }
 
 /// Per-epoch figures of adversarial training.
@@ -246,6 +316,7 @@ fn stack(be: &dyn Backend, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// The objective of Eq. 8 on a clean batch `x` and its adversarial counterpart `x_adv` (both on
 /// the 0..255 scale), with gradients accumulated into the model's parameters. The caller zeroes
 /// gradients and steps the optimiser. Returns the loss terms.
+#[allow(clippy::too_many_arguments)]
 pub fn objective_and_grads(
     be: &dyn Backend,
     model: &mut Model,
@@ -254,6 +325,7 @@ pub fn objective_and_grads(
     labels: &[u32],
     alpha: f32,
     beta: f32,
+    form: Consistency,
 ) -> Result<StepStats> {
     let n = labels.len();
     let xx = stack(be, x, x_adv)?;
@@ -274,7 +346,7 @@ pub fn objective_and_grads(
     let phi_shape = phi.shape().to_vec();
     let phi_v = phi.to_vec()?;
     let half = phi_v.len() / 2;
-    let (cons, da, db) = consistency_loss(&phi_v[..half], &phi_v[half..], n)?;
+    let (cons, da, db) = consistency_loss_as(form, &phi_v[..half], &phi_v[half..], n)?;
     let mut dphi: Vec<f32> = da.into_iter().map(|v| beta * v).collect();
     dphi.extend(db.into_iter().map(|v| beta * v));
     let dphi = be.upload(&Tensor::from_vec(&phi_shape, dphi)?)?;
@@ -412,7 +484,14 @@ pub fn advtrain(
             let x_adv = ifgs(be, &mut model, &b.images, &targets, cfg.eps, cfg.steps)?;
             model.zero_grad();
             let s = objective_and_grads(
-                be, &mut model, &b.images, &x_adv, &b.labels, cfg.alpha, cfg.beta,
+                be,
+                &mut model,
+                &b.images,
+                &x_adv,
+                &b.labels,
+                cfg.alpha,
+                cfg.beta,
+                cfg.consistency,
             )?;
             if !s.loss.is_finite() {
                 return Err(Error::Numeric(format!(
@@ -522,5 +601,64 @@ mod tests {
             / n as f64;
         assert!((v - direct).abs() < 1e-9 * direct.max(1.0));
         assert!(consistency_loss(&a, &b[1..], n).is_err());
+    }
+
+    #[test]
+    fn paper_form_keeps_the_old_config_json() {
+        let paper = AdvTrainConfig::default();
+        let js = serde_json::to_value(&paper).unwrap();
+        assert!(js.get("consistency").is_none(), "{js}");
+        let back: AdvTrainConfig = serde_json::from_value(js).unwrap();
+        assert_eq!(back, paper);
+        let rel = AdvTrainConfig {
+            consistency: Consistency::Relative,
+            ..paper
+        };
+        let js = serde_json::to_value(&rel).unwrap();
+        assert_eq!(js["consistency"], "relative");
+        assert_eq!(serde_json::from_value::<AdvTrainConfig>(js).unwrap(), rel);
+    }
+
+    #[test]
+    fn relative_consistency_is_scale_free_and_its_gradient_matches_finite_differences() {
+        let mut r = crate::rng::Rng::new(23);
+        let (n, d) = (3, 7);
+        let a: Vec<f32> = (0..n * d).map(|_| r.normal() as f32).collect();
+        let b: Vec<f32> = (0..n * d).map(|_| r.normal() as f32).collect();
+        let rel = Consistency::Relative;
+        let (v, da, db) = consistency_loss_as(rel, &a, &b, n).unwrap();
+        assert!(v > 0.0 && v <= 2.0, "{v}");
+        // Scaling both halves changes the paper's form by 25x and this one not at all.
+        let a5: Vec<f32> = a.iter().map(|x| 5.0 * x).collect();
+        let b5: Vec<f32> = b.iter().map(|x| 5.0 * x).collect();
+        let v5 = consistency_loss_as(rel, &a5, &b5, n).unwrap().0;
+        assert!((v5 - v).abs() < 1e-6 * v, "{v5} vs {v}");
+        let f = |a: &[f32], b: &[f32]| consistency_loss_as(rel, a, b, n).unwrap().0;
+        let h = 1e-2f32;
+        for i in [0, 6, 9, 20] {
+            let (mut ap, mut am) = (a.clone(), a.clone());
+            ap[i] += h;
+            am[i] -= h;
+            let num = (f(&ap, &b) - f(&am, &b)) / (2.0 * h as f64);
+            assert!(
+                (num - da[i] as f64).abs() < 1e-3 * (1e-2 + num.abs()),
+                "da[{i}] {num} vs {}",
+                da[i]
+            );
+            let (mut bp, mut bm) = (b.clone(), b.clone());
+            bp[i] += h;
+            bm[i] -= h;
+            let num = (f(&a, &bp) - f(&a, &bm)) / (2.0 * h as f64);
+            assert!(
+                (num - db[i] as f64).abs() < 1e-3 * (1e-2 + num.abs()),
+                "db[{i}] {num} vs {}",
+                db[i]
+            );
+        }
+        // An all-zero image pair contributes neither value nor gradient (no division by zero).
+        let z = vec![0.0f32; d];
+        let (v0, da0, db0) = consistency_loss_as(rel, &z, &z, 1).unwrap();
+        assert_eq!(v0, 0.0);
+        assert!(da0.iter().chain(&db0).all(|&g| g == 0.0));
     }
 }
