@@ -61,8 +61,9 @@ fn nonzero(op: &'static str, what: &str, dims: &[usize]) -> Result<()> {
     Ok(())
 }
 
-/// (N, C, H, W) of a batch-norm input: rank 4, or rank 2 read as [N, C, 1, 1] (BatchNorm1d).
-fn bn_dims(op: &'static str, x: &Tensor) -> Result<(usize, usize, usize)> {
+/// (N, C, H*W) of a batch-norm input: rank 4, or rank 2 read as [N, C, 1, 1] (BatchNorm1d). The
+/// CUDA backend accepts the same shapes through this function.
+pub(crate) fn bn_dims(op: &'static str, x: &Tensor) -> Result<(usize, usize, usize)> {
     match x.shape() {
         &[n, c, h, w] => Ok((n, c, h * w)),
         &[n, c] => Ok((n, c, 1)),

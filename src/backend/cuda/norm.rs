@@ -1,6 +1,7 @@
 //! Batch normalisation on the device: kernels/bn.cu.
 use super::kernel_table as kt;
 use super::{as_i32, grid_1d, grid_per_item, CudaBackend};
+use crate::backend::cpu::bn_dims;
 use crate::backend::BatchNormTrain;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -13,19 +14,6 @@ fn check_channel(op: &'static str, name: &str, t: &Tensor, c: usize) -> Result<(
         ));
     }
     Ok(())
-}
-
-/// (N, C, H*W) of a batch-norm input: rank 4, or rank 2 read as [N, C, 1, 1] (BatchNorm1d), the
-/// same shapes the CPU oracle accepts.
-fn bn_dims(op: &'static str, x: &Tensor) -> Result<(usize, usize, usize)> {
-    match x.shape() {
-        &[n, c, h, w] => Ok((n, c, h * w)),
-        &[n, c] => Ok((n, c, 1)),
-        s => Err(Error::shape(
-            op,
-            format!("expected x of rank 4 (NCHW) or 2 (NC), got shape {s:?}"),
-        )),
-    }
 }
 
 impl CudaBackend {
