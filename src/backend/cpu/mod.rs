@@ -74,6 +74,18 @@ pub(crate) fn bn_dims(op: &'static str, x: &Tensor) -> Result<(usize, usize, usi
     }
 }
 
+/// The clip range [lo, hi] of an FGS step: f32::clamp (the step's contract) needs lo <= hi and
+/// neither NaN. Shared with the CUDA backend.
+pub(crate) fn check_clip_bounds(op: &'static str, lo: f32, hi: f32) -> Result<()> {
+    if lo.is_nan() || hi.is_nan() || lo > hi {
+        return Err(Error::shape(
+            op,
+            format!("need lo <= hi, got lo {lo}, hi {hi}"),
+        ));
+    }
+    Ok(())
+}
+
 fn map1(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     let mut y = vec![0.0f32; x.len()];
     y.par_chunks_mut(CHUNK)
@@ -109,7 +121,14 @@ fn logsumexp(row: &[f32]) -> f64 {
 }
 
 /// Validated geometry of a conv2d call.
-fn conv_geom(op: &'static str, x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<conv::Geom> {
+/// Validated convolution geometry; the CUDA backend checks its inputs through this too, so both
+/// backends refuse exactly the same shapes.
+pub(crate) fn conv_geom(
+    op: &'static str,
+    x: &Tensor,
+    w: &Tensor,
+    p: Conv2dParams,
+) -> Result<conv::Geom> {
     let (n, c, h, wd) = x.dims4(op)?;
     let (k, wc, r, s) = w.dims4(op)?;
     if wc != c {
@@ -162,8 +181,9 @@ fn conv_geom(op: &'static str, x: &Tensor, w: &Tensor, p: Conv2dParams) -> Resul
     })
 }
 
-/// Validated pooling geometry: (n, c, h, w, p, q).
-fn pool_geom(
+/// Validated pooling geometry: (n, c, h, w, p, q). Shared with the CUDA backend, like
+/// [`conv_geom`].
+pub(crate) fn pool_geom(
     op: &'static str,
     x: &Tensor,
     p: Pool2dParams,
@@ -870,12 +890,7 @@ impl Backend for CpuBackend {
     fn fgs_step(&self, x: &Tensor, grad: &Tensor, eps: f32, lo: f32, hi: f32) -> Result<Tensor> {
         const OP: &str = "fgs_step";
         same_shape(OP, "x", x, "grad", grad)?;
-        if lo.is_nan() || hi.is_nan() || lo > hi {
-            return Err(Error::shape(
-                OP,
-                format!("need lo <= hi, got lo {lo}, hi {hi}"),
-            ));
-        }
+        check_clip_bounds(OP, lo, hi)?;
         let y = map2(x.cpu(OP)?, grad.cpu(OP)?, |x, g| {
             let s = if g > 0.0 {
                 1.0

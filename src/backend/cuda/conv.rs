@@ -2,7 +2,7 @@
 //! gradient in kernels/reduce.cu.
 use super::kernel_table as kt;
 use super::{as_i32, grid_1d, ConvVersion, CudaBackend};
-use crate::backend::{out_dim, Conv2dGrads, Conv2dParams};
+use crate::backend::{Conv2dGrads, Conv2dParams};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use cudarc::driver::LaunchConfig;
@@ -24,36 +24,9 @@ pub(super) struct Geom {
 
 impl Geom {
     pub(super) fn new(op: &'static str, x: &Tensor, w: &Tensor, prm: Conv2dParams) -> Result<Geom> {
-        let (n, c, h, wd) = x.dims4(op)?;
-        let (k, cw, r, s) = w.dims4(op)?;
-        if cw != c || r != s {
-            return Err(Error::shape(
-                op,
-                format!(
-                    "weights {:?} do not fit input {:?} (need [K, {c}, R, R])",
-                    w.shape(),
-                    x.shape()
-                ),
-            ));
-        }
-        // The CPU oracle refuses empty inputs and weights; so does this backend.
-        if [c, h, wd, k, r].contains(&0) {
-            return Err(Error::shape(
-                op,
-                format!("x {:?} / w {:?} has a zero dimension", x.shape(), w.shape()),
-            ));
-        }
-        let p = out_dim(h, r, prm.stride, prm.pad);
-        let q = out_dim(wd, r, prm.stride, prm.pad);
-        let (Some(p), Some(q)) = (p, q) else {
-            return Err(Error::shape(
-                op,
-                format!(
-                    "kernel {r} with stride {} and pad {} does not fit a {h}x{wd} input",
-                    prm.stride, prm.pad
-                ),
-            ));
-        };
+        // The CPU oracle's checks (channels, square kernel, no empty dimension, window fits).
+        let g = crate::backend::cpu::conv_geom(op, x, w, prm)?;
+        let (n, c, h, wd, k, r, p, q) = (g.n, g.c, g.h, g.w, g.k, g.r, g.p, g.q);
         // The implicit-GEMM indices are ints: N*P*Q, N*H*W, C*R*R and K*R*R (the reduction
         // length of backward-data v2) must fit.
         as_i32(n * p * q, op, "N*P*Q")?;

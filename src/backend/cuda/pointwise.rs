@@ -171,13 +171,7 @@ impl CudaBackend {
     ) -> Result<Tensor> {
         const OP: &str = "fgs_step";
         same_shape(OP, x, grad)?;
-        // The CPU oracle's f32::clamp needs lo <= hi (and neither NaN): refuse the same inputs.
-        if lo.is_nan() || hi.is_nan() || lo > hi {
-            return Err(Error::shape(
-                OP,
-                format!("need lo <= hi, got lo {lo}, hi {hi}"),
-            ));
-        }
+        crate::backend::cpu::check_clip_bounds(OP, lo, hi)?;
         let (xs, gs) = (self.dev_slice(x, OP)?, self.dev_slice(grad, OP)?);
         let n = x.numel();
         let n64 = as_i64(n);

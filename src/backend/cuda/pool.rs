@@ -1,53 +1,15 @@
 //! Pooling on the device: kernels/pool.cu.
 use super::kernel_table as kt;
 use super::{as_i32, grid_1d, CudaBackend};
-use crate::backend::{out_dim, Pool2dParams};
+use crate::backend::cpu::pool_geom;
+use crate::backend::Pool2dParams;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
 impl CudaBackend {
-    fn maxpool_geom(
-        &self,
-        op: &'static str,
-        x: &Tensor,
-        p: Pool2dParams,
-    ) -> Result<(usize, usize, usize, usize, usize, usize)> {
-        let (n, c, h, w) = x.dims4(op)?;
-        if p.kernel == 0 {
-            return Err(Error::shape(op, "pooling window of size 0"));
-        }
-        // The CPU oracle's checks: an empty plane, or a pad above half the kernel (a window of
-        // padding only), is refused there, so it is refused here too.
-        if h == 0 || w == 0 {
-            return Err(Error::shape(
-                op,
-                format!("x shape (H,W) [{h}, {w}] has a zero dimension"),
-            ));
-        }
-        if 2 * p.pad > p.kernel {
-            return Err(Error::shape(
-                op,
-                format!("pad {} must be at most half the kernel {}", p.pad, p.kernel),
-            ));
-        }
-        match (
-            out_dim(h, p.kernel, p.stride, p.pad),
-            out_dim(w, p.kernel, p.stride, p.pad),
-        ) {
-            (Some(oh), Some(ow)) => Ok((n, c, h, w, oh, ow)),
-            _ => Err(Error::shape(
-                op,
-                format!(
-                    "window {} stride {} pad {} does not fit {h}x{w}",
-                    p.kernel, p.stride, p.pad
-                ),
-            )),
-        }
-    }
-
     pub(super) fn maxpool2d_impl(&self, x: &Tensor, p: Pool2dParams) -> Result<Tensor> {
         const OP: &str = "maxpool2d";
-        let (n, c, h, w, oh, ow) = self.maxpool_geom(OP, x, p)?;
+        let (n, c, h, w, oh, ow) = pool_geom(OP, x, p)?;
         let xs = self.dev_slice(x, OP)?;
         let total = n * c * oh * ow;
         let mut y = self.alloc(total, "maxpool2d output")?;
@@ -85,7 +47,7 @@ impl CudaBackend {
         p: Pool2dParams,
     ) -> Result<Tensor> {
         const OP: &str = "maxpool2d_backward";
-        let (n, c, h, w, oh, ow) = self.maxpool_geom(OP, x, p)?;
+        let (n, c, h, w, oh, ow) = pool_geom(OP, x, p)?;
         if dy.shape() != [n, c, oh, ow] {
             return Err(Error::shape(
                 OP,
