@@ -7,6 +7,11 @@
 // ifgs_step_f32_v1: the fused iterative-FGS step of adversarial training, in place, one pass:
 //   x = clamp(x - eps * sign(g), max(lo, x0 - radius), min(hi, x0 + radius)); a negative radius
 //   means no projection onto the L-inf ball around the clean image x0 (x0 is then unread).
+// l2_grad_f32_v1: gradient of lambda * ||a_n - b_n||_2 (unsquared) per row n of a, b [N, D]:
+//   g = (lambda / norm) * (a - b), 0 for a row with norm 0 (the ensemble attack's distance term).
+//   One block of 256 per row, grid N: a block sum of (a - b)^2 in f64 (the f32 difference
+//   widened, as the CPU twin `l2_distance_grad` in src/backend/cpu does), then the scaled
+//   difference in f32.
 
 __device__ __forceinline__ float adv_sign(float g) {
     return g > 0.0f ? 1.0f : (g < 0.0f ? -1.0f : 0.0f);
@@ -36,4 +41,25 @@ extern "C" __global__ void ifgs_step_f32_v1(float* __restrict__ x, const float* 
         }
         x[i] = fminf(fmaxf(x[i] - eps * adv_sign(grad[i]), l), h);
     }
+}
+
+extern "C" __global__ void l2_grad_f32_v1(const float* __restrict__ a, const float* __restrict__ b,
+                                          float* __restrict__ g, long long D, float lambda) {
+    __shared__ double scratch[32];
+    __shared__ float bscale;
+    const long long off = (long long)blockIdx.x * D;
+    double s = 0.0;
+    for (long long j = threadIdx.x; j < D; j += blockDim.x) {
+        double d = (double)(a[off + j] - b[off + j]);
+        s += d * d;
+    }
+    s = adv_block_sum_d(s, scratch);
+    if (threadIdx.x == 0) {
+        double norm = sqrt(s);
+        bscale = norm > 0.0 ? (float)((double)lambda / norm) : 0.0f;
+    }
+    __syncthreads();
+    const float sc = bscale;
+    for (long long j = threadIdx.x; j < D; j += blockDim.x)
+        g[off + j] = sc == 0.0f ? 0.0f : sc * (a[off + j] - b[off + j]);
 }

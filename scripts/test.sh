@@ -1,21 +1,31 @@
 #!/usr/bin/env bash
 # The project's test command (README): installs what is missing, checks formatting and lints,
-# compiles every CUDA kernel offline (NVRTC -> PTX -> ptxas for sm_90, failing on spills), and runs
-# the whole test suite on the CPU. GPU tests print "skipped: ..." here and run for real on a GPU box.
+# compiles every CUDA kernel offline (NVRTC -> PTX -> ptxas for sm_90, failing on any spill), runs
+# the whole suite, then runs every CUDA test for real against the emulated CUDA driver
+# (tests/cuda-emu) with ADVLENS_REQUIRE_GPU=1, so a CUDA test that skips fails: once under the
+# round-robin schedule and once under a seeded random one. A CPU-only build
+# (--no-default-features) is checked and its unit tests run too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
+t0=$SECONDS
+stamp() { echo "== [$((SECONDS - t0)) s] $*"; }
 
 bash scripts/install-deps.sh
 
-echo "== cargo fmt --check"
+stamp "cargo fmt --check"
 cargo fmt --all -- --check
 
-echo "== cargo clippy (all targets, all features) -D warnings"
+stamp "cargo clippy (all targets, all features; and CPU-only) -D warnings"
 cargo clippy --all-targets --all-features --quiet -- -D warnings
+cargo clippy --all-targets --no-default-features --quiet -- -D warnings
 
-echo "== CUDA kernels: NVRTC compile + ptxas -v (sm_90)"
-bash scripts/check_kernels.sh
+stamp "build the test binaries (all features)"
+cargo test --all-features --no-run --quiet 2>&1 | grep -v '^ *Executable' || true
+bin=target/debug/advlens
+
+stamp "CUDA kernels: NVRTC compile + ptxas -v (sm_90)"
+bash scripts/check_kernels.sh --advlens "$bin"
 
 # The NVRTC test of tests/cuda_ops.rs compiles every kernel when libnvrtc (and its builtins
 # library, which NVRTC opens by name) is on the loader path; point it at the pip wheel's lib dir.
@@ -24,5 +34,35 @@ if [[ -n "$nvrtc_dir" && -d "$nvrtc_dir" ]]; then
   export LD_LIBRARY_PATH="$nvrtc_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 
-echo "== cargo test"
-cargo test --all-features
+stamp "cargo test (all features; no driver here, so the CUDA tests are left to the emulated runs below)"
+ADVLENS_CUDA_DEFERRED=1 cargo test --all-features
+
+stamp "build the emulated CUDA driver"
+bash tests/cuda-emu/build.sh target/cuda-emu
+
+# The CUDA tests: whole files that only test CUDA, and the cuda twins of backend_test! in the
+# others (named <test>::cuda).
+cuda_files=(--test cuda_emu --test cuda_ops --test golden_cuda --test bench_cli --test cuda_e2e)
+twin_files=(--test nn --test gradcheck)
+total=0
+run_cuda() {  # schedule
+  local log; log=$(mktemp)
+  stamp "CUDA tests on the emulated driver, schedule $1 (ADVLENS_REQUIRE_GPU=1: a skip fails)"
+  ADVLENS_REQUIRE_GPU=1 ADVLENS_EMU_SCHEDULE="$1" scripts/cuda-emu.sh \
+    cargo test --all-features "${cuda_files[@]}" 2>&1 | tee "$log"
+  ADVLENS_REQUIRE_GPU=1 ADVLENS_EMU_SCHEDULE="$1" scripts/cuda-emu.sh \
+    cargo test --all-features "${twin_files[@]}" -- ::cuda 2>&1 | tee -a "$log"
+  if grep -q "test result: FAILED\|error: test failed" "$log"; then rm -f "$log"; exit 1; fi
+  local n; n=$(grep -o "test result: ok. [0-9]* passed" "$log" | awk '{s += $4} END {print s + 0}')
+  if grep -q "skipped:" "$log"; then echo "a CUDA test skipped under the emulator" >&2; exit 1; fi
+  echo "CUDA tests run against the emulated device (schedule $1): $n passed, 0 skipped"
+  total=$((total + n))
+  rm -f "$log"
+}
+run_cuda rr
+run_cuda random:20261201
+
+stamp "CPU-only build (--no-default-features): library unit tests"
+cargo test --no-default-features --lib --quiet
+
+stamp "done: $total CUDA test runs passed on the emulated device (two schedules)"

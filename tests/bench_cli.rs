@@ -128,7 +128,16 @@ fn bench_conv_cuda_without_gpu_explains() {
             r["device"].as_str().is_some_and(|d| d.starts_with("cuda")) || text.contains("cuda:"),
             "{text}"
         );
-        println!("a GPU is present: bench ran on it");
+        // The emulated driver must say that its timings are not GPU timings.
+        if std::env::var("ADVLENS_CUDA_EMULATED").is_ok_and(|v| v == "1") {
+            assert!(
+                text.contains("emulated") && text.contains("not GPU timings"),
+                "{text}"
+            );
+            println!("the emulated device ran the bench and said its timings are not GPU timings");
+        } else {
+            println!("a GPU is present: bench ran on it");
+        }
         return;
     }
     let err = String::from_utf8_lossy(&out.stderr);

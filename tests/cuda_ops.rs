@@ -578,3 +578,74 @@ fn host_tensors_are_refused_with_the_op_name() {
     let e = g.relu(&x).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(e.contains("relu") && e.contains("host"), "{e}");
 }
+
+#[test]
+fn l2_distance_grad_matches_cpu() {
+    let Some(g) = gpu("l2_distance_grad") else {
+        return;
+    };
+    let g = g.as_ref();
+    let cpu = CpuBackend::new();
+    let mut rng = Rng::new(seed());
+    // Awkward row lengths (1, a prime, more than one block-stride), a row with zero distance.
+    for &(n, d) in &[(1usize, 1usize), (3, 257), (4, 784), (2, 3001)] {
+        let (ac, ag) = rand_pair(&cpu, g, &mut rng, &[n, d]);
+        let mut bv = randn(&mut rng, n * d);
+        bv[..d].copy_from_slice(&host(&ac)[..d]); // row 0: b == a, gradient 0
+        let (bc, bg) = pair(&cpu, g, &[n, d], bv);
+        let want = cpu.l2_distance_grad(&ac, &bc, 0.37).expect("cpu");
+        let got = g.l2_distance_grad(&ag, &bg, 0.37).expect("gpu");
+        assert!(host(&want)[..d].iter().all(|&x| x == 0.0));
+        // The same f64 norm per row; only the summation order differs (block tree vs serial).
+        close(&got, &want, 1e-7, 1e-5, &format!("l2 grad [{n}, {d}]"));
+    }
+}
+
+#[test]
+fn topk_stream_on_the_device_matches_the_host_heaps() {
+    let Some(g) = gpu("topk_stream") else { return };
+    let g = g.as_ref();
+    let cpu = CpuBackend::new();
+    let mut rng = Rng::new(seed());
+    // 130 channels (more than the host's 128-channel blocks), k = 7, batches of 37 images whose
+    // values repeat (ties go to the smaller id), 5 batches.
+    let (c, k) = (130usize, 7usize);
+    let mut host_st = cpu.topk_stream(c, k).expect("cpu state");
+    let mut dev_st = g.topk_stream(c, k).expect("gpu state");
+    let mut next = 0u32;
+    for _ in 0..5 {
+        let b = 37usize;
+        let v: Vec<f32> = (0..b * c)
+            .map(|_| (rng.below(20) as f32) * 0.25 - 1.0)
+            .collect();
+        let ids: Vec<u32> = (next..next + b as u32).collect();
+        next += b as u32;
+        let (hc, hg) = pair(&cpu, g, &[b, c], v);
+        host_st.push(&hc, &ids).expect("cpu push");
+        dev_st.push(&hg, &ids).expect("gpu push");
+    }
+    let want = host_st.finish().expect("cpu finish");
+    let got = dev_st.finish().expect("gpu finish");
+    assert_eq!(got, want);
+    // NaN is refused on both.
+    let mut dev_st = g.topk_stream(2, 1).expect("gpu state");
+    let (_, bad) = pair(&cpu, g, &[1, 2], vec![1.0, f32::NAN]);
+    assert!(dev_st.push(&bad, &[0]).is_err());
+}
+
+#[test]
+fn large_transfers_through_the_staging_buffers_round_trip() {
+    let Some(g) = gpu("staging") else { return };
+    let mut rng = Rng::new(seed());
+    // 9 Mi values: three 4 Mi chunks through the two pinned staging buffers, each way.
+    let n = 9 << 20;
+    let v = randn(&mut rng, n);
+    let t = Tensor::from_vec(&[n], v.clone()).expect("shape");
+    let d = g.upload(&t).expect("upload");
+    let back = host(&d);
+    let first_bad = back
+        .iter()
+        .zip(&v)
+        .position(|(a, b)| a.to_bits() != b.to_bits());
+    assert_eq!(first_bad, None, "staged round trip differs");
+}

@@ -239,3 +239,12 @@ impl TopK {
             .collect()
     }
 }
+
+impl crate::backend::TopKStream for TopK {
+    fn push(&mut self, acts: &crate::tensor::Tensor, ids: &[u32]) -> Result<()> {
+        self.push_batch(&acts.to_vec()?, ids)
+    }
+    fn finish(self: Box<Self>) -> Result<Vec<Vec<Hit>>> {
+        Ok(TopK::finish(*self))
+    }
+}

@@ -52,6 +52,9 @@ pub fn fgs(
     eps: f32,
 ) -> Result<(Tensor, Tensor)> {
     check_eps(eps)?;
+    // The step runs where the gradient is: a host batch goes to a device backend first.
+    let up = crate::nn::model::on_backend(be, x)?;
+    let x = up.as_ref().unwrap_or(x);
     let (_, logits, g) = input_grad(be, model, x, labels)?;
     // fgs_step descends (x - eps*sign); the untargeted attack ascends the true-label loss.
     let adv = be.fgs_step(x, &g, -eps, PIXEL_MIN, PIXEL_MAX)?;
@@ -69,7 +72,11 @@ pub fn ifgs(
     steps: usize,
 ) -> Result<Tensor> {
     check_eps(eps)?;
-    let mut cur = x.clone();
+    // The steps run where the gradient is: a host batch goes to a device backend first.
+    let mut cur = match crate::nn::model::on_backend(be, x)? {
+        Some(up) => up,
+        None => x.clone(),
+    };
     for _ in 0..steps {
         let (_, _, g) = input_grad(be, model, &cur, targets)?;
         cur = be.fgs_step(&cur, &g, eps, PIXEL_MIN, PIXEL_MAX)?;
@@ -258,31 +265,6 @@ pub fn check_ensemble(models: &[Model], names: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Gradient of lambda * sum_n ||x*_n - x_n||_2 with respect to x*: lambda * d_n / ||d_n|| per
-/// image (0 where x* = x, the subgradient the optimisation starts from).
-pub fn l2_distance_grad(adv: &[f32], x: &[f32], per_image: usize, lambda: f32) -> Vec<f32> {
-    let mut g = vec![0f32; adv.len()];
-    for ((gi, a), b) in g
-        .chunks_exact_mut(per_image.max(1))
-        .zip(adv.chunks_exact(per_image.max(1)))
-        .zip(x.chunks_exact(per_image.max(1)))
-    {
-        let norm = a
-            .iter()
-            .zip(b)
-            .map(|(p, q)| ((p - q) as f64).powi(2))
-            .sum::<f64>()
-            .sqrt();
-        if norm > 0.0 {
-            let s = (lambda as f64 / norm) as f32;
-            for ((o, p), q) in gi.iter_mut().zip(a).zip(b) {
-                *o = s * (p - q);
-            }
-        }
-    }
-    g
-}
-
 /// The ensemble-optimisation attack (paper Eq. 1) on a batch: Adam on the image minimising
 /// lambda * ||x* - x||_2 + sum_i CE(y*, f_i(x*)), each model's input gradient summed into one
 /// step, x* clipped to [0, 255] after every step. `x` holds one row per (image, target) pair
@@ -295,16 +277,14 @@ pub fn ensemble_attack(
     h: &EnsembleAttack,
 ) -> Result<Tensor> {
     h.validate()?;
-    let (n, c, hh, ww) = x.dims4("ensemble_attack")?;
+    let (n, ..) = x.dims4("ensemble_attack")?;
     if targets.len() != n {
         return Err(Error::shape(
             "ensemble_attack",
             format!("{n} images but {} targets", targets.len()),
         ));
     }
-    let per_image = c * hh * ww;
     let x_dev = be.upload(x)?;
-    let x_host = x.to_vec()?;
     let mut adv = x_dev.clone();
     let mut m = be.zeros(x.shape())?;
     let mut v = be.zeros(x.shape())?;
@@ -320,10 +300,8 @@ pub fn ensemble_attack(
         let mut grad =
             grad.ok_or_else(|| Error::InvalidArg("an ensemble needs at least one model".into()))?;
         if h.lambda > 0.0 {
-            // Per-image norms are a host computation (the Backend has no per-row reduction);
-            // on the CPU backend this is free, on a device it is one round trip per step.
-            let d = l2_distance_grad(&adv.to_vec()?, &x_host, per_image, h.lambda);
-            let d = be.upload(&Tensor::from_vec(x.shape(), d)?)?;
+            // On the backend: no host round trip per step.
+            let d = be.l2_distance_grad(&adv, &x_dev, h.lambda)?;
             be.axpy(&mut grad, 1.0, &d)?;
         }
         be.adam_step(

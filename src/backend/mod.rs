@@ -90,6 +90,11 @@ pub struct SgdParams {
 pub trait Backend: Send + Sync {
     /// Short name for messages: "cpu", "cuda:0".
     fn name(&self) -> String;
+    /// What the work runs on, for reports: the name plus, on CUDA, the device's own name and
+    /// architecture (which says "emulated" on the emulated driver).
+    fn description(&self) -> String {
+        self.name()
+    }
 
     /// Block until queued work is finished (no-op on the CPU). Benchmarks call it before reading
     /// the clock.
@@ -227,6 +232,10 @@ pub trait Backend: Send + Sync {
     // ---- attacks ------------------------------------------------------------------------------
     /// x_next = clamp(x - eps * sign(grad), lo, hi), sign(0) = 0. (FGS ascent uses -eps.)
     fn fgs_step(&self, x: &Tensor, grad: &Tensor, eps: f32, lo: f32, hi: f32) -> Result<Tensor>;
+    /// Gradient of lambda * ||a_n - b_n||_2 (unsquared) for every row n of a, b (first dim N):
+    /// (lambda / norm) * (a - b), zero for a row with norm 0. The norm sums the f32 differences
+    /// squared in f64.
+    fn l2_distance_grad(&self, a: &Tensor, b: &Tensor, lambda: f32) -> Result<Tensor>;
 
     // ---- analysis -----------------------------------------------------------------------------
     /// Per-channel spatial max of x[N,C,H,W] -> [N,C].
@@ -236,6 +245,20 @@ pub trait Backend: Send + Sync {
     /// For N pairs: pcq = p^T C q, pcp = p^T C p, qcq = q^T C q, cos = pcq / sqrt(pcp * qcq)
     /// (0 when either norm is 0). p, q: [N,K], c: [K,K]. Returns [N] each.
     fn quadform(&self, p: &Tensor, c: &Tensor, q: &Tensor) -> Result<QuadForm>;
+    /// A streaming per-channel top-k (E3 mining) kept where this backend computes: host heaps
+    /// by default, the device state of kernels/topk.cu on CUDA (no per-batch download).
+    fn topk_stream(&self, channels: usize, k: usize) -> Result<Box<dyn TopKStream + '_>> {
+        Ok(Box::new(crate::analysis::topk::TopK::new(channels, k)?))
+    }
+}
+
+/// Streaming top-k over batches of per-image channel values (see `analysis::topk` for the
+/// ranking: larger value first, ties to the smaller image id; NaN is an error).
+pub trait TopKStream {
+    /// Offer `acts` [B, C] (on this backend) whose row b is image `ids[b]`.
+    fn push(&mut self, acts: &Tensor, ids: &[u32]) -> Result<()>;
+    /// Every channel's kept hits, best first.
+    fn finish(self: Box<Self>) -> Result<Vec<Vec<crate::analysis::topk::Hit>>>;
 }
 
 pub struct QuadForm {

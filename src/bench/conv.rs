@@ -256,6 +256,9 @@ pub struct ConvBenchReport {
     pub dtype: &'static str,
     pub device: String,
     pub device_name: String,
+    /// True on the emulated CUDA driver (tests/cuda-emu): its timings are CPU timings of the
+    /// emulator, not GPU timings.
+    pub emulated: bool,
     pub commit: String,
     pub warmup: usize,
     pub iters: usize,
@@ -367,6 +370,7 @@ fn report(
         batch: cfg.batch,
         dtype: "f32",
         device,
+        emulated: device_name.contains("emulated"),
         device_name,
         commit: commit(),
         warmup: cfg.warmup,
@@ -588,6 +592,10 @@ pub fn run_cuda(_cfg: &ConvBenchConfig, _ordinal: usize) -> Result<ConvBenchRepo
     ))
 }
 
+/// Printed above every table measured on the emulated driver.
+pub const EMULATED_NOTE: &str = "NOTE: this is the emulated CUDA device (tests/cuda-emu): the \
+timings below are CPU timings of the emulator, not GPU timings";
+
 /// The human-readable table of a report.
 pub fn render(r: &ConvBenchReport) -> String {
     use std::fmt::Write;
@@ -609,6 +617,9 @@ pub fn render(r: &ConvBenchReport) -> String {
         "timing: median of {} runs after {} warm-up runs, synchronized; baseline: {}",
         r.iters, r.warmup, r.baseline
     );
+    if r.emulated {
+        let _ = writeln!(s, "{EMULATED_NOTE}");
+    }
     if let Some(u) = &r.baseline_unavailable {
         let _ = writeln!(s, "no baseline figures: {u}");
     }

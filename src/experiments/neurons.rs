@@ -8,7 +8,8 @@
 //! - Each neuron keeps its top `fraction` (1%) images of each set: k = ceil(fraction x set size),
 //!   at least 1 (`analysis::topk::top_fraction_k`); equal activations keep the smaller image id.
 //!   The real set and the adversarial set are each streamed once, in batches; the only state is
-//!   one bounded heap per neuron (`analysis::topk::TopK`), never a per-image activation dump.
+//!   one bounded top-k per neuron (`Backend::topk_stream`: host heaps, or the device state of
+//!   kernels/topk.cu on CUDA), never a per-image activation dump.
 //! - p = class distribution of the true labels of the top real images, q = of the true (original)
 //!   labels of the top adversarial images, q~ = of their target labels; LC = p^T C p,
 //!   CS1 = cos_C(p, q), CS2 = cos_C(p, q~) (`analysis::semantics`), C from the class hierarchy.
@@ -26,10 +27,10 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::analysis::semantics::{lc_curve, neuron_semantics_from_labels, uniform_edges, LcBin};
-use crate::analysis::topk::{top_fraction_k, Hit, TopK};
+use crate::analysis::topk::{top_fraction_k, Hit};
 use crate::analysis::wordnet::Hierarchy;
 use crate::attack::advset::AdvSet;
-use crate::backend::Backend;
+use crate::backend::{Backend, TopKStream};
 use crate::data::{Batches, Dataset};
 use crate::error::{Error, Result};
 use crate::nn::Model;
@@ -288,13 +289,16 @@ fn mine_batch(
     images: &crate::tensor::Tensor,
     ids: &[u32],
     names: &[&str],
-    states: &mut [TopK],
+    states: &mut [Box<dyn TopKStream + '_>],
 ) -> Result<()> {
     let (_, acts) = model.forward_with_activations(be, images, names)?;
     for ((a, st), name) in acts.iter().zip(states.iter_mut()).zip(names) {
-        let m = be.channel_max(a)?.to_vec()?;
-        st.push_batch(&m, ids)
-            .map_err(|e| Error::InvalidArg(format!("layer {name}: {e}")))?;
+        // The channel maxima stay on the backend (on CUDA the merge runs on the device).
+        let m = be.channel_max(a)?;
+        st.push(&m, ids).map_err(|e| match e {
+            Error::Numeric(m) => Error::Numeric(format!("layer {name}: {m}")),
+            e => Error::InvalidArg(format!("layer {name}: {e}")),
+        })?;
     }
     Ok(())
 }
@@ -430,13 +434,13 @@ pub fn neurons(
         .collect::<Result<_>>()?;
     drop(acts);
 
-    let mut real_top: Vec<TopK> = channels
+    let mut real_top: Vec<Box<dyn TopKStream>> = channels
         .iter()
-        .map(|&ch| TopK::new(ch, k_real))
+        .map(|&ch| be.topk_stream(ch, k_real))
         .collect::<Result<_>>()?;
-    let mut adv_top: Vec<TopK> = channels
+    let mut adv_top: Vec<Box<dyn TopKStream>> = channels
         .iter()
-        .map(|&ch| TopK::new(ch, k_adv))
+        .map(|&ch| be.topk_stream(ch, k_adv))
         .collect::<Result<_>>()?;
 
     let pb = crate::progress::bar(n_real as u64, "neurons: real", "img");
@@ -462,8 +466,8 @@ pub fn neurons(
     let adv_target = adv.target_labels();
     let mut out_layers = Vec::with_capacity(layers.len());
     for ((name, rt), at) in layers.iter().zip(real_top).zip(adv_top) {
-        let rt: Vec<Vec<Hit>> = rt.finish();
-        let at: Vec<Vec<Hit>> = at.finish();
+        let rt: Vec<Vec<Hit>> = rt.finish()?;
+        let at: Vec<Vec<Hit>> = at.finish()?;
         let lab = |hits: &[Hit], labels: &[u32]| -> Vec<u32> {
             hits.iter().map(|h| labels[h.id as usize]).collect()
         };

@@ -638,6 +638,7 @@ pub fn reproduce(be: &dyn Backend, cfg: &ReproduceConfig) -> Result<Value> {
 
     let env = json!({
         "device": be.name(),
+        "device_description": be.description(),
         "commit": option_env!("ADVLENS_GIT_COMMIT").unwrap_or("unknown"),
         "version": env!("CARGO_PKG_VERSION"),
         "seed": cfg.seed,

@@ -99,7 +99,7 @@ pub fn normalisation(channels: usize) -> Result<(Vec<f32>, Vec<f32>)> {
     }
 }
 
-fn on_backend(be: &dyn Backend, x: &Tensor) -> Result<Option<Tensor>> {
+pub(crate) fn on_backend(be: &dyn Backend, x: &Tensor) -> Result<Option<Tensor>> {
     // A host tensor given to a device backend is uploaded; anything else is used as it is.
     if x.is_cpu() && be.name() != "cpu" {
         Ok(Some(be.upload(x)?))

@@ -115,6 +115,11 @@ pub fn skip_gpu(test: &str, reason: &dyn std::fmt::Display) {
     if std::env::var("ADVLENS_REQUIRE_GPU").is_ok_and(|v| v == "1") {
         panic!("{test}: ADVLENS_REQUIRE_GPU=1 but no usable GPU: {reason}");
     }
+    if std::env::var("ADVLENS_CUDA_DEFERRED").is_ok_and(|v| v == "1") {
+        // scripts/test.sh runs this test again on the emulated driver, where a skip fails.
+        println!("{test}: no CUDA driver in this run; runs later on the emulated driver");
+        return;
+    }
     println!("{test}: skipped: {reason}");
 }
 

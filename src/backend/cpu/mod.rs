@@ -904,6 +904,34 @@ impl Backend for CpuBackend {
         Tensor::from_vec(x.shape(), y)
     }
 
+    fn l2_distance_grad(&self, a: &Tensor, b: &Tensor, lambda: f32) -> Result<Tensor> {
+        const OP: &str = "l2_distance_grad";
+        same_shape(OP, "a", a, "b", b)?;
+        let n = a.shape().first().copied().unwrap_or(1).max(1);
+        let per_row = a.numel() / n;
+        let (av, bv) = (a.cpu(OP)?, b.cpu(OP)?);
+        let mut g = vec![0f32; av.len()];
+        if per_row > 0 {
+            g.par_chunks_mut(per_row)
+                .zip(av.par_chunks(per_row).zip(bv.par_chunks(per_row)))
+                .for_each(|(gi, (ar, br))| {
+                    let norm = ar
+                        .iter()
+                        .zip(br)
+                        .map(|(p, q)| ((p - q) as f64).powi(2))
+                        .sum::<f64>()
+                        .sqrt();
+                    if norm > 0.0 {
+                        let s = (lambda as f64 / norm) as f32;
+                        for ((o, p), q) in gi.iter_mut().zip(ar).zip(br) {
+                            *o = s * (p - q);
+                        }
+                    }
+                });
+        }
+        Tensor::from_vec(a.shape(), g)
+    }
+
     fn channel_max(&self, x: &Tensor) -> Result<Tensor> {
         const OP: &str = "channel_max";
         let (n, c, h, w) = x.dims4(OP)?;

@@ -381,3 +381,53 @@ impl CudaBackend {
         Ok((v, i))
     }
 }
+
+/// [`TopK`] behind the backend's streaming top-k seam: each batch's channel maxima stay on the
+/// device and are merged there; only the final state is downloaded.
+pub(super) struct DeviceTopK<'a> {
+    pub(super) be: &'a CudaBackend,
+    pub(super) st: TopK,
+}
+
+impl crate::backend::TopKStream for DeviceTopK<'_> {
+    fn push(&mut self, acts: &Tensor, ids: &[u32]) -> Result<()> {
+        let Some(&first) = ids.first() else {
+            return Ok(());
+        };
+        // The kernel numbers rows first_id + b, so the ids must be consecutive.
+        if ids
+            .iter()
+            .enumerate()
+            .any(|(b, &id)| id as u64 != first as u64 + b as u64)
+        {
+            return Err(Error::InvalidArg(
+                "top-k on the device needs consecutive image ids within a batch".into(),
+            ));
+        }
+        // The host heaps reject NaN; the kernel would rank it as -inf. One reduction keeps the
+        // contract: the sum of squares is NaN exactly when some value is.
+        if self.be.sum_squares_impl(acts)?.is_nan() {
+            return Err(Error::Numeric(format!(
+                "top-k: NaN activation in images {first}..{}",
+                first as u64 + ids.len() as u64
+            )));
+        }
+        self.be.topk_update(&mut self.st, acts, first)
+    }
+
+    fn finish(self: Box<Self>) -> Result<Vec<Vec<crate::analysis::topk::Hit>>> {
+        let (vals, ids) = self.be.topk_read(&self.st)?;
+        let k = self.st.k;
+        Ok(vals
+            .chunks(k)
+            .zip(ids.chunks(k))
+            .map(|(v, i)| {
+                v.iter()
+                    .zip(i)
+                    .filter(|(_, &id)| id != u32::MAX)
+                    .map(|(&value, &id)| crate::analysis::topk::Hit { value, id })
+                    .collect()
+            })
+            .collect())
+    }
+}

@@ -3,7 +3,7 @@
 use super::{drv, CudaBackend};
 use crate::backend::{
     AdamParams, Backend, BatchNormTrain, Conv2dGrads, Conv2dParams, LinearGrads, Pool2dParams,
-    QuadForm, SgdParams,
+    QuadForm, SgdParams, TopKStream,
 };
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -11,6 +11,12 @@ use crate::tensor::Tensor;
 impl Backend for CudaBackend {
     fn name(&self) -> String {
         format!("cuda:{}", self.dev.ordinal)
+    }
+    fn description(&self) -> String {
+        format!(
+            "cuda:{} ({}, {})",
+            self.dev.ordinal, self.dev.name, self.dev.arch
+        )
     }
     fn synchronize(&self) -> Result<()> {
         self.stream().synchronize().map_err(drv("synchronize"))
@@ -172,6 +178,9 @@ impl Backend for CudaBackend {
     fn fgs_step(&self, x: &Tensor, grad: &Tensor, eps: f32, lo: f32, hi: f32) -> Result<Tensor> {
         self.fgs_step_impl(x, grad, eps, lo, hi)
     }
+    fn l2_distance_grad(&self, a: &Tensor, b: &Tensor, lambda: f32) -> Result<Tensor> {
+        self.l2_distance_grad_impl(a, b, lambda)
+    }
     fn channel_max(&self, x: &Tensor) -> Result<Tensor> {
         self.channel_max_impl(x)
     }
@@ -180,5 +189,11 @@ impl Backend for CudaBackend {
     }
     fn quadform(&self, p: &Tensor, c: &Tensor, q: &Tensor) -> Result<QuadForm> {
         self.quadform_impl(p, c, q)
+    }
+    fn topk_stream(&self, channels: usize, k: usize) -> Result<Box<dyn TopKStream + '_>> {
+        Ok(Box::new(super::analysis::DeviceTopK {
+            be: self,
+            st: self.topk_new(channels, k)?,
+        }))
     }
 }

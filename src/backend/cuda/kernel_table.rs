@@ -26,6 +26,7 @@ macro_rules! kernel_table {
 kernel_table! {
     ATTACK_FGS_STEP = "attack", "fgs_step_f32_v1";
     ATTACK_IFGS_STEP = "attack", "ifgs_step_f32_v1";
+    ATTACK_L2_GRAD = "attack", "l2_grad_f32_v1";
     BN_STATS = "bn", "bn_stats_f32_v1";
     BN_APPLY = "bn", "bn_apply_f32_v1";
     BN_BWD_REDUCE = "bn", "bn_bwd_reduce_f32_v1";

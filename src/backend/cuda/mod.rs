@@ -293,6 +293,7 @@ impl Device {
         if src.is_empty() {
             return Ok(());
         }
+        self.bind(what)?;
         if src.len() >= staging::STAGING_MIN {
             if let Some(mut g) = staging::lock_staging(&self.staging, &self.ctx) {
                 if let Some(Some(st)) = g.as_mut() {
@@ -308,6 +309,7 @@ impl Device {
     /// Fill `dst` with the first `dst.len()` values of `src`, after the queued work; returns
     /// when the values are on the host.
     fn dtoh(&self, src: &CudaSlice<f32>, dst: &mut [f32], what: &str) -> Result<()> {
+        self.bind(what)?;
         if dst.len() >= staging::STAGING_MIN {
             if let Some(mut g) = staging::lock_staging(&self.staging, &self.ctx) {
                 if let Some(Some(st)) = g.as_mut() {
@@ -325,8 +327,20 @@ impl Device {
             .map_err(drv(format!("synchronize after copy to host ({what})")))
     }
 
+    /// Make this device's context current on the calling thread. cudarc binds it for its own
+    /// stream calls, but not in `load_function` nor for the raw copies of the staging path, so
+    /// every entry point of the backend that reaches the driver calls this first (a test thread
+    /// that did not open the device has no current context otherwise).
+    fn bind(&self, what: &str) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(drv(format!(
+            "bind the cuda:{} context ({what})",
+            self.ordinal
+        )))
+    }
+
     /// The function for `k`, compiling and loading its family's module on first use.
     fn function(&self, k: Kernel) -> Result<CudaFunction> {
+        self.bind(k.name)?;
         if let Some(f) = self
             .functions
             .lock()
@@ -384,6 +398,7 @@ impl Device {
 
     /// An uninitialised pooled buffer of `len` f32 (`what` names the tensor for OOM messages).
     fn alloc(&self, len: usize, what: &str) -> Result<Block> {
+        self.bind(what)?;
         let class = size_class(len);
         if let Some(s) = self.pool.take(class) {
             return Ok(Block {

@@ -191,6 +191,34 @@ impl CudaBackend {
         Ok(self.tensor(x.shape(), y))
     }
 
+    pub(super) fn l2_distance_grad_impl(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        lambda: f32,
+    ) -> Result<Tensor> {
+        const OP: &str = "l2_distance_grad";
+        same_shape(OP, a, b)?;
+        let n = a.shape().first().copied().unwrap_or(1).max(1);
+        let d = a.numel() / n;
+        let (as_, bs) = (self.dev_slice(a, OP)?, self.dev_slice(b, OP)?);
+        let mut g = self.alloc(a.numel(), "l2_distance_grad output")?;
+        if d > 0 {
+            let d64 = as_i64(d);
+            // SAFETY: l2_grad_f32_v1(const float* a, const float* b, float* g, long long D,
+            // float lambda); a, b, g hold N*D values; one block of 256 per row, grid N.
+            unsafe {
+                launch!(
+                    self,
+                    kt::ATTACK_L2_GRAD,
+                    super::grid_per_item(n, 256, OP)?,
+                    [as_, bs, g.slice_mut(), &d64, &lambda]
+                )
+            }?;
+        }
+        Ok(self.tensor(a.shape(), g))
+    }
+
     /// Fused iterative-FGS step in place: x = clamp(x - eps*sign(grad), max(lo, x0 - radius),
     /// min(hi, x0 + radius)); `x0 = None` (or a negative radius) skips the L-inf projection.
     #[allow(clippy::too_many_arguments)]
