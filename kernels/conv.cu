@@ -221,20 +221,10 @@ struct BwdFilterLoadDy {
         return dy[((long long)n * g.K + m) * PQ + pq];
     }
 };
-// B(j = (n, p, q), col = c*R*R + r*R + s) = x[n, c, p*stride - pad + r, q*stride - pad + s].
+// B(j = (n, p, q), col = c*R*R + r*R + s): the forward's im2col element (col, j), transposed.
 struct BwdFilterLoadX {
-    const float* x; ConvGeom g;
-    __device__ float operator()(int j, int col) const {
-        int RR = g.R * g.R;
-        int c = col / RR, rs = col - c * RR;
-        int r = rs / g.R, s = rs - r * g.R;
-        int PQ = g.P * g.Q;
-        int n = j / PQ, pq = j - n * PQ;
-        int p = pq / g.Q, q = pq - p * g.Q;
-        int h = p * g.stride - g.pad + r, ww = q * g.stride - g.pad + s;
-        if (h < 0 || h >= g.H || ww < 0 || ww >= g.W) return 0.0f;
-        return x[(((long long)n * g.C + c) * g.H + h) * g.W + ww];
-    }
+    FwdLoadX im;
+    __device__ float operator()(int j, int col) const { return im(col, j); }
 };
 struct BwdFilterStore {
     float* dw; int CRR;
@@ -249,7 +239,7 @@ conv2d_bwd_filter_f32_v2(const float* __restrict__ x, const float* __restrict__ 
                          int Q, int stride, int pad) {
     ConvGeom g = conv_geom(N, C, H, W, K, R, P, Q, stride, pad);
     BwdFilterLoadDy la{dy, g};
-    BwdFilterLoadX lb{x, g};
+    BwdFilterLoadX lb{{x, g}};
     BwdFilterStore st{dw, C * R * R};
     adv_tile_gemm(K, C * R * R, N * P * Q, la, lb, st);
 }

@@ -117,8 +117,20 @@ fn bench_conv_rejects_unknown_layer_and_net() {
 #[test]
 fn bench_conv_cuda_without_gpu_explains() {
     let out = advlens(&[
-        "--device", "cuda", "bench", "conv", "--net", "resnet18", "--batch", "1", "--iters", "1",
-        "--warmup", "0", "--layers", "layer3.0.downsample.0",
+        "--device",
+        "cuda",
+        "bench",
+        "conv",
+        "--net",
+        "resnet18",
+        "--batch",
+        "1",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--layers",
+        "layer3.0.downsample.0",
     ]);
     if out.status.success() {
         // A GPU box: the run must then be a CUDA report.

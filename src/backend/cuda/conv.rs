@@ -1,11 +1,11 @@
 //! Convolutions on the device: kernels/conv.cu (v1 direct, v2 implicit GEMM) and the bias
 //! gradient in kernels/reduce.cu.
-use super::kernel_table as kt;
+use super::kernel_table::{self as kt, Kernel};
 use super::{as_i32, grid_1d, ConvVersion, CudaBackend};
 use crate::backend::{Conv2dGrads, Conv2dParams};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
-use cudarc::driver::LaunchConfig;
+use cudarc::driver::{CudaSlice, LaunchConfig};
 
 /// Checked geometry of one convolution, as the kernels' ints.
 #[derive(Clone, Copy)]
@@ -99,6 +99,7 @@ impl CudaBackend {
         let total = shape.iter().product::<usize>();
         let mut y = self.alloc(total, "conv2d output")?;
         if total > 0 {
+            let (kern, cfg) = self.pick(kt::CONV_FWD_V1, kt::CONV_FWD_V2, total, g.k);
             let Geom {
                 n,
                 c,
@@ -111,67 +112,34 @@ impl CudaBackend {
                 stride,
                 pad,
             } = g;
-            match self.conv_version {
-                ConvVersion::V1 => {
-                    // SAFETY: conv2d_fwd_f32_v1(const float* x, const float* w, const float* b,
-                    // float* y, int N, int C, int H, int W, int K, int R, int P, int Q,
-                    // int stride, int pad, int has_bias); x, w, b, y hold N*C*H*W, K*C*R*R, K,
-                    // N*K*P*Q values (checked by Geom::new and the bias check above).
-                    unsafe {
-                        launch!(
-                            self,
-                            kt::CONV_FWD_V1,
-                            grid_1d(total),
-                            [
-                                xs,
-                                ws,
-                                bs,
-                                y.slice_mut(),
-                                &n,
-                                &c,
-                                &h,
-                                &wd,
-                                &k,
-                                &r,
-                                &p,
-                                &q,
-                                &stride,
-                                &pad,
-                                &has_bias
-                            ]
-                        )
-                    }?
-                }
-                ConvVersion::V2 => {
-                    let cfg = gemm_grid(k as usize, total / k.max(1) as usize);
-                    // SAFETY: conv2d_fwd_f32_v2 has the same argument order and buffer sizes as
-                    // conv2d_fwd_f32_v1; it needs 256 threads (gemm_grid).
-                    unsafe {
-                        launch!(
-                            self,
-                            kt::CONV_FWD_V2,
-                            cfg,
-                            [
-                                xs,
-                                ws,
-                                bs,
-                                y.slice_mut(),
-                                &n,
-                                &c,
-                                &h,
-                                &wd,
-                                &k,
-                                &r,
-                                &p,
-                                &q,
-                                &stride,
-                                &pad,
-                                &has_bias
-                            ]
-                        )
-                    }?
-                }
-            }
+            // SAFETY: conv2d_fwd_f32_v1/_v2(const float* x, const float* w, const float* b,
+            // float* y, int N, int C, int H, int W, int K, int R, int P, int Q, int stride,
+            // int pad, int has_bias); x, w, b, y hold N*C*H*W, K*C*R*R, K, N*K*P*Q values
+            // (checked by Geom::new and the bias check above); v2 needs 256 threads (pick).
+            unsafe {
+                launch!(
+                    self,
+                    kern,
+                    cfg,
+                    [
+                        xs,
+                        ws,
+                        bs,
+                        y.slice_mut(),
+                        &n,
+                        &c,
+                        &h,
+                        &wd,
+                        &k,
+                        &r,
+                        &p,
+                        &q,
+                        &stride,
+                        &pad,
+                        &has_bias
+                    ]
+                )
+            }?;
         }
         Ok(self.tensor(&shape, y))
     }
@@ -252,77 +220,13 @@ impl CudaBackend {
         const OP: &str = "conv2d_backward";
         let ws = self.dev_slice(w, OP)?;
         let dys = self.dev_slice(dy, OP)?;
-        let Geom {
-            n,
-            c,
-            h,
-            w: wd,
-            k,
-            r,
-            p,
-            q,
-            stride,
-            pad,
-        } = *g;
         let total = x.numel();
         let mut dx = self.alloc(total, "conv2d dx")?;
         if total > 0 && dy.numel() > 0 {
-            match self.conv_version {
-                ConvVersion::V1 => {
-                    // SAFETY: conv2d_bwd_data_f32_v1(const float* dy, const float* w,
-                    // float* dx, int N, int C, int H, int W, int K, int R, int P, int Q,
-                    // int stride, int pad); dy, w, dx hold N*K*P*Q, K*C*R*R, N*C*H*W values.
-                    unsafe {
-                        launch!(
-                            self,
-                            kt::CONV_BWD_DATA_V1,
-                            grid_1d(total),
-                            [
-                                dys,
-                                ws,
-                                dx.slice_mut(),
-                                &n,
-                                &c,
-                                &h,
-                                &wd,
-                                &k,
-                                &r,
-                                &p,
-                                &q,
-                                &stride,
-                                &pad
-                            ]
-                        )
-                    }?
-                }
-                ConvVersion::V2 => {
-                    let cfg = gemm_grid(c as usize, total / c.max(1) as usize);
-                    // SAFETY: conv2d_bwd_data_f32_v2: same argument order and sizes as v1;
-                    // 256 threads per block (gemm_grid).
-                    unsafe {
-                        launch!(
-                            self,
-                            kt::CONV_BWD_DATA_V2,
-                            cfg,
-                            [
-                                dys,
-                                ws,
-                                dx.slice_mut(),
-                                &n,
-                                &c,
-                                &h,
-                                &wd,
-                                &k,
-                                &r,
-                                &p,
-                                &q,
-                                &stride,
-                                &pad
-                            ]
-                        )
-                    }?
-                }
-            }
+            let (kern, cfg) = self.pick(kt::CONV_BWD_DATA_V1, kt::CONV_BWD_DATA_V2, total, g.c);
+            // SAFETY: conv2d_bwd_data_f32_v1/_v2(const float* dy, const float* w, float* dx,
+            // <geometry>); dy, w, dx hold N*K*P*Q, K*C*R*R, N*C*H*W values.
+            unsafe { self.launch_bwd(kern, cfg, dys, ws, dx.slice_mut(), g) }?;
         } else if total > 0 {
             self.stream()
                 .memset_zeros(dx.slice_mut())
@@ -336,11 +240,50 @@ impl CudaBackend {
         const OP: &str = "conv2d_backward";
         let xs = self.dev_slice(x, OP)?;
         let dys = self.dev_slice(dy, OP)?;
+        let wtotal = w.numel();
+        let mut dw = self.alloc(wtotal, "conv2d dw")?;
+        if wtotal > 0 {
+            let (kern, cfg) =
+                self.pick(kt::CONV_BWD_FILTER_V1, kt::CONV_BWD_FILTER_V2, wtotal, g.k);
+            // SAFETY: conv2d_bwd_filter_f32_v1/_v2(const float* x, const float* dy, float* dw,
+            // <geometry>); x, dy, dw hold N*C*H*W, N*K*P*Q, K*C*R*R values.
+            unsafe { self.launch_bwd(kern, cfg, xs, dys, dw.slice_mut(), g) }?;
+        }
+        Ok(self.tensor(w.shape(), dw))
+    }
+
+    /// The selected version's kernel and launch: v1 a grid-stride loop over `total` outputs,
+    /// v2 a 64x64-tiled GEMM of `rows` x (total / rows) outputs with 256 threads.
+    fn pick(&self, v1: Kernel, v2: Kernel, total: usize, rows: i32) -> (Kernel, LaunchConfig) {
+        match self.conv_version {
+            ConvVersion::V1 => (v1, grid_1d(total)),
+            ConvVersion::V2 => {
+                let rows = rows.max(1) as usize;
+                (v2, gemm_grid(rows, total / rows))
+            }
+        }
+    }
+
+    /// Launch a backward kernel (data or filter, either version): all four take
+    /// (const float* a, const float* b, float* out, int N, int C, int H, int W, int K, int R,
+    /// int P, int Q, int stride, int pad).
+    ///
+    /// # Safety
+    /// `a`, `b` and `out` must hold what the kernel reads and writes for geometry `g`.
+    unsafe fn launch_bwd(
+        &self,
+        kern: Kernel,
+        cfg: LaunchConfig,
+        a: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+        g: &Geom,
+    ) -> Result<()> {
         let Geom {
             n,
             c,
             h,
-            w: wd,
+            w,
             k,
             r,
             p,
@@ -348,67 +291,15 @@ impl CudaBackend {
             stride,
             pad,
         } = *g;
-        let wtotal = w.numel();
-        let mut dw = self.alloc(wtotal, "conv2d dw")?;
-        if wtotal > 0 {
-            match self.conv_version {
-                ConvVersion::V1 => {
-                    // SAFETY: conv2d_bwd_filter_f32_v1(const float* x, const float* dy,
-                    // float* dw, int N, int C, int H, int W, int K, int R, int P, int Q,
-                    // int stride, int pad); x, dy, dw hold N*C*H*W, N*K*P*Q, K*C*R*R values.
-                    unsafe {
-                        launch!(
-                            self,
-                            kt::CONV_BWD_FILTER_V1,
-                            grid_1d(wtotal),
-                            [
-                                xs,
-                                dys,
-                                dw.slice_mut(),
-                                &n,
-                                &c,
-                                &h,
-                                &wd,
-                                &k,
-                                &r,
-                                &p,
-                                &q,
-                                &stride,
-                                &pad
-                            ]
-                        )
-                    }?
-                }
-                ConvVersion::V2 => {
-                    let cfg = gemm_grid(k as usize, wtotal / k.max(1) as usize);
-                    // SAFETY: conv2d_bwd_filter_f32_v2: same argument order and sizes as v1;
-                    // 256 threads per block (gemm_grid).
-                    unsafe {
-                        launch!(
-                            self,
-                            kt::CONV_BWD_FILTER_V2,
-                            cfg,
-                            [
-                                xs,
-                                dys,
-                                dw.slice_mut(),
-                                &n,
-                                &c,
-                                &h,
-                                &wd,
-                                &k,
-                                &r,
-                                &p,
-                                &q,
-                                &stride,
-                                &pad
-                            ]
-                        )
-                    }?
-                }
-            }
+        // SAFETY: the caller's contract; the arguments follow the signature above.
+        unsafe {
+            launch!(
+                self,
+                kern,
+                cfg,
+                [a, b, out, &n, &c, &h, &w, &k, &r, &p, &q, &stride, &pad]
+            )
         }
-        Ok(self.tensor(w.shape(), dw))
     }
 }
 

@@ -339,13 +339,7 @@ impl CudnnConvPlan<'_> {
         let (xp, _gx) = xs.device_ptr(&stream);
         let (wp, _gw) = ws.device_ptr(&stream);
         let (yp, _gy) = ys.device_ptr(&stream);
-        let (wsp, _gws) = match &self.workspace {
-            Some(s) => {
-                let (p, g) = s.device_ptr(&stream);
-                (p as *mut c_void, Some(g))
-            }
-            None => (std::ptr::null_mut(), None),
-        };
+        let (wsp, _gws) = self.workspace_ptr(&stream);
         let (alpha, beta) = (1.0f32, 0.0f32);
         // SAFETY: descriptors describe x, w, y exactly (shapes checked against the plan, NCHW
         // f32, dense); the workspace holds `ws_bytes`, the largest need of the chosen algorithms.
@@ -369,6 +363,20 @@ impl CudnnConvPlan<'_> {
         .map_err(cudnn_err("convolution forward"))
     }
 
+    /// The workspace's device pointer (null when the algorithms need none) and its guard.
+    fn workspace_ptr<'a>(
+        &'a self,
+        stream: &'a std::sync::Arc<cudarc::driver::CudaStream>,
+    ) -> (*mut c_void, Option<cudarc::driver::SyncOnDrop<'a>>) {
+        match &self.workspace {
+            Some(s) => {
+                let (p, g) = s.device_ptr(stream);
+                (p as *mut c_void, Some(g))
+            }
+            None => (std::ptr::null_mut(), None),
+        }
+    }
+
     /// dx = backward-data(w, dy) into the existing device tensor `dx`.
     pub fn backward_data(&mut self, w: &Tensor, dy: &Tensor, dx: &mut Tensor) -> Result<()> {
         const OP: &str = "cudnn_conv_backward_data";
@@ -382,13 +390,7 @@ impl CudnnConvPlan<'_> {
         let (wp, _gw) = ws.device_ptr(&stream);
         let (dyp, _gdy) = dys.device_ptr(&stream);
         let (dxp, _gdx) = dxs.device_ptr(&stream);
-        let (wsp, _gws) = match &self.workspace {
-            Some(s) => {
-                let (p, g) = s.device_ptr(&stream);
-                (p as *mut c_void, Some(g))
-            }
-            None => (std::ptr::null_mut(), None),
-        };
+        let (wsp, _gws) = self.workspace_ptr(&stream);
         let (alpha, beta) = (1.0f32, 0.0f32);
         // SAFETY: as in `forward`; w, dy, dx have the plan's shapes (checked above).
         unsafe {
@@ -424,13 +426,7 @@ impl CudnnConvPlan<'_> {
         let (xp, _gx) = xs.device_ptr(&stream);
         let (dyp, _gdy) = dys.device_ptr(&stream);
         let (dwp, _gdw) = dws.device_ptr(&stream);
-        let (wsp, _gws) = match &self.workspace {
-            Some(s) => {
-                let (p, g) = s.device_ptr(&stream);
-                (p as *mut c_void, Some(g))
-            }
-            None => (std::ptr::null_mut(), None),
-        };
+        let (wsp, _gws) = self.workspace_ptr(&stream);
         let (alpha, beta) = (1.0f32, 0.0f32);
         // SAFETY: as in `forward`; x, dy, dw have the plan's shapes (checked above).
         unsafe {

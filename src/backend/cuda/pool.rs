@@ -1,10 +1,11 @@
 //! Pooling on the device: kernels/pool.cu.
-use super::kernel_table as kt;
+use super::kernel_table::{self as kt, Kernel};
 use super::{as_i32, grid_1d, CudaBackend};
 use crate::backend::cpu::pool_geom;
 use crate::backend::Pool2dParams;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use cudarc::driver::CudaSlice;
 
 impl CudaBackend {
     pub(super) fn maxpool2d_impl(&self, x: &Tensor, p: Pool2dParams) -> Result<Tensor> {
@@ -113,27 +114,18 @@ impl CudaBackend {
             ));
         }
         let xs = self.dev_slice(x, OP)?;
-        let total = n * c * oh * ow;
-        let mut y = self.alloc(total, "adaptive_avgpool2d output")?;
-        if total > 0 {
-            let (nc, hi, wi, ohi, owi) = (
-                as_i32(n * c, OP, "N*C")?,
-                as_i32(h, OP, "H")?,
-                as_i32(w, OP, "W")?,
-                as_i32(oh, OP, "OH")?,
-                as_i32(ow, OP, "OW")?,
-            );
-            // SAFETY: adaptive_avgpool2d_fwd_f32_v1(const float* x, float* y, int NC, int H,
-            // int W, int OH, int OW); x holds NC*H*W values, y NC*OH*OW.
-            unsafe {
-                launch!(
-                    self,
-                    kt::AVGPOOL_FWD,
-                    grid_1d(total),
-                    [xs, y.slice_mut(), &nc, &hi, &wi, &ohi, &owi]
-                )
-            }?;
-        }
+        let mut y = self.alloc(n * c * oh * ow, "adaptive_avgpool2d output")?;
+        // SAFETY: adaptive_avgpool2d_fwd_f32_v1(const float* x, float* y, <dims>); x holds
+        // NC*H*W values, y NC*OH*OW.
+        unsafe {
+            self.avgpool_launch(
+                OP,
+                kt::AVGPOOL_FWD,
+                xs,
+                y.slice_mut(),
+                [n * c, h, w, oh, ow],
+            )
+        }?;
         Ok(self.tensor(&[n, c, oh, ow], y))
     }
 
@@ -152,27 +144,58 @@ impl CudaBackend {
             ));
         }
         let dys = self.dev_slice(dy, OP)?;
-        let total = n * c * h * w;
-        let mut dx = self.alloc(total, "adaptive_avgpool2d dx")?;
-        if total > 0 {
-            let (nc, hi, wi, ohi, owi) = (
-                as_i32(n * c, OP, "N*C")?,
-                as_i32(h, OP, "H")?,
-                as_i32(w, OP, "W")?,
-                as_i32(oh, OP, "OH")?,
-                as_i32(ow, OP, "OW")?,
-            );
-            // SAFETY: adaptive_avgpool2d_bwd_f32_v1(const float* dy, float* dx, int NC, int H,
-            // int W, int OH, int OW); dy holds NC*OH*OW values, dx NC*H*W.
-            unsafe {
-                launch!(
-                    self,
-                    kt::AVGPOOL_BWD,
-                    grid_1d(total),
-                    [dys, dx.slice_mut(), &nc, &hi, &wi, &ohi, &owi]
-                )
-            }?;
-        }
+        let mut dx = self.alloc(n * c * h * w, "adaptive_avgpool2d dx")?;
+        // SAFETY: adaptive_avgpool2d_bwd_f32_v1(const float* dy, float* dx, <dims>); dy holds
+        // NC*OH*OW values, dx NC*H*W.
+        unsafe {
+            self.avgpool_launch(
+                OP,
+                kt::AVGPOOL_BWD,
+                dys,
+                dx.slice_mut(),
+                [n * c, h, w, oh, ow],
+            )
+        }?;
         Ok(self.tensor(&[n, c, h, w], dx))
+    }
+
+    /// Launch an adaptive-average-pool kernel: both take (const float* src, float* dst, int NC,
+    /// int H, int W, int OH, int OW) and grid-stride over the larger side (dst).
+    ///
+    /// # Safety
+    /// `src` and `dst` must hold what the kernel reads and writes for `dims` = [NC, H, W, OH, OW].
+    unsafe fn avgpool_launch(
+        &self,
+        op: &'static str,
+        kern: Kernel,
+        src: &CudaSlice<f32>,
+        dst: &mut CudaSlice<f32>,
+        dims: [usize; 5],
+    ) -> Result<()> {
+        let [nc, h, w, oh, ow] = dims;
+        let total = if kern == kt::AVGPOOL_FWD {
+            nc * oh * ow
+        } else {
+            nc * h * w
+        };
+        if total == 0 {
+            return Ok(());
+        }
+        let (nc, hi, wi, ohi, owi) = (
+            as_i32(nc, op, "N*C")?,
+            as_i32(h, op, "H")?,
+            as_i32(w, op, "W")?,
+            as_i32(oh, op, "OH")?,
+            as_i32(ow, op, "OW")?,
+        );
+        // SAFETY: the caller's contract; the arguments follow the signature above.
+        unsafe {
+            launch!(
+                self,
+                kern,
+                grid_1d(total),
+                [src, dst, &nc, &hi, &wi, &ohi, &owi]
+            )
+        }
     }
 }
