@@ -46,6 +46,7 @@ pub fn run(ctx: &Ctx, a: &ReproduceArgs) -> Result<()> {
         fmnist_src: a.fmnist.clone(),
         out: a.out.clone(),
         seed: ctx.seed,
+        shards: 1,
     };
     let be = ctx.backend()?;
     let r = reproduce(be.as_ref(), &cfg)?;

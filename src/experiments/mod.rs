@@ -6,3 +6,4 @@ pub mod neurons;
 pub mod ratios;
 pub mod report;
 pub mod reproduce;
+pub mod stages;
