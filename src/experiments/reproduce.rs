@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 
 use crate::analysis::wordnet::{parse_class_list, Hierarchy, WordNet};
 use crate::attack::advset::AdvSet;
+use crate::attack::ensemble::DEFAULT_SHARD_SIZE;
 use crate::backend::Backend;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
@@ -54,6 +55,8 @@ pub struct Profile {
     pub eval_limit: Option<usize>,
     /// Source images of the ensemble attack.
     pub attack_images: Option<usize>,
+    /// Source images per E2 shard: the unit of resume and of `--shards` parts.
+    pub attack_shard_size: usize,
     /// Targets per image (None: min(10, classes - 1)).
     pub targets: Option<usize>,
     pub attack_steps: usize,
@@ -90,6 +93,8 @@ impl Profile {
                 lr_milestones: vec![vec![], vec![], vec![]],
                 eval_limit: Some(300),
                 attack_images: Some(24),
+                // Three shards, so that a job graph can split E2 three ways.
+                attack_shard_size: 8,
                 targets: Some(3),
                 attack_steps: 10,
                 neurons_real_limit: Some(300),
@@ -116,6 +121,7 @@ impl Profile {
                 lr_milestones: vec![vec![5], vec![5], vec![3]],
                 eval_limit: None,
                 attack_images: Some(200),
+                attack_shard_size: DEFAULT_SHARD_SIZE,
                 targets: None,
                 attack_steps: 20,
                 neurons_real_limit: None,
@@ -142,6 +148,7 @@ impl Profile {
                 lr_milestones: vec![vec![30, 60], vec![30, 60], vec![30, 60]],
                 eval_limit: None,
                 attack_images: None,
+                attack_shard_size: DEFAULT_SHARD_SIZE,
                 targets: None,
                 attack_steps: 20,
                 neurons_real_limit: None,

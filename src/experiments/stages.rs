@@ -14,9 +14,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use crate::attack::advset::checksum64;
-use crate::attack::ensemble::{
-    merge, run_ensemble, EnsembleReport, EnsembleRun, DEFAULT_SHARD_SIZE,
-};
+use crate::attack::ensemble::{merge, run_ensemble, EnsembleReport, EnsembleRun};
 use crate::attack::eval::fgs_table;
 use crate::attack::methods::EnsembleAttack;
 use crate::error::{Error, Result};
@@ -346,7 +344,7 @@ fn key_e2(env: &Env, st: &Stage, inp: &Inputs) -> Result<Value> {
     let p = &env.cfg.profile;
     Ok(
         json!({ "data": env.data_key, "models": e1_key, "targets": targets(env), "attack": to_value(&attack_of(env))?,
-        "images": p.attack_images, "seed": env.cfg.seed }),
+        "images": p.attack_images, "shard_size": p.attack_shard_size, "seed": env.cfg.seed }),
     )
 }
 
@@ -372,7 +370,7 @@ fn ensemble_run(
         targets: targets(env),
         attack: attack_of(env),
         batch: 16,
-        shard_size: DEFAULT_SHARD_SIZE,
+        shard_size: env.cfg.profile.attack_shard_size,
         limit: env.cfg.profile.attack_images,
         part,
         seed: env.cfg.seed,
