@@ -67,6 +67,10 @@ fn emit_slurm_writes_the_stage_graph() {
     assert!(parts.contains("#SBATCH --gres=gpu:1") && parts.contains("--partition=gpu"));
     assert!(read("05-e2.sbatch").contains("--stage e2\n"));
     assert!(
+        !read("05-e2.sbatch").contains("--gres"),
+        "the join asks for a GPU"
+    );
+    assert!(
         !read("00-prepare.sbatch").contains("--gres"),
         "prepare asks for a GPU"
     );

@@ -14,7 +14,7 @@ const CLASSES: [&str; 4] = ["n01440764", "n01443537", "n01484850", "n01491361"];
 /// torchvision's resnet18().state_dict() layout: (name, shape), BatchNorm buffers included.
 fn resnet18_names(classes: usize, with_nbt: bool) -> Vec<(String, Vec<usize>)> {
     let mut v: Vec<(String, Vec<usize>)> = vec![("conv1.weight".into(), vec![64, 3, 7, 7])];
-    let mut bn = |v: &mut Vec<(String, Vec<usize>)>, p: &str, c: usize| {
+    let bn = |v: &mut Vec<(String, Vec<usize>)>, p: &str, c: usize| {
         for s in ["weight", "bias", "running_mean", "running_var"] {
             v.push((format!("{p}.{s}"), vec![c]));
         }

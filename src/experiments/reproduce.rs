@@ -7,6 +7,12 @@
 //! resume inside a stage from their last epoch checkpoint, the attack from its last shard), and a
 //! changed setting reruns the stage and every stage that reads its output.
 //!
+//! The stages are data (`super::stages::table`): the in-process run walks the table,
+//! `reproduce --stage NAME` runs one stage whose inputs are already finished in `OUT` (an error
+//! names any that is missing or was made with other settings), and `reproduce --emit slurm DIR`
+//! (`super::slurm`) writes the table as a Slurm job graph. E2 splits into `--shards N` parts
+//! (`--stage e2 --shard K/N`) that its own stage joins; the result is the same for every N.
+//!
 //! Profiles (`--profile`):
 //! - `quick`: seconds per stage, a smoke test of the whole pipeline (CI runs it end to end); its
 //!   numbers are not meant to support the paper's findings.

@@ -97,7 +97,8 @@ fn jobs(t: &[Stage], shards: usize) -> Result<Vec<Job>> {
             .collect::<Result<Vec<_>>>()?;
         deps.sort_unstable();
         deps.dedup();
-        if st.part.is_some() && shards > 1 {
+        let split = st.part.is_some() && shards > 1;
+        if split {
             jobs.push(Job {
                 file: format!("{:02}-{}-parts.sbatch", jobs.len(), st.name),
                 stage: st.name.clone(),
@@ -112,7 +113,8 @@ fn jobs(t: &[Stage], shards: usize) -> Result<Vec<Job>> {
             stage: st.name.clone(),
             array: None,
             deps,
-            gpu: st.cached,
+            // Joining the parts of a split stage only copies files.
+            gpu: st.cached && !split,
         });
     }
     Ok(jobs)
