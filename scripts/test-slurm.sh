@@ -48,6 +48,13 @@ stop_daemons() {
     [ ${#pids[@]} -eq 0 ] || log "daemons stopped"
 }
 trap stop_daemons EXIT
+marker="# written by advlens scripts/test-slurm.sh"
+if [ -e /etc/slurm/slurm.conf ] && ! grep -qxF "$marker" /etc/slurm/slurm.conf; then
+    fail "/etc/slurm/slurm.conf exists and is not this script's: a Slurm is configured here already"
+fi
+for d in slurmctld slurmd munged; do
+    if pgrep -x "$d" >/dev/null; then fail "$d is running already"; fi
+done
 mkdir -p /etc/munge /run/munge /var/lib/munge /var/log/munge
 dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
 chown munge:munge /etc/munge/munge.key /run/munge /var/lib/munge /var/log/munge "$work/munge"
@@ -61,6 +68,7 @@ host=$(hostname -s)
 cpus=$(nproc)
 mkdir -p /etc/slurm
 cat >/etc/slurm/slurm.conf <<EOF
+$marker
 ClusterName=advlens-test
 SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
