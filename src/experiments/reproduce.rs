@@ -443,11 +443,11 @@ impl Walk<'_, '_> {
             self.record(st, r, secs, true);
             return Ok(());
         }
+        let t0 = Instant::now();
         self.run_parts(st)?;
         eprintln!("reproduce: {} ...", st.name);
         let dir = out.join(&st.name);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let t0 = Instant::now();
         let result = (st.run)(self.env, st, &self.inputs(), &dir)?;
         let seconds = t0.elapsed().as_secs_f64();
         let doc = json!({ "key": key, "result": &result, "seconds": seconds });
