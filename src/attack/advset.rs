@@ -83,6 +83,22 @@ pub fn checksum_file(path: &Path) -> Result<String> {
     Ok(checksum64(&m))
 }
 
+/// Checksum of a model's weights and buffers: every tensor of a safetensors file except the
+/// optimiser state (`optim.*`), by name, dtype, shape and bytes. The file's metadata (training
+/// history with its timings) does not count, so two runs that compute the same weights agree.
+pub fn weights_checksum(path: &Path) -> Result<String> {
+    let f = crate::io::SafeFile::open(path)?;
+    let mut names = f.names();
+    names.retain(|n| !n.starts_with("optim."));
+    names.sort();
+    let mut list = String::new();
+    for n in &names {
+        let (dt, shape, bytes) = f.bytes(n)?;
+        list.push_str(&format!("{n}:{dt:?}:{shape:?}:{}\n", checksum64(bytes)));
+    }
+    Ok(checksum64(list.as_bytes()))
+}
+
 /// What one shard (or a whole run) adds to the report: counts and sums, so that parts and
 /// resumed runs aggregate exactly.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -213,7 +213,7 @@ fn identity(
             "model": m.name(),
             "width": m.spec().width,
             "classes": m.num_classes(),
-            "checksum": checksum_file(p)?,
+            "weights_checksum": advset::weights_checksum(p)?,
         }));
     }
     let labels: Vec<u8> = ds.labels().iter().flat_map(|l| l.to_le_bytes()).collect();

@@ -18,6 +18,7 @@ pub mod misc;
 pub mod op;
 pub mod reproduce;
 pub mod train;
+pub mod weights;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -60,6 +61,10 @@ pub enum Command {
     Advtrain(advtrain::AdvTrainArgs),
     /// Every experiment of the paper (E1-E8), one command, one report.
     Reproduce(reproduce::ReproduceArgs),
+    /// Bring outside weights in: `weights import` turns a torchvision state_dict into a
+    /// checkpoint.
+    #[command(subcommand)]
+    Weights(weights::WeightsCommand),
     /// Run one primitive op on named tensors from a safetensors file (golden-file interface).
     Op(op::OpArgs),
     /// Print the compiled kernel table and devices (diagnostics).
@@ -134,6 +139,7 @@ pub fn main() -> i32 {
         Command::Advtrain(a) => advtrain::run(&ctx, a),
         Command::Reproduce(a) => reproduce::run(&ctx, a),
         Command::Op(a) => op::run(&ctx, a),
+        Command::Weights(c) => weights::run(&ctx, c),
         Command::Info(a) => misc::run_info(&ctx, a),
         Command::Kernels(c) => kernels::run(&ctx, c),
         Command::Wordnet(c) => analysis::run(&ctx, c),

@@ -6,3 +6,5 @@ pub mod neurons;
 pub mod ratios;
 pub mod report;
 pub mod reproduce;
+pub mod slurm;
+pub mod stages;

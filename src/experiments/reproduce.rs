@@ -7,6 +7,12 @@
 //! resume inside a stage from their last epoch checkpoint, the attack from its last shard), and a
 //! changed setting reruns the stage and every stage that reads its output.
 //!
+//! The stages are data (`super::stages::table`): the in-process run walks the table,
+//! `reproduce --stage NAME` runs one stage whose inputs are already finished in `OUT` (an error
+//! names any that is missing or was made with other settings), and `reproduce --emit slurm DIR`
+//! (`super::slurm`) writes the table as a Slurm job graph. E2 splits into `--shards N` parts
+//! (`--stage e2 --shard K/N`) that its own stage joins; the result is the same for every N.
+//!
 //! Profiles (`--profile`):
 //! - `quick`: seconds per stage, a smoke test of the whole pipeline (CI runs it end to end); its
 //!   numbers are not meant to support the paper's findings.
@@ -15,6 +21,8 @@
 //!   `--data DIR` pointing at an ImageNet-style import and `--weights DIR` at torchvision weights
 //!   exported to safetensors (`alexnet.safetensors`, `vgg16.safetensors`, `resnet18.safetensors`).
 
+use std::cell::OnceCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,21 +31,14 @@ use serde_json::{json, Value};
 
 use crate::analysis::wordnet::{parse_class_list, Hierarchy, WordNet};
 use crate::attack::advset::AdvSet;
-use crate::attack::ensemble::{run_ensemble, EnsembleRun, DEFAULT_SHARD_SIZE};
-use crate::attack::eval::fgs_table;
-use crate::attack::methods::EnsembleAttack;
+use crate::attack::ensemble::DEFAULT_SHARD_SIZE;
 use crate::backend::Backend;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::nn::optim::OptimConfig;
-use crate::nn::train::{evaluate, topk_hits, train, RunDirs, TrainConfig};
-use crate::nn::{Model, ModelSpec};
+use crate::nn::train::topk_hits;
+use crate::nn::Model;
 
-use super::advtrain::{advtrain, AdvTrainConfig};
-use super::detect::{detect, DetectConfig};
-use super::explain::{explain, ExplainConfig, ExplainImage, NeuronsFile};
-use super::neurons::{neurons, NeuronsConfig};
-use super::ratios::{ratios, RatiosConfig};
+use super::stages::{table, Inputs, Stage};
 
 /// The Fashion-MNIST class -> WordNet synset table shipped with advlens.
 pub const FASHION_MNIST_CLASSES: &str =
@@ -60,6 +61,8 @@ pub struct Profile {
     pub eval_limit: Option<usize>,
     /// Source images of the ensemble attack.
     pub attack_images: Option<usize>,
+    /// Source images per E2 shard: the unit of resume and of `--shards` parts.
+    pub attack_shard_size: usize,
     /// Targets per image (None: min(10, classes - 1)).
     pub targets: Option<usize>,
     pub attack_steps: usize,
@@ -96,6 +99,8 @@ impl Profile {
                 lr_milestones: vec![vec![], vec![], vec![]],
                 eval_limit: Some(300),
                 attack_images: Some(24),
+                // Three shards, so that a job graph can split E2 three ways.
+                attack_shard_size: 8,
                 targets: Some(3),
                 attack_steps: 10,
                 neurons_real_limit: Some(300),
@@ -122,6 +127,7 @@ impl Profile {
                 lr_milestones: vec![vec![5], vec![5], vec![3]],
                 eval_limit: None,
                 attack_images: Some(200),
+                attack_shard_size: DEFAULT_SHARD_SIZE,
                 targets: None,
                 attack_steps: 20,
                 neurons_real_limit: None,
@@ -148,6 +154,7 @@ impl Profile {
                 lr_milestones: vec![vec![30, 60], vec![30, 60], vec![30, 60]],
                 eval_limit: None,
                 attack_images: None,
+                attack_shard_size: DEFAULT_SHARD_SIZE,
                 targets: None,
                 attack_steps: 20,
                 neurons_real_limit: None,
@@ -186,6 +193,8 @@ pub struct ReproduceConfig {
     pub fmnist_src: PathBuf,
     pub out: PathBuf,
     pub seed: u64,
+    /// E2 is built as this many `--shard K/N` parts, then joined (1: in one piece).
+    pub shards: usize,
 }
 
 /// One stage's timing, for the report's environment section.
@@ -196,54 +205,66 @@ pub struct StageTime {
     pub cached: bool,
 }
 
-/// Run `f` in `out/<name>` unless `out/<name>/stage.json` holds a result made with the same key.
-fn stage(
-    out: &Path,
-    name: &str,
-    key: &Value,
-    times: &mut Vec<StageTime>,
-    f: impl FnOnce(&Path) -> Result<Value>,
-) -> Result<Value> {
-    // Compare keys as they read back from disk: serde_json does not parse every float back to the
-    // same bits, so the in-memory key goes through the same text round trip.
-    let key = &serde_json::from_str::<Value>(&key.to_string()).unwrap_or_else(|_| key.clone());
-    let dir = out.join(name);
-    let file = dir.join("stage.json");
-    if file.exists() {
-        if let Ok(v) = crate::io::read_json::<Value>(&file) {
-            if v.get("key") == Some(key) {
-                if let Some(r) = v.get("result") {
-                    eprintln!("reproduce: {name}: cached");
-                    times.push(StageTime {
-                        stage: name.into(),
-                        seconds: v.get("seconds").and_then(Value::as_f64).unwrap_or(0.0),
-                        cached: true,
-                    });
-                    return Ok(r.clone());
-                }
-            }
-        }
-    }
-    eprintln!("reproduce: {name} ...");
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let t0 = Instant::now();
-    let result = f(&dir)?;
-    let seconds = t0.elapsed().as_secs_f64();
-    crate::io::write_json(
-        &file,
-        &json!({ "key": key, "result": &result, "seconds": seconds }),
-    )?;
-    eprintln!("reproduce: {name}: done in {seconds:.1}s");
-    times.push(StageTime {
-        stage: name.into(),
-        seconds,
-        cached: false,
-    });
-    Ok(result)
+/// What every stage reads: the settings, the backend, the data splits and the class hierarchy.
+pub struct Env<'a> {
+    pub be: &'a dyn Backend,
+    pub cfg: &'a ReproduceConfig,
+    pub train_p: PathBuf,
+    pub test_p: PathBuf,
+    pub train_ds: Arc<Dataset>,
+    pub test_ds: Arc<Dataset>,
+    pub classes: Vec<String>,
+    pub hier: Hierarchy,
+    pub hier_path: PathBuf,
+    /// The data's identity in every stage key.
+    pub data_key: Value,
+    adv: OnceCell<AdvSet>,
 }
 
-fn to_value<T: serde::Serialize>(v: &T) -> Result<Value> {
-    serde_json::to_value(v).map_err(|e| Error::InvalidArg(format!("cannot serialise: {e}")))
+impl<'a> Env<'a> {
+    /// Open the data (importing Fashion-MNIST when `import`) and build the class hierarchy.
+    pub fn open(be: &'a dyn Backend, cfg: &'a ReproduceConfig, import: bool) -> Result<Env<'a>> {
+        std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
+        let (train_p, test_p) = data_splits(cfg, import)?;
+        let (train_ds, test_ds) = (open(&train_p)?, open(&test_p)?);
+        if train_ds.classes() != test_ds.classes() {
+            return Err(Error::InvalidArg(format!(
+                "{} and {} have different class lists",
+                train_p.display(),
+                test_p.display()
+            )));
+        }
+        let classes = train_ds.classes().to_vec();
+        let hier = hierarchy_for(cfg, &classes)?;
+        let data_key = json!({ "train": train_p, "test": test_p, "train_n": train_ds.len(), "test_n": test_ds.len() });
+        Ok(Env {
+            be,
+            cfg,
+            train_p,
+            test_p,
+            train_ds,
+            test_ds,
+            classes,
+            hier,
+            hier_path: cfg.out.join("hierarchy.json"),
+            data_key,
+            adv: OnceCell::new(),
+        })
+    }
+
+    /// Where E2 writes the adversarial set.
+    pub fn adv_dir(&self) -> PathBuf {
+        self.cfg.out.join("e2").join("adv")
+    }
+
+    /// The adversarial set of E2 (opened on first use, after E2).
+    pub fn adv(&self) -> Result<&AdvSet> {
+        if let Some(a) = self.adv.get() {
+            return Ok(a);
+        }
+        let a = AdvSet::open(&self.adv_dir())?;
+        Ok(self.adv.get_or_init(|| a))
+    }
 }
 
 /// The class hierarchy of the data's classes: wnids directly, Fashion-MNIST names through the
@@ -280,43 +301,53 @@ fn open(p: &Path) -> Result<Arc<Dataset>> {
     Ok(Arc::new(Dataset::open(p)?))
 }
 
-/// Locate or import the train and test splits.
-fn data_splits(cfg: &ReproduceConfig) -> Result<(PathBuf, PathBuf)> {
-    match &cfg.data {
-        Some(dir) => {
-            let train = dir.join("train.safetensors");
-            let test = ["test.safetensors", "val.safetensors"]
-                .iter()
-                .map(|n| dir.join(n))
-                .find(|p| p.exists())
-                .ok_or_else(|| {
-                    Error::format(dir, "no test.safetensors or val.safetensors in this folder")
-                })?;
-            if !train.exists() {
-                return Err(Error::format(dir, "no train.safetensors in this folder"));
-            }
-            Ok((train, test))
-        }
-        None => {
-            let dir = cfg.out.join("data");
-            let (train, test) = (dir.join("train.safetensors"), dir.join("test.safetensors"));
-            if !(train.exists() && test.exists()) {
-                if !cfg.fmnist_src.exists() {
-                    return Err(Error::Device(format!(
-                        "{} does not exist: install Debian's dataset-fashion-mnist \
-                         (apt-get install dataset-fashion-mnist) or pass --data DIR",
-                        cfg.fmnist_src.display()
-                    )));
-                }
-                eprintln!(
-                    "reproduce: importing Fashion-MNIST from {}",
-                    cfg.fmnist_src.display()
-                );
-                crate::data::idx::import_fashion_mnist(&cfg.fmnist_src, &dir, None, None)?;
-            }
-            Ok((train, test))
-        }
+/// The train and test splits of a user-given `--data` folder.
+fn given_splits(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let train = dir.join("train.safetensors");
+    let test = ["test.safetensors", "val.safetensors"]
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.exists())
+        .ok_or_else(|| {
+            Error::format(dir, "no test.safetensors or val.safetensors in this folder")
+        })?;
+    if !train.exists() {
+        return Err(Error::format(dir, "no train.safetensors in this folder"));
     }
+    Ok((train, test))
+}
+
+/// Locate the train and test splits; import Fashion-MNIST into `OUT/data` when none is given
+/// and `import` (otherwise its absence is an error: `prepare` imports it).
+fn data_splits(cfg: &ReproduceConfig, import: bool) -> Result<(PathBuf, PathBuf)> {
+    if let Some(dir) = &cfg.data {
+        return given_splits(dir);
+    }
+    let dir = cfg.out.join("data");
+    let (train, test) = (dir.join("train.safetensors"), dir.join("test.safetensors"));
+    if train.exists() && test.exists() {
+        return Ok((train, test));
+    }
+    if !import {
+        return Err(Error::InvalidArg(format!(
+            "{} holds no imported Fashion-MNIST: run `advlens reproduce ... --stage prepare` \
+             first (or give --data DIR)",
+            dir.display()
+        )));
+    }
+    if !cfg.fmnist_src.exists() {
+        return Err(Error::Device(format!(
+            "{} does not exist: install Debian's dataset-fashion-mnist \
+             (apt-get install dataset-fashion-mnist) or pass --data DIR",
+            cfg.fmnist_src.display()
+        )));
+    }
+    eprintln!(
+        "reproduce: importing Fashion-MNIST from {}",
+        cfg.fmnist_src.display()
+    );
+    crate::data::idx::import_fashion_mnist(&cfg.fmnist_src, &dir, None, None)?;
+    Ok((train, test))
 }
 
 /// Top-1/top-5 of a model on an adversarial set, with respect to the TRUE labels (Table 1
@@ -341,316 +372,206 @@ pub fn eval_on_advset(be: &dyn Backend, ckpt: &Path, adv: &AdvSet, batch: usize)
     )
 }
 
+/// The walk over the stage table: results and timings so far.
+struct Walk<'e, 'a> {
+    env: &'e Env<'a>,
+    results: BTreeMap<String, Value>,
+    times: Vec<StageTime>,
+    started: Instant,
+    /// Build the parts of a splitting stage here (in one process; a job graph runs them as
+    /// separate jobs).
+    parts_here: bool,
+}
+
+/// What `OUT/<name>/stage.json` says about a stage with this key.
+enum Cached {
+    Hit(Value, f64),
+    Missing,
+    OtherSettings,
+}
+
+fn read_cached(out: &Path, name: &str, key: &Value) -> Cached {
+    let file = out.join(name).join("stage.json");
+    let Ok(v) = crate::io::read_json::<Value>(&file) else {
+        return Cached::Missing;
+    };
+    match (v.get("key"), v.get("result")) {
+        (Some(k), Some(r)) if k == key => {
+            Cached::Hit(r.clone(), v["seconds"].as_f64().unwrap_or(0.0))
+        }
+        (Some(_), Some(_)) => Cached::OtherSettings,
+        _ => Cached::Missing,
+    }
+}
+
+impl Walk<'_, '_> {
+    fn inputs(&self) -> Inputs<'_> {
+        Inputs {
+            results: &self.results,
+            times: &self.times,
+            started: self.started,
+        }
+    }
+
+    /// The stage's key, as it reads back from disk: serde_json does not parse every float back
+    /// to the same bits, so the in-memory key goes through the same text round trip.
+    fn key(&self, st: &Stage) -> Result<Value> {
+        let key = (st.key)(self.env, st, &self.inputs())?;
+        Ok(serde_json::from_str::<Value>(&key.to_string()).unwrap_or(key))
+    }
+
+    fn record(&mut self, st: &Stage, result: Value, seconds: f64, cached: bool) {
+        self.results.insert(st.name.clone(), result);
+        self.times.push(StageTime {
+            stage: st.name.clone(),
+            seconds,
+            cached,
+        });
+    }
+
+    /// Run `st` unless its stage.json holds a result made with the same key.
+    fn run(&mut self, st: &Stage) -> Result<()> {
+        let out = &self.env.cfg.out;
+        if !st.cached {
+            let r = (st.run)(self.env, st, &self.inputs(), out)?;
+            self.results.insert(st.name.clone(), r);
+            return Ok(());
+        }
+        let key = self.key(st)?;
+        if let Cached::Hit(r, secs) = read_cached(out, &st.name, &key) {
+            eprintln!("reproduce: {}: cached", st.name);
+            self.record(st, r, secs, true);
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        self.run_parts(st)?;
+        eprintln!("reproduce: {} ...", st.name);
+        let dir = out.join(&st.name);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let result = (st.run)(self.env, st, &self.inputs(), &dir)?;
+        let seconds = t0.elapsed().as_secs_f64();
+        let doc = json!({ "key": key, "result": &result, "seconds": seconds });
+        crate::io::write_json(&dir.join("stage.json"), &doc)?;
+        eprintln!("reproduce: {}: done in {seconds:.1}s", st.name);
+        self.record(st, result, seconds, false);
+        Ok(())
+    }
+
+    /// In one process, a stage that splits into `--shards N` parts builds them one by one.
+    fn run_parts(&self, st: &Stage) -> Result<()> {
+        let n = self.env.cfg.shards;
+        if let (Some(part), true) = (st.part, n > 1 && self.parts_here) {
+            for k in 1..=n {
+                part(self.env, st, &self.inputs(), (k, n))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Load the cached result of `st`, which a later stage needs: an error when it is missing
+    /// or was made with other settings.
+    fn require(&mut self, st: &Stage, wanted_by: &str) -> Result<()> {
+        if !st.cached {
+            return Ok(());
+        }
+        let key = self.key(st)?;
+        let out = &self.env.cfg.out;
+        let why = match read_cached(out, &st.name, &key) {
+            Cached::Hit(r, secs) => {
+                self.record(st, r, secs, true);
+                return Ok(());
+            }
+            Cached::Missing => "is not finished",
+            Cached::OtherSettings => "was made with other settings",
+        };
+        Err(Error::InvalidArg(format!(
+            "stage '{wanted_by}' needs the result of stage '{}', which {} in {}: run \
+             `advlens reproduce ... --stage {}` first (or the whole graph)",
+            st.name,
+            why,
+            out.display(),
+            st.name
+        )))
+    }
+}
+
 /// Run the whole pipeline; returns the results document (also written to `OUT/results.json`,
 /// with `report.md` and `index.html` beside it).
 pub fn reproduce(be: &dyn Backend, cfg: &ReproduceConfig) -> Result<Value> {
-    let t_all = Instant::now();
-    let p = &cfg.profile;
-    let out = &cfg.out;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let mut times = Vec::new();
-    let (train_p, test_p) = data_splits(cfg)?;
-    let (train_ds, test_ds) = (open(&train_p)?, open(&test_p)?);
-    if train_ds.classes() != test_ds.classes() {
-        return Err(Error::InvalidArg(format!(
-            "{} and {} have different class lists",
-            train_p.display(),
-            test_p.display()
-        )));
-    }
-    let classes = train_ds.classes().to_vec();
-    let k = classes.len();
-    let hier = hierarchy_for(cfg, &classes)?;
-    let hier_path = out.join("hierarchy.json");
-    hier.write_json(&hier_path, 100)?;
-    let c = hier.c_matrix();
-    let data_key = json!({ "train": train_p, "test": test_p, "train_n": train_ds.len(), "test_n": test_ds.len() });
-
-    // ---- E1: train (or load) and evaluate the three models --------------------------------
-    let mut ckpts: Vec<PathBuf> = Vec::new();
-    let mut e1 = Vec::new();
-    for (mi, name) in p.models.iter().enumerate() {
-        let key = json!({ "data": data_key, "model": name, "width": p.width, "epochs": p.epochs.get(mi),
-            "batch": p.batch, "lr": p.lr, "milestones": p.lr_milestones.get(mi), "limit": p.train_limit,
-            "eval_limit": p.eval_limit, "seed": cfg.seed, "weights": cfg.weights });
-        let r = stage(out, &format!("e1-{name}"), &key, &mut times, |dir| {
-            let ck = dir.join("model.safetensors");
-            let history = match &cfg.weights {
-                Some(wdir) => {
-                    let (ch, h, w) = train_ds.shape();
-                    let mut spec = ModelSpec::new(name, k, (ch, h, w));
-                    if let Some(wd) = p.width {
-                        spec.width = wd;
-                    }
-                    let mut m = Model::from_spec(&spec, cfg.seed)?;
-                    m.load_weights(&wdir.join(format!("{name}.safetensors")))?;
-                    m.save(&ck, 0)?;
-                    Value::Null
-                }
-                None => {
-                    let tcfg = TrainConfig {
-                        model: name.clone(),
-                        width: p.width,
-                        epochs: p.epochs.get(mi).copied().unwrap_or(1),
-                        batch: p.batch,
-                        optim: OptimConfig::adam(p.lr, 0.0),
-                        lr_milestones: p.lr_milestones.get(mi).cloned().unwrap_or_default(),
-                        lr_gamma: 0.1,
-                        seed: cfg.seed.wrapping_add(mi as u64),
-                        limit: p.train_limit,
-                        val_limit: None,
-                    };
-                    let last = dir.join("last.safetensors");
-                    let dirs = RunDirs {
-                        out: dir.to_path_buf(),
-                        resume: last.exists().then_some(last),
-                    };
-                    let res = train(be, &tcfg, &train_ds, None, &dirs, &mut |r| {
-                        eprintln!("  {name}: {}", r.line(tcfg.epochs))
-                    })?;
-                    std::fs::copy(&res.last_checkpoint, &ck).map_err(|e| Error::io(&ck, e))?;
-                    to_value(&res.history)?
-                }
-            };
-            let mut m = Model::load(&ck)?;
-            let ev = evaluate(be, &mut m, &test_ds, 256, p.eval_limit)?;
-            Ok(
-                json!({ "model": name, "ckpt": ck, "params": m.num_params(), "valid": ev, "history": history }),
-            )
-        })?;
-        ckpts.push(PathBuf::from(r["ckpt"].as_str().unwrap_or_default()));
-        e1.push(r);
-    }
-
-    // ---- E2: the ensemble adversarial set -----------------------------------------------------
-    let targets = p.targets.unwrap_or(10).min(k.saturating_sub(1));
-    let attack = EnsembleAttack {
-        steps: p.attack_steps,
-        ..EnsembleAttack::default()
+    let started = Instant::now();
+    let env = Env::open(be, cfg, true)?;
+    let mut walk = Walk {
+        env: &env,
+        results: BTreeMap::new(),
+        times: Vec::new(),
+        started,
+        parts_here: true,
     };
-    let e1_key: Vec<Value> = e1.iter().map(|r| r["valid"].clone()).collect();
-    let e2_key = json!({ "data": data_key, "models": e1_key, "targets": targets, "attack": to_value(&attack)?,
-        "images": p.attack_images, "seed": cfg.seed });
-    let adv_dir = out.join("e2").join("adv");
-    let e2 = stage(out, "e2", &e2_key, &mut times, |_| {
-        let run = EnsembleRun {
-            models: ckpts.clone(),
-            data: test_p.clone(),
-            out: adv_dir.clone(),
-            targets,
-            attack,
-            batch: 16,
-            shard_size: DEFAULT_SHARD_SIZE,
-            limit: p.attack_images,
-            part: None,
-            seed: cfg.seed,
-        };
-        to_value(&run_ensemble(be, &run)?)
-    })?;
-    let adv = AdvSet::open(&adv_dir)?;
+    for st in &table(&cfg.profile.models) {
+        walk.run(st)?;
+    }
+    walk.results
+        .remove("report")
+        .ok_or_else(|| Error::InvalidArg("internal: the stage table has no report".into()))
+}
 
-    // ---- E3, E4, E5, E7, E8 on a set of checkpoints (before and after E6) --------------------
-    let analyse = |tag: &str, ckpts: &[PathBuf], times: &mut Vec<StageTime>| -> Result<Value> {
-        let mut per_model = Vec::new();
-        for (name, ck) in p.models.iter().zip(ckpts) {
-            let base = json!({ "ckpt": ck, "ckpt_len": std::fs::metadata(ck).map(|m| m.len()).unwrap_or(0),
-                "adv": e2["manifest"], "adv_n": adv.len(), "data": data_key });
-            let valid_adv = stage(out, &format!("{tag}-validadv-{name}"), &base, times, |_| {
-                eval_on_advset(be, ck, &adv, 256)
-            })?;
-            let ncfg = NeuronsConfig {
-                limit: p.neurons_real_limit,
-                ..NeuronsConfig::default()
-            };
-            let e3 = stage(
-                out,
-                &format!("{tag}-e3-{name}"),
-                &json!({ "b": base, "limit": ncfg.limit }),
-                times,
-                |dir| {
-                    let r = neurons(be, ck, &test_ds, &adv, &hier, &ncfg, dir)?;
-                    Ok(
-                        json!({ "summary": r.summary, "curve": r.curve, "lc_edges": r.lc_edges,
-                    "k_real": r.k_real, "k_adv": r.k_adv, "real_images": r.real_images,
-                    "adv_images": r.adv_images, "figures": r.figures, "grids": r.grids.len(),
-                    "activation": r.activation, "dir": dir }),
-                    )
-                },
-            )?;
-            let rcfg = RatiosConfig {
-                max_per_class: p.ratios_max_per_class,
-                seed: cfg.seed,
-                ..RatiosConfig::default()
-            };
-            let e4 = stage(
-                out,
-                &format!("{tag}-e4-{name}"),
-                &json!({ "b": base, "cap": rcfg.max_per_class }),
-                times,
-                |dir| {
-                    let r = ratios(be, ck, &test_ds, &adv, &rcfg, dir)?;
-                    Ok(
-                        json!({ "r1": r.r1, "r2": r.r2, "hist_r1": r.hist_r1, "hist_r2": r.hist_r2,
-                    "figures": r.figures, "definition": r.definition, "dir": dir }),
-                    )
-                },
-            )?;
-            let dcfg = DetectConfig {
-                train_limit: p.detect_train_limit,
-                ..DetectConfig::default()
-            };
-            let e5 = stage(
-                out,
-                &format!("{tag}-e5-{name}"),
-                &json!({ "b": base, "train_limit": dcfg.train_limit }),
-                times,
-                |dir| {
-                    let r = detect(be, ck, &train_ds, &test_ds, &adv, &dcfg, dir)?;
-                    Ok(
-                        json!({ "auc": r.auc, "curve": r.curve, "real_accuracy": r.real_accuracy,
-                    "adv_pred_target": r.adv_pred_target, "adv_pred_true": r.adv_pred_true,
-                    "mean_log_density_real": r.mean_log_density_real,
-                    "mean_log_density_adv": r.mean_log_density_adv, "features": r.features,
-                    "covariance": r.covariance, "figures": r.figures, "dir": dir }),
-                    )
-                },
-            )?;
-            let e7 = stage(
-                out,
-                &format!("{tag}-e7-{name}"),
-                &json!({ "b": base, "eps": p.fgs_eps, "limit": p.fgs_limit }),
-                times,
-                |_| {
-                    let mut m = Model::load(ck)?;
-                    to_value(&fgs_table(
-                        be,
-                        &mut m,
-                        ck,
-                        &test_ds,
-                        &p.fgs_eps,
-                        128,
-                        p.fgs_limit,
-                    )?)
-                },
-            )?;
-            let e8 = stage(
-                out,
-                &format!("{tag}-e8-{name}"),
-                &json!({ "b": base, "n": p.explain_images }),
-                times,
-                |dir| {
-                    let nf = NeuronsFile::load(&super::neurons::json_path(
-                        &out.join(format!("{tag}-e3-{name}")),
-                    ))?;
-                    let names: Vec<String> = classes.clone();
-                    let mut items = Vec::new();
-                    for i in 0..p.explain_images.min(adv.len()) {
-                        let ai = adv.batch(&[i])?;
-                        let src = adv.source_indices()[i];
-                        let real = ExplainImage {
-                            source: "real".into(),
-                            set: test_p.display().to_string(),
-                            index: src,
-                            true_label: test_ds.label(src)?,
-                            target_label: None,
-                            pixels: test_ds.batch_f32(&[src])?.0.to_vec()?,
-                        };
-                        let advi = ExplainImage {
-                            source: "adversarial".into(),
-                            set: adv_dir.display().to_string(),
-                            index: i,
-                            true_label: ai.true_label[0],
-                            target_label: Some(ai.target_label[0]),
-                            pixels: ai.images.to_vec()?,
-                        };
-                        for (tagi, img) in [("real", real), ("adv", advi)] {
-                            let sub = dir.join(format!("{tagi}-{i}"));
-                            let r = explain(
-                                be,
-                                ck,
-                                &img,
-                                &names,
-                                Some(&c),
-                                Some((&nf, &test_ds)),
-                                &ExplainConfig::default(),
-                                Some(&sub),
-                            )?;
-                            items.push(
-                                json!({ "source": r.source, "index": r.index, "true": r.true_name,
-                            "target": r.target_label, "predicted": r.predicted_name,
-                            "prob": r.predicted_prob, "top": r.top, "dir": sub }),
-                            );
-                        }
-                    }
-                    Ok(Value::Array(items))
-                },
-            )?;
-            per_model.push(
-                json!({ "model": name, "ckpt": ck, "valid_adv": valid_adv, "e3": e3,
-                "e4": e4, "e5": e5, "e7": e7, "e8": e8 }),
-            );
+/// The names of every stage of a profile, in run order.
+pub fn stage_names(p: &Profile) -> Vec<String> {
+    table(&p.models).into_iter().map(|s| s.name).collect()
+}
+
+/// Every stage `name` reads, directly or through other stages.
+fn closure<'t>(t: &'t [Stage], st: &Stage) -> BTreeSet<&'t str> {
+    let mut need: BTreeSet<&str> = BTreeSet::new();
+    let mut todo: Vec<&str> = st.inputs.iter().map(String::as_str).collect();
+    while let Some(n) = todo.pop() {
+        if let Some(s) = t.iter().find(|s| s.name == n) {
+            if need.insert(s.name.as_str()) {
+                todo.extend(s.inputs.iter().map(String::as_str));
+            }
         }
-        Ok(Value::Array(per_model))
-    };
-    let before = analyse("before", &ckpts, &mut times)?;
-
-    // ---- E6: adversarial training, then everything again on the -Adv models ------------------
-    let mut adv_ckpts = Vec::new();
-    let mut e6 = Vec::new();
-    for (mi, (name, ck)) in p.models.iter().zip(&ckpts).enumerate() {
-        let acfg = AdvTrainConfig {
-            steps: p.advtrain_steps,
-            eps: p.advtrain_eps,
-            epochs: p.advtrain_epochs,
-            batch: 64,
-            optim: OptimConfig::adam(p.advtrain_lr, 5e-5),
-            seed: cfg.seed.wrapping_add(100 + mi as u64),
-            limit: p.advtrain_limit,
-            val_limit: None,
-            ..AdvTrainConfig::default()
-        };
-        let key = json!({ "base": e1[mi]["valid"], "cfg": acfg, "data": data_key });
-        let r = stage(out, &format!("e6-{name}"), &key, &mut times, |dir| {
-            let last = dir.join("last.safetensors");
-            let resume = last.exists().then(|| last.clone());
-            let res = advtrain(
-                be,
-                ck,
-                &acfg,
-                &train_ds,
-                None,
-                dir,
-                resume.as_deref(),
-                &mut |r| eprintln!("  {name}: {}", r.line(acfg.epochs)),
-            )?;
-            let ckp = dir.join("model-adv.safetensors");
-            std::fs::copy(&res.last_checkpoint, &ckp).map_err(|e| Error::io(&ckp, e))?;
-            let mut m = Model::load(&ckp)?;
-            let ev = evaluate(be, &mut m, &test_ds, 256, p.eval_limit)?;
-            Ok(
-                json!({ "model": format!("{name}-adv"), "ckpt": ckp, "config": acfg, "history": res.history, "valid": ev }),
-            )
-        })?;
-        adv_ckpts.push(PathBuf::from(r["ckpt"].as_str().unwrap_or_default()));
-        e6.push(r);
     }
-    let after = analyse("after", &adv_ckpts, &mut times)?;
+    need
+}
 
-    let env = json!({
-        "device": be.name(),
-        "device_description": be.description(),
-        "commit": option_env!("ADVLENS_GIT_COMMIT").unwrap_or("unknown"),
-        "version": env!("CARGO_PKG_VERSION"),
-        "seed": cfg.seed,
-        "profile": p,
-        "train_data": train_p, "test_data": test_p,
-        "classes": classes,
-        "hierarchy": hier_path,
-        "seconds_total": t_all.elapsed().as_secs_f64(),
-        "stages": times,
-    });
-    let results = super::report::assemble(&env, &e1, &e2, &before, &e6, &after)?;
-    crate::io::write_json(&out.join("results.json"), &results)?;
-    super::report::write_report(out, &results)?;
-    Ok(results)
+/// `reproduce --stage NAME [--shard K/N]`: run one stage (or one part of a splitting stage)
+/// whose inputs are already finished in the output directory. Returns its result.
+pub fn reproduce_stage(
+    be: &dyn Backend,
+    cfg: &ReproduceConfig,
+    name: &str,
+    part: Option<(usize, usize)>,
+) -> Result<Value> {
+    let started = Instant::now();
+    let t = table(&cfg.profile.models);
+    let names: Vec<&str> = t.iter().map(|s| s.name.as_str()).collect();
+    let st = t
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| Error::unknown("stage", name, &names))?;
+    let env = Env::open(be, cfg, name == "prepare")?;
+    let mut walk = Walk {
+        env: &env,
+        results: BTreeMap::new(),
+        times: Vec::new(),
+        started,
+        parts_here: false,
+    };
+    let need = closure(&t, st);
+    for s in t.iter().filter(|s| need.contains(s.name.as_str())) {
+        walk.require(s, name)?;
+    }
+    match (part, st.part) {
+        (Some(p), Some(f)) => return f(&env, st, &walk.inputs(), p),
+        (Some(_), None) => {
+            return Err(Error::InvalidArg(format!(
+                "--shard: stage '{name}' does not split (only e2 does)"
+            )))
+        }
+        _ => {}
+    }
+    walk.run(st)?;
+    walk.results
+        .remove(name)
+        .ok_or_else(|| Error::InvalidArg(format!("internal: stage '{name}' left no result")))
 }

@@ -221,7 +221,12 @@ fn load_into(f: &SafeFile, model: &mut Model) -> Result<()> {
             ));
         }
     }
-    let missing: Vec<&String> = expected.keys().filter(|k| !names.contains(k)).collect();
+    // Like torch's load_state_dict, a state_dict without the BatchNorm `num_batches_tracked`
+    // counters loads (they count as 0; eval-mode batch norm never reads them).
+    let missing: Vec<&String> = expected
+        .keys()
+        .filter(|k| !names.contains(k) && !k.ends_with(".num_batches_tracked"))
+        .collect();
     if let Some(first) = missing.first() {
         return Err(Error::format(
             &path,
@@ -264,6 +269,10 @@ fn load_into(f: &SafeFile, model: &mut Model) -> Result<()> {
     }
     let mut nbt: HashMap<String, i64> = HashMap::new();
     for bn in model.batchnorms() {
+        if !names.contains(&bn.num_batches_name) {
+            nbt.insert(bn.num_batches_name.clone(), 0);
+            continue;
+        }
         let (shape, v) = f.ints(&bn.num_batches_name)?;
         if !shape.is_empty() && shape != [1] {
             return Err(Error::format(
