@@ -51,6 +51,155 @@ pub fn write_atomic(
     }
 }
 
+/// Where `p` lives with every symlink resolved, also when it does not exist yet: the longest
+/// existing ancestor is canonicalised and the missing components appended (a `..` among them is
+/// applied lexically, which is exact because nothing below a missing directory can be a link).
+pub fn resolve_path(p: &Path) -> std::io::Result<PathBuf> {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    };
+    let mut existing = abs.clone();
+    let mut rest: Vec<std::ffi::OsString> = Vec::new();
+    loop {
+        match existing.canonicalize() {
+            Ok(mut out) => {
+                for r in rest.iter().rev() {
+                    if r == ".." {
+                        out.pop();
+                    } else if r != "." {
+                        out.push(r);
+                    }
+                }
+                return Ok(out);
+            }
+            Err(e) => {
+                let name = match existing.components().next_back() {
+                    Some(std::path::Component::Normal(n)) => n.to_os_string(),
+                    Some(std::path::Component::ParentDir) => "..".into(),
+                    Some(std::path::Component::CurDir) => ".".into(),
+                    _ => return Err(e),
+                };
+                if !existing.pop() {
+                    return Err(e);
+                }
+                rest.push(name);
+            }
+        }
+    }
+}
+
+/// True when both paths exist and are the same file (a hard link, a bind mount).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+/// Refuse, before any work, an output that would overwrite an input: `out` (named by its flag,
+/// e.g. `("--out", path)`) must not be an input, contain one (an output directory holding the
+/// dataset) or lie inside one (an output inside the adversarial set it reads). Paths are compared
+/// after resolving symlinks, `..` and hard links; an output that does not exist yet is resolved
+/// through its nearest existing parent.
+pub fn refuse_overwrite(out: (&str, &Path), inputs: &[(&str, &Path)]) -> Result<()> {
+    let (oflag, opath) = out;
+    let ro = resolve_path(opath).map_err(|e| Error::io(opath, e))?;
+    for &(iflag, ipath) in inputs {
+        let ri = match resolve_path(ipath) {
+            Ok(r) => r,
+            // An input that cannot be resolved cannot be opened either; its reader says why.
+            Err(_) => continue,
+        };
+        let how = if ro == ri || same_file(opath, ipath) {
+            "is"
+        } else if ri.starts_with(&ro) {
+            "contains"
+        } else if ro.starts_with(&ri) {
+            "lies inside"
+        } else {
+            continue;
+        };
+        return Err(Error::InvalidArg(format!(
+            "{oflag} {} {how} the input {iflag} {}: an output never overwrites an input; choose \
+             another {oflag} (nothing was done)",
+            opath.display(),
+            ipath.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The name of the lock file [`RunLock`] holds in an output directory.
+pub const LOCK_NAME: &str = ".advlens.lock";
+
+/// An exclusive advisory lock (flock) on an output directory, held until dropped: a second run
+/// into the same directory is refused with the holder's PID. The lock file `.advlens.lock`
+/// stays behind (deleting it would race with a run that just opened it); it holds the PID of
+/// the last run that took it.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl RunLock {
+    /// Create `dir` if needed and lock it, or say which process holds it.
+    pub fn acquire(dir: &Path) -> Result<RunLock> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::InvalidArg(format!(
+                "--out {} is a file, not a directory",
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let path = dir.join(LOCK_NAME);
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| {
+                Error::InvalidArg(format!(
+                    "cannot write into the output directory {} ({e}): is it read-only?",
+                    dir.display()
+                ))
+            })?;
+        match f.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut held = String::new();
+                let _ = std::io::Read::read_to_string(&mut f, &mut held);
+                let pid = held.trim();
+                return Err(Error::InvalidArg(format!(
+                    "the output directory {} is in use by another advlens run (PID {}); wait \
+                     for it to finish or choose another --out",
+                    dir.display(),
+                    if pid.is_empty() { "unknown" } else { pid }
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+        }
+        let pid = std::process::id().to_string();
+        let write = (|| -> std::io::Result<()> {
+            f.set_len(0)?;
+            std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0))?;
+            f.write_all(pid.as_bytes())?;
+            f.write_all(b"\n")?;
+            f.flush()
+        })();
+        write.map_err(|e| Error::io(&path, e))?;
+        Ok(RunLock { _file: f, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 /// Serialize JSON to `path` atomically (pretty-printed).
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::Json {

@@ -37,8 +37,27 @@ pub struct ReproduceArgs {
 }
 
 pub fn run(ctx: &Ctx, a: &ReproduceArgs) -> Result<()> {
+    let profile = Profile::named(&a.profile)?;
+    let mut inputs = vec![("--wordnet", a.wordnet.as_path())];
+    // --fmnist is read only when --data is not given; OUT/data is where reproduce itself puts
+    // the imported data, so naming it as --data on a rerun is no overwrite.
+    match &a.data {
+        Some(d) => {
+            let own = crate::io::resolve_path(&a.out.join("data")).ok();
+            if own.is_none() || own != crate::io::resolve_path(d).ok() {
+                inputs.push(("--data", d.as_path()));
+            }
+        }
+        None => inputs.push(("--fmnist", a.fmnist.as_path())),
+    }
+    for (flag, p) in [("--weights", &a.weights), ("--hierarchy", &a.hierarchy)] {
+        if let Some(p) = p {
+            inputs.push((flag, p.as_path()));
+        }
+    }
+    let _lock = super::claim_out_dir(&a.out, &inputs)?;
     let cfg = ReproduceConfig {
-        profile: Profile::named(&a.profile)?,
+        profile,
         data: a.data.clone(),
         weights: a.weights.clone(),
         hierarchy: a.hierarchy.clone(),

@@ -364,7 +364,11 @@ pub fn reproduce(be: &dyn Backend, cfg: &ReproduceConfig) -> Result<Value> {
     let hier_path = out.join("hierarchy.json");
     hier.write_json(&hier_path, 100)?;
     let c = hier.c_matrix();
-    let data_key = json!({ "train": train_p, "test": test_p, "train_n": train_ds.len(), "test_n": test_ds.len() });
+    // The content checksums make every cached stage stale when the data is replaced, even by
+    // files of the same size and labels.
+    let data_key = json!({ "train": train_p, "test": test_p, "train_n": train_ds.len(), "test_n": test_ds.len(),
+        "train_checksum": crate::attack::advset::checksum_file(&train_p)?,
+        "test_checksum": crate::attack::advset::checksum_file(&test_p)? });
 
     // ---- E1: train (or load) and evaluate the three models --------------------------------
     let mut ckpts: Vec<PathBuf> = Vec::new();
