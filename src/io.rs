@@ -29,11 +29,9 @@ pub fn write_atomic(
     let name = path
         .file_name()
         .ok_or_else(|| Error::InvalidArg(format!("{} is not a file path", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let stem = temp_stem(&name.to_string_lossy());
+    remove_stale_temps(&dir, &stem);
+    let tmp = dir.join(format!("{stem}{}", std::process::id()));
     let result = (|| -> std::io::Result<()> {
         let f = File::create(&tmp)?;
         let mut w = std::io::BufWriter::new(f);
@@ -132,22 +130,37 @@ pub fn refuse_overwrite(out: (&str, &Path), inputs: &[(&str, &Path)]) -> Result<
     Ok(())
 }
 
-/// The name of the lock file [`RunLock`] holds in an output directory.
-pub const LOCK_NAME: &str = ".advlens.lock";
-
-/// An exclusive advisory lock (flock) on an output directory, held until dropped: a second run
-/// into the same directory is refused with the holder's PID. The lock file `.advlens.lock`
-/// stays behind (deleting it would race with a run that just opened it); it holds the PID of
-/// the last run that took it.
+/// An exclusive advisory lock (flock) on an output directory itself, held until dropped: a
+/// second run into the same directory is refused with the holder's PID (read from
+/// /proc/locks). No lock file is left behind, and the lock goes with the process, so a killed run
+/// leaves no stale lock.
 #[derive(Debug)]
 pub struct RunLock {
-    _file: File,
+    _dir: File,
     path: PathBuf,
+}
+
+/// The PID holding a flock on the file with inode `ino`, from /proc/locks (Linux).
+fn flock_holder(ino: u64) -> Option<u32> {
+    let text = std::fs::read_to_string("/proc/locks").ok()?;
+    for line in text.lines() {
+        // "1: FLOCK  ADVISORY  WRITE 1234 00:2a:5678 0 EOF"
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 || f[1] != "FLOCK" {
+            continue;
+        }
+        let id = f[5].rsplit(':').next()?;
+        if id.parse::<u64>().ok() == Some(ino) {
+            return f[4].parse().ok();
+        }
+    }
+    None
 }
 
 impl RunLock {
     /// Create `dir` if needed and lock it, or say which process holds it.
     pub fn acquire(dir: &Path) -> Result<RunLock> {
+        use std::os::unix::fs::MetadataExt;
         if dir.exists() && !dir.is_dir() {
             return Err(Error::InvalidArg(format!(
                 "--out {} is a file, not a directory",
@@ -155,48 +168,116 @@ impl RunLock {
             )));
         }
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let path = dir.join(LOCK_NAME);
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| {
-                Error::InvalidArg(format!(
-                    "cannot write into the output directory {} ({e}): is it read-only?",
-                    dir.display()
-                ))
-            })?;
+        let md = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
+        if md.permissions().readonly() {
+            return Err(Error::InvalidArg(format!(
+                "the output directory {} is read-only",
+                dir.display()
+            )));
+        }
+        let f = File::open(dir).map_err(|e| Error::io(dir, e))?;
         match f.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                let mut held = String::new();
-                let _ = std::io::Read::read_to_string(&mut f, &mut held);
-                let pid = held.trim();
+                let pid = flock_holder(md.ino()).map_or("unknown".to_string(), |p| p.to_string());
                 return Err(Error::InvalidArg(format!(
-                    "the output directory {} is in use by another advlens run (PID {}); wait \
+                    "the output directory {} is in use by another advlens run (PID {pid}); wait \
                      for it to finish or choose another --out",
-                    dir.display(),
-                    if pid.is_empty() { "unknown" } else { pid }
+                    dir.display()
                 )));
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(dir, e)),
         }
-        let pid = std::process::id().to_string();
-        let write = (|| -> std::io::Result<()> {
-            f.set_len(0)?;
-            std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0))?;
-            f.write_all(pid.as_bytes())?;
-            f.write_all(b"\n")?;
-            f.flush()
-        })();
-        write.map_err(|e| Error::io(&path, e))?;
-        Ok(RunLock { _file: f, path })
+        // Temporaries of runs that died here are litter now that this run owns the directory.
+        remove_stale_dead_temps(dir);
+        Ok(RunLock {
+            _dir: f,
+            path: dir.to_path_buf(),
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Remove every `.NAME.tmp-PID` and `.advlens-import-idx-PID` of `dir` whose process is dead.
+fn remove_stale_dead_temps(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut prefixes = std::collections::BTreeSet::new();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') {
+            continue;
+        }
+        for marker in [".tmp-", ".advlens-import-idx-"] {
+            if let Some(i) = name.rfind(marker) {
+                prefixes.insert(name[..i + marker.len()].to_string());
+            }
+        }
+    }
+    for p in prefixes {
+        remove_stale_temps(dir, &p);
+    }
+}
+
+/// Longest file name most file systems accept (ext4, xfs, btrfs, tmpfs: 255 bytes).
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// The temporary name of `name` without its PID: `.NAME.tmp-`. A name too long to carry the
+/// prefix, suffix and a PID within [`MAX_NAME_BYTES`] is cut (at a character boundary) and a hash
+/// of the whole name appended, so two long names never share a temporary.
+pub fn temp_stem(name: &str) -> String {
+    // "." + name + ".tmp-" + up to 10 PID digits.
+    const OVERHEAD: usize = 1 + 5 + 10;
+    if name.len() + OVERHEAD <= MAX_NAME_BYTES {
+        return format!(".{name}.tmp-");
+    }
+    let h = crate::attack::advset::checksum64(name.as_bytes());
+    let keep = MAX_NAME_BYTES - OVERHEAD - 1 - h.len();
+    let mut cut = keep.min(name.len());
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(".{}~{h}.tmp-", &name[..cut])
+}
+
+/// Whether process `pid` is alive (Linux: it has a /proc entry; without /proc every PID counts
+/// as alive, so nothing of a live run is ever removed).
+fn pid_alive(pid: u32) -> bool {
+    if pid == std::process::id() || !Path::new("/proc/self").exists() {
+        return true;
+    }
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Remove the entries `PREFIXpid` of `dir` (temporary files or staging directories) whose process
+/// is dead: the litter of a killed run is cleaned by the next run that writes there. Errors are
+/// ignored (the litter stays, which is harmless).
+pub fn remove_stale_temps(dir: &Path, prefix: &str) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid_alive(pid) {
+            continue;
+        }
+        let p = e.path();
+        let _ = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
     }
 }
 

@@ -829,3 +829,143 @@ fn a_hypernym_cycle_is_reported_quickly() {
     assert_refused(&o, &["cycle", "n00100001"]);
     assert!(!out.exists());
 }
+
+// ---- 6. no litter -----------------------------------------------------------------------------
+
+#[test]
+fn dead_runs_temporaries_are_removed_and_long_names_fit() {
+    let f = fixture();
+    let dir = scratch("litter");
+    // PIDs above the kernel's pid_max (at most 2^22) belong to no process.
+    let stale = dir.join(".fgs.json.tmp-999999999");
+    std::fs::write(&stale, b"half a report").unwrap();
+    let out = dir.join("fgs.json");
+    let o = run(&[
+        &"attack", &"fgs", &"--ckpt", &f.ckpt, &"--data", &f.data, &"--eps", &"1", &"--out", &out,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.exists());
+    assert!(!stale.exists(), "the dead run's temporary is still there");
+    // A file name of 250 bytes: its temporary must still fit the 255-byte limit.
+    let long = dir.join(format!("{}.json", "x".repeat(245)));
+    let o = run(&[
+        &"attack", &"fgs", &"--ckpt", &f.ckpt, &"--data", &f.data, &"--eps", &"1", &"--out", &long,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(long.exists());
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    for n in ["a", &"é".repeat(126), &"y".repeat(255)] {
+        let stem = advlens::io::temp_stem(n);
+        assert!(stem.len() + 10 <= 255, "{} bytes", stem.len());
+    }
+}
+
+// ---- 7. no silent no-op -----------------------------------------------------------------------
+
+#[test]
+fn runs_that_would_do_nothing_are_errors() {
+    let f = fixture();
+    let dir = scratch("noop");
+    for (limit, needle) in [("0", "0 image(s)"), ("1", "1 image(s)")] {
+        let out = dir.join(format!("limit-{limit}"));
+        let o = run(&[
+            &"train",
+            &"--model",
+            &"small-resnet18",
+            &"--width",
+            &"2",
+            &"--data",
+            &f.data,
+            &"--epochs",
+            &"1",
+            &"--limit",
+            &limit,
+            &"--out",
+            &out,
+        ]);
+        assert_refused(&o, &[needle]);
+        assert!(!out.join("last.safetensors").exists());
+    }
+    for gamma in ["0", "NaN", "-1"] {
+        let o = run(&[
+            &"train",
+            &"--model",
+            &"small-resnet18",
+            &"--width",
+            &"2",
+            &"--data",
+            &f.data,
+            &"--epochs",
+            &"1",
+            &format!("--lr-gamma={gamma}"),
+            &"--out",
+            &dir.join("gamma"),
+        ]);
+        assert_refused(&o, &["--lr-gamma"]);
+    }
+    let o = run(&[
+        &"eval", &"--ckpt", &f.ckpt, &"--data", &f.data, &"--limit", &"0",
+    ]);
+    assert_refused(&o, &["--limit 0"]);
+    let o = run(&[
+        &"reproduce",
+        &"--profile",
+        &"quick",
+        &"--fmnist",
+        &dir.join("nowhere"),
+        &"--out",
+        &dir.join("repro"),
+    ]);
+    assert_refused(&o, &["--fmnist", "does not exist"]);
+    assert!(!stderr(&o).contains("device unavailable"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_truncated_jpeg_is_an_error_or_a_skip() {
+    let dir = scratch("jpeg");
+    let src = dir.join("src");
+    let photos = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/photos");
+    let jpg = std::fs::read(photos.join("n04008634/rocket.jpg")).unwrap();
+    for class in ["a", "b"] {
+        std::fs::create_dir_all(src.join(class)).unwrap();
+        std::fs::write(src.join(class).join("whole.jpg"), &jpg).unwrap();
+    }
+    std::fs::write(src.join("a").join("cut.jpg"), &jpg[..jpg.len() / 2]).unwrap();
+    let out = dir.join("split.safetensors");
+    let o = run(&[
+        &"data",
+        &"import-folder",
+        &"--src",
+        &src,
+        &"--out",
+        &out,
+        &"--size",
+        &"8",
+        &"--resize",
+        &"8",
+    ]);
+    assert_refused(&o, &["cut.jpg", "truncated JPEG"]);
+    assert!(!out.exists());
+    let o = run(&[
+        &"--json",
+        &"data",
+        &"import-folder",
+        &"--src",
+        &src,
+        &"--out",
+        &out,
+        &"--size",
+        &"8",
+        &"--resize",
+        &"8",
+        &"--skip-bad",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("warning"), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["images"], 2);
+}

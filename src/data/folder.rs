@@ -27,6 +27,8 @@ use crate::error::{Error, Result};
 pub const MAX_IMAGE_SIDE: u32 = 1 << 15;
 /// Most bytes the decoder may allocate for one image.
 pub const MAX_DECODE_BYTES: u64 = 1 << 30;
+/// Largest image file read.
+pub const MAX_FILE_BYTES: u64 = 1 << 28;
 
 /// File extensions imported (case-insensitive); other files are counted and ignored.
 pub const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
@@ -198,23 +200,48 @@ pub fn crop_offset(len: u32, crop: u32) -> u32 {
 
 /// Decode one file and return its `3 x size x size` crop, channel-major.
 pub fn load_crop(path: &Path, resize: u32, size: u32) -> Result<Vec<u8>> {
-    let mut reader = image::ImageReader::open(path)
+    let file_len = std::fs::metadata(path)
         .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?;
+        .len();
+    if file_len > MAX_FILE_BYTES {
+        return Err(Error::format(
+            path,
+            format!(
+                "the file is {file_len} bytes, above the limit of {MAX_FILE_BYTES} for one image"
+            ),
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        // A JPEG cut short decodes without complaint (the missing rows come out grey): require
+        // the end-of-image marker, allowing trailing zero padding.
+        let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        if end < 4 || bytes[end - 2..end] != [0xFF, 0xD9] {
+            return Err(Error::format(
+                path,
+                "truncated JPEG: no end-of-image marker (FF D9) at the end of the file",
+            ));
+        }
+    }
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
     limits.max_alloc = Some(MAX_DECODE_BYTES);
-    reader.limits(limits.clone());
-    let (dw, dh) = reader.into_dimensions().map_err(|e| {
+    let reader = || -> Result<image::ImageReader<std::io::Cursor<&[u8]>>> {
+        let mut r = image::ImageReader::new(std::io::Cursor::new(bytes.as_slice()))
+            .with_guessed_format()
+            .map_err(|e| Error::io(path, e))?;
+        r.limits(limits.clone());
+        Ok(r)
+    };
+    let (dw, dh) = reader()?.into_dimensions().map_err(|e| {
         Error::format(
             path,
             format!("cannot decode image: {e} (limits: {MAX_IMAGE_SIDE} pixels a side)"),
         )
     })?;
-    // The header is read a second time for the pixels: the dimensions are checked first, so a
-    // lying header never sizes an allocation.
+    // The dimensions are checked before the pixels are decoded, so a lying header never sizes an
+    // allocation.
     if dw == 0 || dh == 0 {
         return Err(Error::format(path, "image has zero width or height"));
     }
@@ -225,12 +252,7 @@ pub fn load_crop(path: &Path, resize: u32, size: u32) -> Result<Vec<u8>> {
         ));
     }
     checked_resize(path, dw, dh, resize)?;
-    let mut reader = image::ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?;
-    reader.limits(limits);
-    let img = reader.decode().map_err(|e| {
+    let img = reader()?.decode().map_err(|e| {
         Error::format(
             path,
             format!("cannot decode image: {e} (limits: {MAX_IMAGE_SIDE} pixels a side)"),

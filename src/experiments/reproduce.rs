@@ -302,8 +302,8 @@ fn data_splits(cfg: &ReproduceConfig) -> Result<(PathBuf, PathBuf)> {
             let (train, test) = (dir.join("train.safetensors"), dir.join("test.safetensors"));
             if !(train.exists() && test.exists()) {
                 if !cfg.fmnist_src.exists() {
-                    return Err(Error::Device(format!(
-                        "{} does not exist: install Debian's dataset-fashion-mnist \
+                    return Err(Error::InvalidArg(format!(
+                        "--fmnist {} does not exist: install Debian's dataset-fashion-mnist \
                          (apt-get install dataset-fashion-mnist) or pass --data DIR",
                         cfg.fmnist_src.display()
                     )));

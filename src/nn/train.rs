@@ -180,6 +180,11 @@ pub fn evaluate(
     limit: Option<usize>,
 ) -> Result<EvalReport> {
     check_data(model, data)?;
+    if limit == Some(0) {
+        return Err(Error::InvalidArg(
+            "--limit 0 evaluates nothing: give at least 1 (or leave it out for all images)".into(),
+        ));
+    }
     let t0 = Instant::now();
     let mut batches = Batches::new(data, batch, None, 0)?;
     if let Some(l) = limit {
@@ -328,6 +333,29 @@ pub fn train(
         Some(path) => resume_state(path, cfg, &data_checksum)?,
     };
     check_run_dir(&dirs.out, &cfg, &data_checksum)?;
+    if !(cfg.lr_gamma.is_finite() && cfg.lr_gamma > 0.0) {
+        return Err(Error::InvalidArg(format!(
+            "train: --lr-gamma must be a finite number > 0, got {}",
+            cfg.lr_gamma
+        )));
+    }
+    // An epoch without a single optimiser step would write an untrained model as if trained.
+    // A final batch of one image is dropped (see `epoch_batches`), so fewer than 2 images
+    // give no step.
+    let n_train = cfg
+        .limit
+        .map_or(train_data.len(), |l| l.min(train_data.len()));
+    if n_train < 2 {
+        return Err(Error::InvalidArg(format!(
+            "train: {} image(s) to train on ({} holds {}{}): an epoch needs at least 2 (one batch \
+             of two or more) to take an optimiser step",
+            n_train,
+            train_data.path().display(),
+            train_data.len(),
+            cfg.limit
+                .map_or(String::new(), |l| format!(", --limit {l}"))
+        )));
+    }
     check_data(&model, train_data)?;
     if let Some(v) = val {
         check_data(&model, v)?;
