@@ -720,6 +720,24 @@ fn train_refuses_a_directory_of_another_run() {
         &file,
     ]);
     assert_refused(&o, &["is a file"]);
+    // A read-only directory fails before epoch 1 too.
+    let ro = dir.join("read-only");
+    std::fs::create_dir_all(&ro).unwrap();
+    let mut perm = std::fs::metadata(&ro).unwrap().permissions();
+    perm.set_readonly(true);
+    std::fs::set_permissions(&ro, perm).unwrap();
+    let o = run(&[
+        &"train",
+        &"--model",
+        &"small-resnet18",
+        &"--width",
+        &"2",
+        &"--data",
+        &f.data,
+        &"--out",
+        &ro,
+    ]);
+    assert_refused(&o, &["read-only"]);
 }
 
 #[test]
@@ -968,4 +986,42 @@ fn a_truncated_jpeg_is_an_error_or_a_skip() {
     assert!(stderr(&o).contains("warning"), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["images"], 2);
+}
+
+#[test]
+fn advtrain_refuses_a_directory_of_another_run_and_other_data() {
+    let f = fixture();
+    let dir = scratch("advmix");
+    let out = dir.join("adv");
+    let adv = |beta: &str, data: &Path, out: &Path, resume: Option<&Path>| {
+        let mut c = bin();
+        c.args(["advtrain", "--ckpt"])
+            .arg(&f.ckpt)
+            .arg("--data")
+            .arg(data)
+            .args([
+                "--epochs", "1", "--steps", "1", "--batch", "8", "--beta", beta,
+            ])
+            .arg("--out")
+            .arg(out);
+        if let Some(r) = resume {
+            c.arg("--resume").arg(r);
+        }
+        c.output().unwrap()
+    };
+    let o = adv("0.1", &f.data, &out, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = adv("0.2", &f.data, &out, None);
+    assert_refused(&o, &["of another run"]);
+    let inverted = dir.join("inverted.safetensors");
+    dataset(&inverted, 48, true);
+    let o = adv("0.1", &inverted, &out, None);
+    assert_refused(&o, &["other data"]);
+    let o = adv(
+        "0.1",
+        &inverted,
+        &dir.join("elsewhere"),
+        Some(&out.join("last.safetensors")),
+    );
+    assert_refused(&o, &["other data"]);
 }

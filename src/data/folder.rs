@@ -219,7 +219,7 @@ pub fn load_crop(path: &Path, resize: u32, size: u32) -> Result<Vec<u8>> {
         if end < 4 || bytes[end - 2..end] != [0xFF, 0xD9] {
             return Err(Error::format(
                 path,
-                "truncated JPEG: no end-of-image marker (FF D9) at the end of the file",
+                "cannot decode image: truncated JPEG (no end-of-image marker FF D9)",
             ));
         }
     }
