@@ -1025,3 +1025,56 @@ fn advtrain_refuses_a_directory_of_another_run_and_other_data() {
     );
     assert_refused(&o, &["other data"]);
 }
+
+#[test]
+fn neurons_checks_its_grid_and_occlusion_options_before_mining() {
+    let f = fixture();
+    let dir = scratch("neurons");
+    let adv = dir.join("adv");
+    let o = run(&[
+        &"attack",
+        &"ensemble",
+        &"--models",
+        &f.ckpt,
+        &"--data",
+        &f.data,
+        &"--targets",
+        &"2",
+        &"--steps",
+        &"1",
+        &"--limit",
+        &"6",
+        &"--out",
+        &adv,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let classes = dir.join("classes.txt");
+    std::fs::write(&classes, "n02783161\ta\nn03063599\tb\nn04008634\tc\n").unwrap();
+    for (flag, value, needle) in [
+        ("--occlusion", "100:1", "--occlusion 100:1"),
+        ("--grid-images", "0", "--grid-images"),
+    ] {
+        let out = dir.join(format!("out{}", flag.len()));
+        let o = run(&[
+            &"neurons",
+            &"--ckpt",
+            &f.ckpt,
+            &"--data",
+            &f.data,
+            &"--adv",
+            &adv,
+            &"--classes",
+            &classes,
+            &"--out",
+            &out,
+            &flag,
+            &value,
+        ]);
+        assert_refused(&o, &[needle]);
+        assert!(
+            !out.join("fig4_lc_cs.svg").exists(),
+            "mined before checking {flag}"
+        );
+        assert!(!out.join("neurons.json").exists());
+    }
+}
