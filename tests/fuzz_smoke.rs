@@ -324,3 +324,19 @@ fn fuzz_adversarial_set_manifest_and_shards() {
         }
     });
 }
+
+/// Found by `fuzz_data_noun_and_wordnet_build` (10,000 iterations): a w_cnt of 2^40 sized a
+/// vector and aborted the process ("memory allocation of 103079419176 bytes failed").
+#[test]
+fn regression_data_noun_huge_word_count() {
+    for line in [
+        "00001740 03 n 10000000000 entity 0 000 | x",
+        "00001740 03 n 01 entity 0 99999999999999999999 | x",
+        "00001740 03 n 01 entity 0 1000000 @ 00001740 n 0000 | x",
+    ] {
+        let e = WordNet::parse(line, Path::new("data.noun"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 1"), "{e}");
+    }
+}

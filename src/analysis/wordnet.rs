@@ -282,7 +282,14 @@ fn parse_line(line: &str) -> std::result::Result<Synset, String> {
         return Err(format!("ss_type '{ss_type}' is not a noun"));
     }
     let w_cnt = usize::from_str_radix(next("w_cnt")?, 16).map_err(|_| "bad w_cnt".to_string())?;
-    let mut lemmas = Vec::with_capacity(w_cnt);
+    // WordNet writes w_cnt as two hex digits and p_cnt as three decimal ones; nothing is
+    // allocated from either (a lying count would otherwise size a vector).
+    if w_cnt > 0xFF {
+        return Err(format!(
+            "w_cnt {w_cnt} is above WordNet's limit of 255 words"
+        ));
+    }
+    let mut lemmas = Vec::new();
     for _ in 0..w_cnt {
         lemmas.push(next("word")?.to_string());
         let _lex_id = next("lex_id")?;
@@ -290,6 +297,11 @@ fn parse_line(line: &str) -> std::result::Result<Synset, String> {
     let p_cnt: usize = next("p_cnt")?
         .parse()
         .map_err(|_| "bad p_cnt".to_string())?;
+    if p_cnt > 999 {
+        return Err(format!(
+            "p_cnt {p_cnt} is above WordNet's limit of 999 pointers"
+        ));
+    }
     let mut hypernyms = Vec::new();
     for _ in 0..p_cnt {
         let sym = next("pointer symbol")?;
