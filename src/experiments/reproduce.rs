@@ -224,8 +224,20 @@ fn stage(
             }
         }
     }
+    // A stage directory holding (part of) a run made with another key is never resumed or mixed
+    // into this one: it is reproduce's own cache, so it is cleared. `stage-key.json` names the
+    // key of the run in progress; a directory without it (or with an unreadable one) is stale.
+    let pending = dir.join("stage-key.json");
+    if dir.exists() {
+        let same = crate::io::read_json::<Value>(&pending).is_ok_and(|k| &k == key);
+        if !same {
+            eprintln!("reproduce: {name}: settings changed, discarding the old stage files");
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+    }
     eprintln!("reproduce: {name} ...");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    crate::io::write_json(&pending, key)?;
     let t0 = Instant::now();
     let result = f(&dir)?;
     let seconds = t0.elapsed().as_secs_f64();
@@ -656,4 +668,42 @@ pub fn reproduce(be: &dyn Backend, cfg: &ReproduceConfig) -> Result<Value> {
     crate::io::write_json(&out.join("results.json"), &results)?;
     super::report::write_report(out, &results)?;
     Ok(results)
+}
+
+#[cfg(test)]
+mod stage_tests {
+    use super::*;
+
+    #[test]
+    fn a_stage_of_other_settings_is_never_resumed() {
+        let out = tempfile::tempdir().unwrap();
+        let mut times = Vec::new();
+        let a = json!({ "lr": 0.001 });
+        let b = json!({ "lr": 0.002 });
+        // An interrupted run with key a leaves a partial file (no stage.json).
+        let r = stage(out.path(), "e1", &a, &mut times, |dir| {
+            std::fs::write(dir.join("partial"), b"a").unwrap();
+            Err(Error::InvalidArg("interrupted".into()))
+        });
+        assert!(r.is_err());
+        // Resuming with the same key sees the partial file ...
+        let r = stage(out.path(), "e1", &a, &mut times, |dir| {
+            assert!(dir.join("partial").exists());
+            Err(Error::InvalidArg("interrupted again".into()))
+        });
+        assert!(r.is_err());
+        // ... a run with another key does not.
+        let r = stage(out.path(), "e1", &b, &mut times, |dir| {
+            assert!(!dir.join("partial").exists(), "stale files of key a");
+            Ok(json!(1))
+        })
+        .unwrap();
+        assert_eq!(r, json!(1));
+        // Finished with b: cached for b.
+        let r = stage(out.path(), "e1", &b, &mut times, |_| {
+            panic!("must be cached")
+        })
+        .unwrap();
+        assert_eq!(r, json!(1));
+    }
 }
