@@ -29,11 +29,9 @@ pub fn write_atomic(
     let name = path
         .file_name()
         .ok_or_else(|| Error::InvalidArg(format!("{} is not a file path", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let stem = temp_stem(&name.to_string_lossy());
+    remove_stale_temps(&dir, &stem);
+    let tmp = dir.join(format!("{stem}{}", std::process::id()));
     let result = (|| -> std::io::Result<()> {
         let f = File::create(&tmp)?;
         let mut w = std::io::BufWriter::new(f);
@@ -48,6 +46,238 @@ pub fn write_atomic(
             let _ = std::fs::remove_file(&tmp);
             Err(Error::io(path, e))
         }
+    }
+}
+
+/// Where `p` lives with every symlink resolved, also when it does not exist yet: the longest
+/// existing ancestor is canonicalised and the missing components appended (a `..` among them is
+/// applied lexically, which is exact because nothing below a missing directory can be a link).
+pub fn resolve_path(p: &Path) -> std::io::Result<PathBuf> {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    };
+    let mut existing = abs.clone();
+    let mut rest: Vec<std::ffi::OsString> = Vec::new();
+    loop {
+        match existing.canonicalize() {
+            Ok(mut out) => {
+                for r in rest.iter().rev() {
+                    if r == ".." {
+                        out.pop();
+                    } else if r != "." {
+                        out.push(r);
+                    }
+                }
+                return Ok(out);
+            }
+            Err(e) => {
+                let name = match existing.components().next_back() {
+                    Some(std::path::Component::Normal(n)) => n.to_os_string(),
+                    Some(std::path::Component::ParentDir) => "..".into(),
+                    Some(std::path::Component::CurDir) => ".".into(),
+                    _ => return Err(e),
+                };
+                if !existing.pop() {
+                    return Err(e);
+                }
+                rest.push(name);
+            }
+        }
+    }
+}
+
+/// True when both paths exist and are the same file (a hard link, a bind mount).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+/// Refuse, before any work, an output that would overwrite an input: `out` (named by its flag,
+/// e.g. `("--out", path)`) must not be an input, contain one (an output directory holding the
+/// dataset) or lie inside one (an output inside the adversarial set it reads). Paths are compared
+/// after resolving symlinks, `..` and hard links; an output that does not exist yet is resolved
+/// through its nearest existing parent.
+pub fn refuse_overwrite(out: (&str, &Path), inputs: &[(&str, &Path)]) -> Result<()> {
+    let (oflag, opath) = out;
+    let ro = resolve_path(opath).map_err(|e| Error::io(opath, e))?;
+    for &(iflag, ipath) in inputs {
+        let ri = match resolve_path(ipath) {
+            Ok(r) => r,
+            // An input that cannot be resolved cannot be opened either; its reader says why.
+            Err(_) => continue,
+        };
+        let how = if ro == ri || same_file(opath, ipath) {
+            "is"
+        } else if ri.starts_with(&ro) {
+            "contains"
+        } else if ro.starts_with(&ri) {
+            "lies inside"
+        } else {
+            continue;
+        };
+        return Err(Error::InvalidArg(format!(
+            "{oflag} {} {how} the input {iflag} {}: an output never overwrites an input; choose \
+             another {oflag} (nothing was done)",
+            opath.display(),
+            ipath.display()
+        )));
+    }
+    Ok(())
+}
+
+/// An exclusive advisory lock (flock) on an output directory itself, held until dropped: a
+/// second run into the same directory is refused with the holder's PID (read from
+/// /proc/locks). No lock file is left behind, and the lock goes with the process, so a killed run
+/// leaves no stale lock.
+#[derive(Debug)]
+pub struct RunLock {
+    _dir: File,
+    path: PathBuf,
+}
+
+/// The PID holding a flock on the file with inode `ino`, from /proc/locks (Linux).
+fn flock_holder(ino: u64) -> Option<u32> {
+    let text = std::fs::read_to_string("/proc/locks").ok()?;
+    for line in text.lines() {
+        // "1: FLOCK  ADVISORY  WRITE 1234 00:2a:5678 0 EOF"
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 || f[1] != "FLOCK" {
+            continue;
+        }
+        let id = f[5].rsplit(':').next()?;
+        if id.parse::<u64>().ok() == Some(ino) {
+            return f[4].parse().ok();
+        }
+    }
+    None
+}
+
+impl RunLock {
+    /// Create `dir` if needed and lock it, or say which process holds it.
+    pub fn acquire(dir: &Path) -> Result<RunLock> {
+        use std::os::unix::fs::MetadataExt;
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::InvalidArg(format!(
+                "--out {} is a file, not a directory",
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let md = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
+        if md.permissions().readonly() {
+            return Err(Error::InvalidArg(format!(
+                "the output directory {} is read-only",
+                dir.display()
+            )));
+        }
+        let f = File::open(dir).map_err(|e| Error::io(dir, e))?;
+        match f.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let pid = flock_holder(md.ino()).map_or("unknown".to_string(), |p| p.to_string());
+                return Err(Error::InvalidArg(format!(
+                    "the output directory {} is in use by another advlens run (PID {pid}); wait \
+                     for it to finish or choose another --out",
+                    dir.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(dir, e)),
+        }
+        // Temporaries of runs that died here are litter now that this run owns the directory.
+        remove_stale_dead_temps(dir);
+        Ok(RunLock {
+            _dir: f,
+            path: dir.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Remove every `.NAME.tmp-PID` and `.advlens-import-idx-PID` of `dir` whose process is dead.
+fn remove_stale_dead_temps(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut prefixes = std::collections::BTreeSet::new();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') {
+            continue;
+        }
+        for marker in [".tmp-", ".advlens-import-idx-"] {
+            if let Some(i) = name.rfind(marker) {
+                prefixes.insert(name[..i + marker.len()].to_string());
+            }
+        }
+    }
+    for p in prefixes {
+        remove_stale_temps(dir, &p);
+    }
+}
+
+/// Longest file name most file systems accept (ext4, xfs, btrfs, tmpfs: 255 bytes).
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// The temporary name of `name` without its PID: `.NAME.tmp-`. A name too long to carry the
+/// prefix, suffix and a PID within [`MAX_NAME_BYTES`] is cut (at a character boundary) and a hash
+/// of the whole name appended, so two long names never share a temporary.
+pub fn temp_stem(name: &str) -> String {
+    // "." + name + ".tmp-" + up to 10 PID digits.
+    const OVERHEAD: usize = 1 + 5 + 10;
+    if name.len() + OVERHEAD <= MAX_NAME_BYTES {
+        return format!(".{name}.tmp-");
+    }
+    let h = crate::attack::advset::checksum64(name.as_bytes());
+    let keep = MAX_NAME_BYTES - OVERHEAD - 1 - h.len();
+    let mut cut = keep.min(name.len());
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(".{}~{h}.tmp-", &name[..cut])
+}
+
+/// Whether process `pid` is alive (Linux: it has a /proc entry; without /proc every PID counts
+/// as alive, so nothing of a live run is ever removed).
+fn pid_alive(pid: u32) -> bool {
+    if pid == std::process::id() || !Path::new("/proc/self").exists() {
+        return true;
+    }
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Remove the entries `PREFIXpid` of `dir` (temporary files or staging directories) whose process
+/// is dead: the litter of a killed run is cleaned by the next run that writes there. Errors are
+/// ignored (the litter stays, which is harmless).
+pub fn remove_stale_temps(dir: &Path, prefix: &str) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid_alive(pid) {
+            continue;
+        }
+        let p = e.path();
+        let _ = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
     }
 }
 

@@ -165,42 +165,89 @@ impl WordNet {
         distance_from_depths(&self.ancestor_depths(a), &self.ancestor_depths(b))
     }
 
-    /// Every upward path from `offset` to a root, each listed root first and ending at `offset`,
-    /// sorted by length then lexicographically; at most `max_paths` of them (shortest kept).
+    /// A hypernym cycle reachable upward from `offset` (listed from its first node back to it),
+    /// or None. WordNet has none; a corrupt or hostile data.noun can. Iterative depth-first
+    /// search with three colours: O(nodes + edges).
+    pub fn hypernym_cycle(&self, offset: u32) -> Option<Vec<u32>> {
+        // 1 = on the current path, 2 = done.
+        let mut colour: HashMap<u32, u8> = HashMap::new();
+        let hyps = |s: u32| -> &[u32] {
+            self.synsets
+                .get(&s)
+                .map(|x| x.hypernyms.as_slice())
+                .unwrap_or(&[])
+        };
+        let mut stack: Vec<(u32, usize)> = vec![(offset, 0)];
+        colour.insert(offset, 1);
+        while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+            let hs = hyps(node);
+            if *next < hs.len() {
+                let h = hs[*next];
+                *next += 1;
+                match colour.get(&h) {
+                    Some(1) => {
+                        let start = stack.iter().position(|&(n, _)| n == h).unwrap_or(0);
+                        let mut cycle: Vec<u32> = stack[start..].iter().map(|&(n, _)| n).collect();
+                        cycle.push(h);
+                        return Some(cycle);
+                    }
+                    Some(_) => {}
+                    None => {
+                        colour.insert(h, 1);
+                        stack.push((h, 0));
+                    }
+                }
+            } else {
+                colour.insert(node, 2);
+                stack.pop();
+            }
+        }
+        None
+    }
+
+    /// The shortest upward paths from `offset` to a root, each listed root first and ending at
+    /// `offset`, sorted by length then lexicographically; at most `max_paths` of them.
+    ///
+    /// Breadth-first by path length, so it stops as soon as the shortest `max_paths` paths are
+    /// known instead of enumerating every path (whose number grows exponentially in a dense
+    /// graph); at most [`MAX_PATH_FRONTIER`] partial paths are kept per length, and a path never
+    /// visits a node twice, so cycles cannot make it loop.
     pub fn hypernym_paths(&self, offset: u32, max_paths: usize) -> Vec<Vec<u32>> {
-        let mut out = Vec::new();
-        let mut stack = vec![vec![offset]];
-        // Depth-first enumeration of the (small) upward DAG; guarded against cycles, which WordNet
-        // does not have but a corrupt file could.
-        while let Some(path) = stack.pop() {
-            let last = path[path.len() - 1];
-            let hyps = self
-                .synsets
-                .get(&last)
-                .map(|s| s.hypernyms.as_slice())
-                .unwrap_or(&[]);
-            if hyps.is_empty() {
-                let mut p = path.clone();
-                p.reverse();
-                out.push(p);
-                if out.len() > 64 * max_paths.max(1) {
-                    break;
+        let mut out: Vec<Vec<u32>> = Vec::new();
+        let mut frontier = vec![vec![offset]];
+        while !frontier.is_empty() && out.len() < max_paths {
+            let mut next = Vec::new();
+            for path in frontier {
+                let last = path[path.len() - 1];
+                let hyps = self
+                    .synsets
+                    .get(&last)
+                    .map(|s| s.hypernyms.as_slice())
+                    .unwrap_or(&[]);
+                if hyps.is_empty() {
+                    let mut p = path;
+                    p.reverse();
+                    out.push(p);
+                    continue;
                 }
-                continue;
-            }
-            for &h in hyps {
-                if !path.contains(&h) {
-                    let mut p = path.clone();
-                    p.push(h);
-                    stack.push(p);
+                for &h in hyps {
+                    if !path.contains(&h) && next.len() < MAX_PATH_FRONTIER {
+                        let mut p = path.clone();
+                        p.push(h);
+                        next.push(p);
+                    }
                 }
             }
+            frontier = next;
         }
         out.sort_by(|x, y| x.len().cmp(&y.len()).then_with(|| x.cmp(y)));
         out.truncate(max_paths);
         out
     }
 }
+
+/// Most partial paths [`WordNet::hypernym_paths`] keeps per path length.
+pub const MAX_PATH_FRONTIER: usize = 1 << 14;
 
 /// `min_s da[s] + db[s]` over the common keys.
 pub fn distance_from_depths(da: &HashMap<u32, u32>, db: &HashMap<u32, u32>) -> Option<u32> {
@@ -235,7 +282,14 @@ fn parse_line(line: &str) -> std::result::Result<Synset, String> {
         return Err(format!("ss_type '{ss_type}' is not a noun"));
     }
     let w_cnt = usize::from_str_radix(next("w_cnt")?, 16).map_err(|_| "bad w_cnt".to_string())?;
-    let mut lemmas = Vec::with_capacity(w_cnt);
+    // WordNet writes w_cnt as two hex digits and p_cnt as three decimal ones; nothing is
+    // allocated from either (a lying count would otherwise size a vector).
+    if w_cnt > 0xFF {
+        return Err(format!(
+            "w_cnt {w_cnt} is above WordNet's limit of 255 words"
+        ));
+    }
+    let mut lemmas = Vec::new();
     for _ in 0..w_cnt {
         lemmas.push(next("word")?.to_string());
         let _lex_id = next("lex_id")?;
@@ -243,6 +297,11 @@ fn parse_line(line: &str) -> std::result::Result<Synset, String> {
     let p_cnt: usize = next("p_cnt")?
         .parse()
         .map_err(|_| "bad p_cnt".to_string())?;
+    if p_cnt > 999 {
+        return Err(format!(
+            "p_cnt {p_cnt} is above WordNet's limit of 999 pointers"
+        ));
+    }
     let mut hypernyms = Vec::new();
     for _ in 0..p_cnt {
         let sym = next("pointer symbol")?;
@@ -368,6 +427,20 @@ impl Hierarchy {
                     ),
                 )
             })?;
+            if let Some(cycle) = wn.hypernym_cycle(c.offset) {
+                let names: Vec<String> = cycle.into_iter().map(wnid).collect();
+                return Err(Error::format(
+                    &wn.source,
+                    format!(
+                        "the hypernyms of {} (line {} of {}) form a cycle: {}; WordNet's noun \
+                         hierarchy has none, so this data.noun is corrupt",
+                        c.wnid,
+                        c.line,
+                        path.display(),
+                        names.join(" -> ")
+                    ),
+                ));
+            }
             hc.push(HierClass {
                 index,
                 wnid: c.wnid.clone(),

@@ -459,6 +459,20 @@ impl AdvSet {
         for e in &manifest.shards {
             let p = dir.join(&e.file);
             let f = SafeFile::open(&p)?;
+            // Every reader checks the shards against the manifest, as `attack merge` does: a
+            // corrupt or replaced shard is refused, not analysed.
+            let got = checksum_file(&p)?;
+            if got != e.checksum {
+                return Err(Error::format(
+                    &p,
+                    format!(
+                        "checksum {got} does not match the manifest's {} ({}): the shard is \
+                         corrupt or was replaced",
+                        e.checksum,
+                        path.display()
+                    ),
+                ));
+            }
             let (shape, _) = f.u8("images")?;
             if shape != [e.count, c, h, w] {
                 return Err(Error::format(

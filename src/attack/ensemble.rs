@@ -254,6 +254,8 @@ fn identity(
             "shape": [c, h, w],
             "classes": ds.classes(),
             "labels_checksum": checksum64(&labels),
+            // The whole file's content: shards made from replaced data are never reused.
+            "checksum": checksum_file(ds.path())?,
         },
     }))
 }
@@ -449,6 +451,11 @@ fn attack_batch(
     let mut all_hit = vec![true; m];
     for (i, model) in models.iter_mut().enumerate() {
         let logits = model.predict(be, &stored)?.to_vec()?;
+        crate::nn::train::check_logits(
+            &logits,
+            k,
+            &format_args!("{} on the adversarial images", model.name()),
+        )?;
         let pred = argmax_rows(&logits, k);
         for (r, (&p, &t)) in pred.iter().zip(&tgt).enumerate() {
             if p == t {

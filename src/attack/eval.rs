@@ -14,7 +14,7 @@ use super::methods::{
 use crate::backend::Backend;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::nn::train::topk_hits;
+use crate::nn::train::{check_logits, topk_hits};
 use crate::nn::Model;
 use crate::tensor::Tensor;
 
@@ -95,11 +95,14 @@ pub fn fgs_table(
         for (j, &e) in eps.iter().enumerate() {
             let (adv, logits) = fgs(be, model, &x, &labels, e)?;
             if j == 0 {
-                let (a, b) = topk_hits(&logits.to_vec()?, k, &labels);
+                let clean_logits = logits.to_vec()?;
+                check_logits(&clean_logits, k, &format_args!("FGS on {}", ckpt.display()))?;
+                let (a, b) = topk_hits(&clean_logits, k, &labels);
                 clean.0 += a;
                 clean.1 += b;
             }
             let l = model.predict(be, &adv)?.to_vec()?;
+            check_logits(&l, k, &format_args!("FGS (eps {e}) on {}", ckpt.display()))?;
             let (a, b) = topk_hits(&l, k, &labels);
             hits[j].0 += a;
             hits[j].1 += b;
@@ -230,6 +233,11 @@ pub fn ifgs_eval(
         };
         let adv = ifgs(be, model, &x, &targets, eps, steps)?;
         let logits = model.predict(be, &adv)?.to_vec()?;
+        check_logits(
+            &logits,
+            k,
+            &format_args!("iterative FGS on {}", ckpt.display()),
+        )?;
         hit += argmax_rows(&logits, k)
             .iter()
             .zip(&targets)

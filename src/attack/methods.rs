@@ -98,6 +98,11 @@ pub fn ensemble_mean_probs(be: &dyn Backend, models: &mut [Model], x: &Tensor) -
     let mut acc: Option<Vec<f32>> = None;
     for m in models.iter_mut() {
         let logits = m.predict(be, x)?;
+        crate::nn::train::check_logits(
+            &logits.to_vec()?,
+            m.num_classes(),
+            &format_args!("{} on the clean images", m.name()),
+        )?;
         let p = be.softmax(&logits)?.to_vec()?;
         match &mut acc {
             None => acc = Some(p),

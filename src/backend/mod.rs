@@ -33,9 +33,15 @@ pub struct Pool2dParams {
     pub pad: usize,
 }
 
-/// `(in + 2*pad - k) / stride + 1`, or None when the window does not fit.
+/// Largest padding, pooling window and stride the conv and pool ops accept.
+pub const MAX_GEOM: usize = 1 << 16;
+/// Most elements of one op output (32 GiB of f32).
+pub const MAX_OUTPUT_ELEMS: usize = 1 << 33;
+
+/// `(in + 2*pad - k) / stride + 1`, or None when the window does not fit or the arithmetic
+/// overflows.
 pub fn out_dim(input: usize, k: usize, stride: usize, pad: usize) -> Option<usize> {
-    let padded = input + 2 * pad;
+    let padded = pad.checked_mul(2)?.checked_add(input)?;
     if stride == 0 || padded < k {
         return None;
     }

@@ -88,6 +88,11 @@ pub fn run(ctx: &Ctx, a: &AdvTrainArgs) -> Result<()> {
         val_limit: a.val_limit,
     };
     cfg.validate()?;
+    let mut inputs = vec![("--ckpt", a.ckpt.as_path()), ("--data", a.data.as_path())];
+    if let Some(v) = &a.val {
+        inputs.push(("--val", v.as_path()));
+    }
+    let _lock = super::claim_out_dir(&a.out, &inputs)?;
     let train = Arc::new(Dataset::open(&a.data)?);
     let val = match &a.val {
         Some(p) => Some(Arc::new(Dataset::open(p)?)),
@@ -106,7 +111,7 @@ pub fn run(ctx: &Ctx, a: &AdvTrainArgs) -> Result<()> {
         a.resume.as_deref(),
         &mut |r| {
             if !json {
-                println!("{}", r.line(epochs));
+                super::say(&r.line(epochs));
             }
         },
     )?;

@@ -52,6 +52,10 @@ pub fn run(ctx: &Ctx, c: &WordnetCommand) -> Result<()> {
 }
 
 fn build(ctx: &Ctx, a: &WordnetBuildArgs) -> Result<()> {
+    super::guard_out(
+        &a.out,
+        &[("--classes", &a.classes), ("--wordnet", &a.wordnet)],
+    )?;
     let text = std::fs::read_to_string(&a.classes).map_err(|e| Error::io(&a.classes, e))?;
     let classes = parse_class_list(&text, &a.classes)?;
     let wn = WordNet::load(&a.wordnet)?;

@@ -34,6 +34,19 @@ pub struct HierarchyArgs {
 }
 
 impl HierarchyArgs {
+    /// The files this reads, for the output-over-input check.
+    fn inputs(&self) -> Vec<(&'static str, &Path)> {
+        let mut v = Vec::new();
+        if let Some(h) = &self.hierarchy {
+            v.push(("--hierarchy", h.as_path()));
+        }
+        if let Some(c) = &self.classes {
+            v.push(("--classes", c.as_path()));
+            v.push(("--wordnet", self.wordnet.as_path()));
+        }
+        v
+    }
+
     fn load(&self) -> Result<Option<Hierarchy>> {
         match (&self.hierarchy, &self.classes) {
             (Some(h), _) => Ok(Some(Hierarchy::load(h)?)),
@@ -247,6 +260,13 @@ pub struct ExplainArgs {
 }
 
 pub fn run_neurons(ctx: &Ctx, a: &NeuronsArgs) -> Result<()> {
+    let mut inputs = vec![
+        ("--ckpt", a.ckpt.as_path()),
+        ("--data", a.data.as_path()),
+        ("--adv", a.adv.as_path()),
+    ];
+    inputs.extend(a.hier.inputs());
+    let _lock = super::claim_out_dir(&a.out, &inputs)?;
     let hier = a.hier.load()?.ok_or_else(|| {
         Error::InvalidArg(
             "neurons needs the class correlation: give --hierarchy or --classes".into(),
@@ -330,6 +350,10 @@ pub fn run_ratios(ctx: &Ctx, a: &RatiosArgs) -> Result<()> {
             a.hist_max
         )));
     }
+    let _lock = super::claim_out_dir(
+        &a.out,
+        &[("--ckpt", &a.ckpt), ("--data", &a.data), ("--adv", &a.adv)],
+    )?;
     let real = Arc::new(Dataset::open(&a.data)?);
     let adv = AdvSet::open(&a.adv)?;
     let bins = ((a.hist_max / 0.05).round() as usize).max(1);
@@ -382,6 +406,15 @@ pub fn run_ratios(ctx: &Ctx, a: &RatiosArgs) -> Result<()> {
 }
 
 pub fn run_detect(ctx: &Ctx, a: &DetectArgs) -> Result<()> {
+    let _lock = super::claim_out_dir(
+        &a.out,
+        &[
+            ("--ckpt", &a.ckpt),
+            ("--train", &a.train),
+            ("--data", &a.data),
+            ("--adv", &a.adv),
+        ],
+    )?;
     let train = Arc::new(Dataset::open(&a.train)?);
     let real = Arc::new(Dataset::open(&a.data)?);
     let adv = AdvSet::open(&a.adv)?;
@@ -448,6 +481,23 @@ pub fn run_explain(ctx: &Ctx, a: &ExplainArgs) -> Result<()> {
             "explain: give --index (a real image) and/or --adv with --adv-index".into(),
         ));
     }
+    let _lock = match &a.out {
+        Some(out) => {
+            let mut inputs = vec![("--ckpt", a.ckpt.as_path()), ("--data", a.data.as_path())];
+            for (flag, p) in [
+                ("--adv", &a.adv),
+                ("--neurons", &a.neurons),
+                ("--neurons-data", &a.neurons_data),
+            ] {
+                if let Some(p) = p {
+                    inputs.push((flag, p.as_path()));
+                }
+            }
+            inputs.extend(a.hier.inputs());
+            Some(super::claim_out_dir(out, &inputs)?)
+        }
+        None => None,
+    };
     let data = Arc::new(Dataset::open(&a.data)?);
     let hier = a.hier.load()?;
     if let Some(h) = &hier {

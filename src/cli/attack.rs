@@ -139,6 +139,9 @@ pub fn run(ctx: &Ctx, c: &AttackCommand) -> Result<()> {
         AttackCommand::Ifgs(a) => run_ifgs(ctx, a),
         AttackCommand::Ensemble(a) => run_ensemble(ctx, a),
         AttackCommand::Merge(a) => {
+            // The parts may lie inside --out (`merge --out adv adv/part1 ...`): their shards are
+            // then kept in place. Only one run may write --out at a time.
+            let _lock = crate::io::RunLock::acquire(&a.out)?;
             let r = attack::merge(&a.out, &a.parts)?;
             emit(ctx, &r, || r.line());
             Ok(())
@@ -147,6 +150,11 @@ pub fn run(ctx: &Ctx, c: &AttackCommand) -> Result<()> {
 }
 
 fn run_fgs(ctx: &Ctx, a: &FgsArgs) -> Result<()> {
+    if let Some(out) = &a.out {
+        let mut inputs = vec![("--data", a.data.as_path())];
+        inputs.extend(a.ckpt.iter().map(|p| ("--ckpt", p.as_path())));
+        super::guard_out(out, &inputs)?;
+    }
     let ds = Dataset::open(&a.data)?;
     let mut models = a
         .ckpt
@@ -158,7 +166,7 @@ fn run_fgs(ctx: &Ctx, a: &FgsArgs) -> Result<()> {
     for (m, p) in models.iter_mut().zip(&a.ckpt) {
         let r = attack::fgs_table(be.as_ref(), m, p, &ds, &a.eps, a.batch, a.limit)?;
         if !ctx.json {
-            println!("{}", r.line());
+            super::say(&r.line());
         }
         reports.push(r);
     }
@@ -172,6 +180,9 @@ fn run_fgs(ctx: &Ctx, a: &FgsArgs) -> Result<()> {
 }
 
 fn run_ifgs(ctx: &Ctx, a: &IfgsArgs) -> Result<()> {
+    if let Some(out) = &a.out {
+        super::guard_out(out, &[("--data", &a.data), ("--ckpt", &a.ckpt)])?;
+    }
     let ds = Dataset::open(&a.data)?;
     let mut model = Model::load(&a.ckpt)?;
     let be = ctx.backend()?;
@@ -196,6 +207,9 @@ fn run_ifgs(ctx: &Ctx, a: &IfgsArgs) -> Result<()> {
 
 fn run_ensemble(ctx: &Ctx, a: &EnsembleArgs) -> Result<()> {
     let part = a.shard.as_deref().map(parse_part).transpose()?;
+    let mut inputs = vec![("--data", a.data.as_path())];
+    inputs.extend(a.models.iter().map(|p| ("--models", p.as_path())));
+    let _lock = super::claim_out_dir(&a.out, &inputs)?;
     let cfg = EnsembleRun {
         models: a.models.clone(),
         data: a.data.clone(),

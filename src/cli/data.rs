@@ -100,6 +100,7 @@ struct InfoOut {
 pub fn run(ctx: &Ctx, c: &DataCommand) -> Result<()> {
     match c {
         DataCommand::ImportIdx(a) => {
+            let _lock = super::claim_out_dir(&a.out, &[("--src", &a.src)])?;
             let s = import_fashion_mnist(&a.src, &a.out, a.limit_train, a.limit_test)?;
             emit(ctx, &s, || {
                 s.iter()
@@ -120,6 +121,7 @@ pub fn run(ctx: &Ctx, c: &DataCommand) -> Result<()> {
             Ok(())
         }
         DataCommand::ImportFolder(a) => {
+            super::guard_out(&a.out, &[("--src", &a.src)])?;
             let opts = FolderOptions {
                 size: a.size,
                 resize: a.resize,

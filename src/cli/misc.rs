@@ -7,6 +7,6 @@ pub struct InfoArgs {}
 
 pub fn run_info(ctx: &Ctx, _a: &InfoArgs) -> Result<()> {
     let b = ctx.backend()?;
-    println!("backend: {}", b.name());
+    super::say(&format!("backend: {}", b.name()));
     Ok(())
 }

@@ -158,14 +158,56 @@ pub fn main() -> i32 {
     }
 }
 
+/// Refuse an `--out` that is, contains or lies inside one of `inputs` (flag, path), before any work.
+pub fn guard_out(out: &std::path::Path, inputs: &[(&str, &std::path::Path)]) -> Result<()> {
+    crate::io::refuse_overwrite(("--out", out), inputs)
+}
+
+/// [`guard_out`], then take the exclusive lock on the output directory `out` (created if
+/// missing); the lock is held until the returned guard is dropped.
+pub fn claim_out_dir(
+    out: &std::path::Path,
+    inputs: &[(&str, &std::path::Path)],
+) -> Result<crate::io::RunLock> {
+    guard_out(out, inputs)?;
+    crate::io::RunLock::acquire(out)
+}
+
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Print one line on stdout. A closed stdout (`advlens train ... | head -1`) is not an error of
+/// the run: the first failed write is reported once on stderr and printing stops, while the work
+/// and its `--out` files go on. (`println!` would panic on EPIPE.)
+pub fn say(line: &str) {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let r = out
+        .write_all(line.as_bytes())
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    if let Err(e) = r {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            let _ = writeln!(
+                std::io::stderr(),
+                "advlens: warning: cannot write to stdout ({e}); output continues in files only"
+            );
+        }
+    }
+}
+
 /// Print a serialisable value as JSON, or the text form, depending on `--json`.
 pub fn emit<T: serde::Serialize>(ctx: &Ctx, value: &T, text: impl FnOnce() -> String) {
     if ctx.json {
         match serde_json::to_string_pretty(value) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => say(&s),
             Err(e) => eprintln!("advlens: cannot serialise output: {e}"),
         }
     } else {
-        println!("{}", text());
+        say(&text());
     }
 }

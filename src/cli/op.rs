@@ -74,6 +74,7 @@ pub fn run(ctx: &Ctx, a: &OpArgs) -> Result<()> {
         lo: a.lo,
         hi: a.hi,
     };
+    super::guard_out(&a.out, &[("--in", &a.input)])?;
     let file = SafeFile::open(&a.input)?;
     let backend = ctx.backend()?;
     let outputs = run_op(backend.as_ref(), &a.name, &file, &attrs)?;

@@ -96,17 +96,43 @@ fn config(ctx: &Ctx, a: &ReproduceArgs) -> Result<ReproduceConfig> {
     })
 }
 
+/// What a run reads, for the no-overwrite check of --out.
+fn inputs(a: &ReproduceArgs) -> Vec<(&'static str, &std::path::Path)> {
+    let mut inputs = vec![("--wordnet", a.wordnet.as_path())];
+    // --fmnist is read only when --data is not given; OUT/data is where reproduce itself puts
+    // the imported data, so naming it as --data on a rerun is no overwrite.
+    match &a.data {
+        Some(d) => {
+            let own = crate::io::resolve_path(&a.out.join("data")).ok();
+            if own.is_none() || own != crate::io::resolve_path(d).ok() {
+                inputs.push(("--data", d.as_path()));
+            }
+        }
+        None => inputs.push(("--fmnist", a.fmnist.as_path())),
+    }
+    for (flag, p) in [("--weights", &a.weights), ("--hierarchy", &a.hierarchy)] {
+        if let Some(p) = p {
+            inputs.push((flag, p.as_path()));
+        }
+    }
+    inputs
+}
+
 pub fn run(ctx: &Ctx, a: &ReproduceArgs) -> Result<()> {
     let cfg = config(ctx, a)?;
     if a.shards == 0 {
         return Err(Error::InvalidArg("--shards must be at least 1".into()));
     }
+    super::guard_out(&a.out, &inputs(a))?;
     if let Some(e) = &a.emit {
         return emit_graph(ctx, a, &cfg, e);
     }
+    // The jobs of a graph share --out (each stage writes its own folder through temporary
+    // names), so only a whole in-process run takes the directory's exclusive lock.
     if let Some(name) = &a.stage {
         return run_stage(ctx, a, &cfg, name);
     }
+    let _lock = super::claim_out_dir(&a.out, &inputs(a))?;
     let be = ctx.backend()?;
     let r = reproduce(be.as_ref(), &cfg)?;
     emit(ctx, &r["findings"], || {

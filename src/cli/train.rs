@@ -104,6 +104,11 @@ pub fn run_train(ctx: &Ctx, a: &TrainArgs) -> Result<()> {
     if !crate::nn::KNOWN_MODELS.contains(&a.model.as_str()) {
         return Err(Error::unknown("model", &a.model, crate::nn::KNOWN_MODELS));
     }
+    let mut inputs = vec![("--data", a.data.as_path())];
+    if let Some(v) = &a.val {
+        inputs.push(("--val", v.as_path()));
+    }
+    let _lock = super::claim_out_dir(&a.out, &inputs)?;
     let data = Arc::new(Dataset::open(&a.data)?);
     let val = match &a.val {
         Some(p) => Some(Arc::new(Dataset::open(p)?)),
@@ -118,7 +123,7 @@ pub fn run_train(ctx: &Ctx, a: &TrainArgs) -> Result<()> {
     let epochs = a.epochs;
     let out = train::train(be.as_ref(), &cfg, &data, val.as_ref(), &dirs, &mut |r| {
         if !json {
-            println!("{}", r.line(epochs));
+            super::say(&r.line(epochs));
         }
     })?;
     let summary = serde_json::json!({

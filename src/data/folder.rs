@@ -22,6 +22,14 @@ use rayon::prelude::*;
 use super::writer::{write_split_streaming, SplitSpec};
 use crate::error::{Error, Result};
 
+/// Largest image side accepted, in pixels, both as decoded and after the resize: a file claiming
+/// more is refused (or skipped with `--skip-bad`) before its pixels are allocated.
+pub const MAX_IMAGE_SIDE: u32 = 1 << 15;
+/// Most bytes the decoder may allocate for one image.
+pub const MAX_DECODE_BYTES: u64 = 1 << 30;
+/// Largest image file read.
+pub const MAX_FILE_BYTES: u64 = 1 << 28;
+
 /// File extensions imported (case-insensitive); other files are counted and ignored.
 pub const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
 
@@ -157,13 +165,32 @@ pub fn scan(src: &Path) -> Result<FolderScan> {
 }
 
 /// torchvision's `Resize(int)` output size: the shorter side becomes `target`, the longer one
-/// `int(target * long / short)` (truncated).
+/// `int(target * long / short)` (truncated). Saturates at `u32::MAX` (see [`checked_resize`]).
 pub fn resized_dims(w: u32, h: u32, target: u32) -> (u32, u32) {
+    let long = |l: u32, s: u32| -> u32 {
+        u32::try_from(target as u64 * l as u64 / (s as u64).max(1)).unwrap_or(u32::MAX)
+    };
     if w <= h {
-        (target, (target as u64 * h as u64 / w as u64) as u32)
+        (target, long(h, w))
     } else {
-        ((target as u64 * w as u64 / h as u64) as u32, target)
+        (long(w, h), target)
     }
+}
+
+/// [`resized_dims`], or an error when a side of the result exceeds [`MAX_IMAGE_SIDE`] (a very
+/// elongated image would otherwise ask for gigabytes).
+pub fn checked_resize(path: &Path, w: u32, h: u32, target: u32) -> Result<(u32, u32)> {
+    let (nw, nh) = resized_dims(w, h, target);
+    if nw > MAX_IMAGE_SIDE || nh > MAX_IMAGE_SIDE {
+        return Err(Error::format(
+            path,
+            format!(
+                "a {w}x{h} image resized to a shorter side of {target} would be {nw}x{nh}, above \
+                 the limit of {MAX_IMAGE_SIDE} pixels a side"
+            ),
+        ));
+    }
+    Ok((nw, nh))
 }
 
 /// torchvision's `CenterCrop` offset: `int(round((len - crop) / 2))`, Python rounding half to even.
@@ -173,19 +200,71 @@ pub fn crop_offset(len: u32, crop: u32) -> u32 {
 
 /// Decode one file and return its `3 x size x size` crop, channel-major.
 pub fn load_crop(path: &Path, resize: u32, size: u32) -> Result<Vec<u8>> {
-    let img = image::ImageReader::open(path)
+    let file_len = std::fs::metadata(path)
         .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?
-        .decode()
-        .map_err(|e| Error::format(path, format!("cannot decode image: {e}")))?;
+        .len();
+    if file_len > MAX_FILE_BYTES {
+        return Err(Error::format(
+            path,
+            format!(
+                "the file is {file_len} bytes, above the limit of {MAX_FILE_BYTES} for one image"
+            ),
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        // A JPEG cut short decodes without complaint (the missing rows come out grey): require
+        // the end-of-image marker, allowing trailing zero padding.
+        let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        if end < 4 || bytes[end - 2..end] != [0xFF, 0xD9] {
+            return Err(Error::format(
+                path,
+                "cannot decode image: truncated JPEG (no end-of-image marker FF D9)",
+            ));
+        }
+    }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    let reader = || -> Result<image::ImageReader<std::io::Cursor<&[u8]>>> {
+        let mut r = image::ImageReader::new(std::io::Cursor::new(bytes.as_slice()))
+            .with_guessed_format()
+            .map_err(|e| Error::io(path, e))?;
+        r.limits(limits.clone());
+        Ok(r)
+    };
+    let (dw, dh) = reader()?.into_dimensions().map_err(|e| {
+        Error::format(
+            path,
+            format!("cannot decode image: {e} (limits: {MAX_IMAGE_SIDE} pixels a side)"),
+        )
+    })?;
+    // The dimensions are checked before the pixels are decoded, so a lying header never sizes an
+    // allocation.
+    if dw == 0 || dh == 0 {
+        return Err(Error::format(path, "image has zero width or height"));
+    }
+    if dw > MAX_IMAGE_SIDE || dh > MAX_IMAGE_SIDE {
+        return Err(Error::format(
+            path,
+            format!("the image is {dw}x{dh}, above the limit of {MAX_IMAGE_SIDE} pixels a side"),
+        ));
+    }
+    checked_resize(path, dw, dh, resize)?;
+    let img = reader()?.decode().map_err(|e| {
+        Error::format(
+            path,
+            format!("cannot decode image: {e} (limits: {MAX_IMAGE_SIDE} pixels a side)"),
+        )
+    })?;
     let rgb = img.to_rgb8();
     drop(img);
     let (w, h) = rgb.dimensions();
     if w == 0 || h == 0 {
         return Err(Error::format(path, "image has zero width or height"));
     }
-    let (nw, nh) = resized_dims(w, h, resize);
+    let (nw, nh) = checked_resize(path, w, h, resize)?;
     let resized = if (nw, nh) == (w, h) {
         rgb
     } else {

@@ -380,6 +380,7 @@ pub fn import_fashion_mnist(
         files.push((split, images, labels, limit));
     }
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    crate::io::remove_stale_temps(out_dir, ".advlens-import-idx-");
     let staging = out_dir.join(format!(".advlens-import-idx-{}", std::process::id()));
     std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
     let result = (|| -> Result<Vec<IdxSplitSummary>> {

@@ -377,6 +377,7 @@ fn meta(
     cfg: &AdvTrainConfig,
     base: &Path,
     history: &[AdvEpochReport],
+    data_checksum: &str,
 ) -> Result<BTreeMap<String, String>> {
     let js = |v: serde_json::Value| {
         serde_json::to_string(&v)
@@ -386,7 +387,58 @@ fn meta(
     m.insert("advtrain_config".into(), js(serde_json::json!(cfg))?);
     m.insert("advtrain_base".into(), base.display().to_string());
     m.insert("advtrain_history".into(), js(serde_json::json!(history))?);
+    m.insert("advtrain_data_checksum".into(), data_checksum.to_string());
     Ok(m)
+}
+
+/// One run per directory: checkpoints already in `out` must come from an `advtrain` run with the
+/// same configuration (the epoch count aside) on the same data, else nothing is written.
+fn check_run_dir(out: &Path, cfg: &AdvTrainConfig, data_checksum: &str) -> Result<()> {
+    let rd = match std::fs::read_dir(out) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(out, e)),
+    };
+    let mut names: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n == "last.safetensors" || (n.starts_with("epoch-") && n.ends_with(".safetensors"))
+        })
+        .collect();
+    names.sort();
+    for name in names {
+        let f = crate::io::SafeFile::open(&out.join(&name))?;
+        let meta = f.metadata();
+        let stored = meta
+            .get("advtrain_config")
+            .and_then(|s| serde_json::from_str::<AdvTrainConfig>(s).ok());
+        let why = match stored {
+            None => Some("not written by `advlens advtrain`".to_string()),
+            Some(s)
+                if (AdvTrainConfig {
+                    epochs: cfg.epochs,
+                    ..s.clone()
+                }) != *cfg =>
+            {
+                Some(format!("its configuration is {s:?}"))
+            }
+            Some(_) => match meta.get("advtrain_data_checksum") {
+                Some(d) if d != data_checksum => Some(format!(
+                    "trained on other data: checksum {d}, --data has {data_checksum}"
+                )),
+                _ => None,
+            },
+        };
+        if let Some(why) = why {
+            return Err(Error::InvalidArg(format!(
+                "{} holds {name} of another run ({why}); one directory holds one run: choose \
+                 another --out or --resume its last.safetensors. Nothing was written.",
+                out.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Fine-tune the model of checkpoint `base` with Eq. 8 on `train_data`, writing
@@ -405,6 +457,8 @@ pub fn advtrain(
     on_epoch: &mut dyn FnMut(&AdvEpochReport),
 ) -> Result<AdvTrainOutcome> {
     cfg.validate()?;
+    let data_checksum = crate::attack::advset::checksum_file(train_data.path())?;
+    check_run_dir(out, cfg, &data_checksum)?;
     let (mut model, mut opt, mut history, start) = match resume {
         None => (
             Model::load(base)?,
@@ -434,6 +488,15 @@ pub fn advtrain(
                     "--resume {}: the checkpoint was made with a different configuration ({stored:?})",
                     p.display()
                 )));
+            }
+            if let Some(d) = ck.metadata.get("advtrain_data_checksum") {
+                if d != &data_checksum {
+                    return Err(Error::InvalidArg(format!(
+                        "--resume {}: the checkpoint was fine-tuned on other data (checksum {d}; \
+                         --data has {data_checksum}): a run never mixes two datasets",
+                        p.display()
+                    )));
+                }
             }
             let history: Vec<AdvEpochReport> = match ck.metadata.get("advtrain_history") {
                 Some(s) => serde_json::from_str(s).map_err(|e| {
@@ -547,7 +610,7 @@ pub fn advtrain(
             &model,
             epoch + 1,
             &opt,
-            &meta(cfg, base, &history)?,
+            &meta(cfg, base, &history, &data_checksum)?,
             "advtrain.json",
             &serde_json::json!({ "base": base, "config": cfg, "history": &history }),
         )?;

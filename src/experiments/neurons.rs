@@ -405,9 +405,28 @@ pub fn neurons(
     if cfg.lc_bins == 0 {
         return Err(Error::InvalidArg("--lc-bins must be at least 1".into()));
     }
+    if cfg.grid_neurons > 0 && cfg.grid_images == 0 {
+        return Err(Error::InvalidArg(format!(
+            "--grids {} with --grid-images 0 would draw empty grids: give --grid-images >= 1 or \
+             --grids 0",
+            cfg.grid_neurons
+        )));
+    }
     let mut model = Model::load(ckpt)?;
     check_inputs(&model, ckpt, real, Some(adv))?;
     check_hierarchy(hierarchy, real.classes())?;
+    // The grid and occlusion options are checked before mining, not after it.
+    if let (Some(occ), true) = (cfg.occlusion, cfg.grid_neurons > 0) {
+        let (_, h, w) = model.in_shape();
+        if occ.patch == 0 || occ.stride == 0 || occ.patch > h.min(w) {
+            return Err(Error::InvalidArg(format!(
+                "--occlusion {}:{} does not fit the model's {h}x{w} images (patch at most {})",
+                occ.patch,
+                occ.stride,
+                h.min(w)
+            )));
+        }
+    }
     let layers = resolve_layers(&model, cfg.layers.as_deref())?;
     let names: Vec<&str> = layers.iter().map(String::as_str).collect();
     model.to_backend(be)?;

@@ -236,7 +236,11 @@ impl<'a> Env<'a> {
         }
         let classes = train_ds.classes().to_vec();
         let hier = hierarchy_for(cfg, &classes)?;
-        let data_key = json!({ "train": train_p, "test": test_p, "train_n": train_ds.len(), "test_n": test_ds.len() });
+        // The content checksums make every cached stage stale when the data is replaced, even
+        // by files of the same size and labels.
+        let data_key = json!({ "train": train_p, "test": test_p, "train_n": train_ds.len(), "test_n": test_ds.len(),
+            "train_checksum": crate::attack::advset::checksum_file(&train_p)?,
+            "test_checksum": crate::attack::advset::checksum_file(&test_p)? });
         Ok(Env {
             be,
             cfg,
@@ -336,8 +340,8 @@ fn data_splits(cfg: &ReproduceConfig, import: bool) -> Result<(PathBuf, PathBuf)
         )));
     }
     if !cfg.fmnist_src.exists() {
-        return Err(Error::Device(format!(
-            "{} does not exist: install Debian's dataset-fashion-mnist \
+        return Err(Error::InvalidArg(format!(
+            "--fmnist {} does not exist: install Debian's dataset-fashion-mnist \
              (apt-get install dataset-fashion-mnist) or pass --data DIR",
             cfg.fmnist_src.display()
         )));

@@ -19,6 +19,16 @@ pub const KNOWN_MODELS: &[&str] = &[
     "small-resnet18",
 ];
 
+/// Largest `width` (channels of the first conv) a model is built with: the small models at
+/// width 512 already hold hundreds of millions of parameters.
+pub const MAX_WIDTH: usize = 512;
+/// Most classes a model is built with (ImageNet-21k has 21,841).
+pub const MAX_CLASSES: usize = 100_000;
+/// Largest input side (height or width) in pixels.
+pub const MAX_SIDE: usize = 4096;
+/// Most parameters a model is built with (2 GiB of f32; VGG-16 has 138 million).
+pub const MAX_PARAMS: usize = 1 << 29;
+
 /// Default `width` of a model: the channel count of its first conv layer.
 pub fn default_width(name: &str) -> usize {
     match name {
@@ -89,9 +99,20 @@ pub(crate) fn build(
     seed: u64,
 ) -> Result<Arch> {
     let (c, h, w) = in_shape;
-    if num_classes < 2 {
+    if !(2..=MAX_CLASSES).contains(&num_classes) {
         return Err(Error::InvalidArg(format!(
-            "{name}: num_classes must be at least 2, got {num_classes}"
+            "{name}: num_classes must be in 2..={MAX_CLASSES}, got {num_classes}"
+        )));
+    }
+    if width > MAX_WIDTH {
+        return Err(Error::InvalidArg(format!(
+            "{name}: width {width} is above the limit of {MAX_WIDTH}"
+        )));
+    }
+    if h > MAX_SIDE || w > MAX_SIDE || c > 4 {
+        return Err(Error::InvalidArg(format!(
+            "{name}: input shape {c}x{h}x{w} is above the limits (at most 4 channels, sides of at \
+             most {MAX_SIDE} pixels)"
         )));
     }
     if c == 0 || h == 0 || w == 0 {
@@ -140,6 +161,20 @@ pub(crate) fn build(
         _ => return Err(Error::unknown("model", name, KNOWN_MODELS)),
     };
     let mut arch = arch;
+    // The zero-filled tensors above are not touched yet; refuse a model too large to train
+    // before the initialisation writes every parameter.
+    let params: usize = arch
+        .layers
+        .iter()
+        .flat_map(|l| l.params())
+        .map(|p| p.value.numel())
+        .sum();
+    if params > MAX_PARAMS {
+        return Err(Error::InvalidArg(format!(
+            "{name} (width {width}, {num_classes} classes, input {c}x{h}x{w}) would have {params} \
+             parameters, above the limit of {MAX_PARAMS}"
+        )));
+    }
     init(&mut arch.layers, policy, seed)?;
     Ok(arch)
 }

@@ -28,6 +28,28 @@ pub struct Checkpoint {
     pub metadata: HashMap<String, String>,
 }
 
+/// The first parameter or BatchNorm buffer of `model` holding a NaN or an infinity, with the value.
+pub fn first_non_finite(model: &Model) -> Result<Option<(String, f32)>> {
+    let mut tensors: Vec<(&str, &Tensor)> = Vec::new();
+    for p in model.params() {
+        tensors.push((&p.name, &p.value));
+    }
+    for bn in model.batchnorms() {
+        tensors.push((&bn.running_mean.name, &bn.running_mean.value));
+        tensors.push((&bn.running_var.name, &bn.running_var.value));
+    }
+    for (name, t) in tensors {
+        let bad = match t.as_cpu() {
+            Some(v) => v.iter().copied().find(|x| !x.is_finite()),
+            None => t.to_vec()?.into_iter().find(|x| !x.is_finite()),
+        };
+        if let Some(x) = bad {
+            return Ok(Some((name.to_string(), x)));
+        }
+    }
+    Ok(None)
+}
+
 /// Save `model` (and `optim` when given) to `path`. `extra` metadata keys must not collide with
 /// the ones written here.
 pub fn save(
@@ -37,6 +59,12 @@ pub fn save(
     optim: Option<&Optimizer>,
     extra: &BTreeMap<String, String>,
 ) -> Result<()> {
+    if let Some((name, v)) = first_non_finite(model)? {
+        return Err(Error::Numeric(format!(
+            "refusing to write {}: '{name}' holds {v} (a diverged model is never saved)",
+            path.display()
+        )));
+    }
     let mut tensors: Vec<(String, OwnedTensor)> = Vec::new();
     for p in model.params() {
         tensors.push((p.name.clone(), OwnedTensor::from_tensor(&p.value)?));
@@ -130,12 +158,73 @@ pub fn read_spec(path: &Path, meta: &HashMap<String, String>) -> Result<ModelSpe
     })
 }
 
+/// Before anything is allocated from the metadata: the first conv's and the classifier's weights
+/// in the file must have the shapes the metadata's width, channels and classes imply, and those
+/// must be within the architecture limits. (Those tensors are inside the file, so a small file
+/// cannot make the model large.)
+fn check_spec_against_tensors(f: &SafeFile, spec: &ModelSpec) -> Result<()> {
+    let path = f.path();
+    let (c, h, w) = spec.in_shape;
+    if spec.width > super::arch::MAX_WIDTH
+        || !(2..=super::arch::MAX_CLASSES).contains(&spec.num_classes)
+        || c > 4
+        || h > super::arch::MAX_SIDE
+        || w > super::arch::MAX_SIDE
+    {
+        return Err(Error::format(
+            path,
+            format!(
+                "metadata describes {} width {} with {} classes and input {c}x{h}x{w}, above the                  limits (width <= {}, classes <= {}, <= 4 channels, sides <= {})",
+                spec.name,
+                spec.width,
+                spec.num_classes,
+                super::arch::MAX_WIDTH,
+                super::arch::MAX_CLASSES,
+                super::arch::MAX_SIDE
+            ),
+        ));
+    }
+    let (first, last, width) = match spec.name.as_str() {
+        "resnet18" | "small-resnet18" => ("conv1.weight", "fc.weight", spec.width),
+        "small-alexnet" | "small-vgg16" => ("features.0.weight", "classifier.6.weight", spec.width),
+        "alexnet" | "vgg16" => ("features.0.weight", "classifier.6.weight", 64),
+        // Model::from_spec names the known models in its error.
+        _ => return Ok(()),
+    };
+    let shape_of = |name: &str| -> Result<Vec<usize>> {
+        let (_, shape, _) = f.bytes(name)?;
+        Ok(shape.to_vec())
+    };
+    let s = shape_of(first)?;
+    if s.len() != 4 || s[0] != width || s[1] != c {
+        return Err(Error::format(
+            path,
+            format!(
+                "tensor '{first}' has shape {s:?} but the metadata describes {} width {width} on                  {c}-channel input ([{width}, {c}, k, k])",
+                spec.name
+            ),
+        ));
+    }
+    let s = shape_of(last)?;
+    if s.len() != 2 || s[0] != spec.num_classes {
+        return Err(Error::format(
+            path,
+            format!(
+                "tensor '{last}' has shape {s:?} but the metadata says {} classes",
+                spec.num_classes
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Read a checkpoint written by [`save`]: rebuild the model from the metadata, load and check
 /// every tensor, restore the optimiser state when present.
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let f = SafeFile::open(path)?;
     let meta = f.metadata();
     let spec = read_spec(path, &meta)?;
+    check_spec_against_tensors(&f, &spec)?;
     let seed: u64 = meta_num(path, &meta, "seed")?;
     let mut model = Model::from_spec(&spec, seed)
         .map_err(|e| Error::format(path, format!("cannot rebuild the model it describes: {e}")))?;

@@ -271,6 +271,21 @@ impl Optimizer {
                     t.shape()
                 )));
             }
+            let v = t.to_vec()?;
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(Error::InvalidArg(format!(
+                    "optimiser tensor '{full}' holds {} at flat index {i}: the optimiser state is                      corrupt or the run diverged; it cannot resume",
+                    v[i]
+                )));
+            }
+            if slot == "exp_avg_sq" {
+                if let Some(i) = v.iter().position(|&x| x < 0.0) {
+                    return Err(Error::InvalidArg(format!(
+                        "optimiser tensor '{full}' holds {} at flat index {i}: Adam's second                          moment is a running mean of squares and cannot be negative (corrupt                          state); it cannot resume",
+                        v[i]
+                    )));
+                }
+            }
             state.entry(pname.to_string()).or_default().insert(slot, t);
         }
         for (p, slots) in &state {

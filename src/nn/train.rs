@@ -127,6 +127,21 @@ pub fn topk_hits(logits: &[f32], k: usize, labels: &[u32]) -> (usize, usize) {
     (t1, t5)
 }
 
+/// An error when logits hold a NaN or an infinity: every accuracy, loss or attack computed from
+/// them would be meaningless (finite weights can still overflow, e.g. weights of 3e38).
+/// `what` says where they came from ("eval of runs/x/last.safetensors on test.safetensors").
+pub fn check_logits(logits: &[f32], k: usize, what: &dyn std::fmt::Display) -> Result<()> {
+    if let Some(i) = logits.iter().position(|x| !x.is_finite()) {
+        return Err(Error::Numeric(format!(
+            "{what}: the model's logits are non-finite ({} for image {} of the batch, class {}):              the weights overflow on this input; no result was written",
+            logits[i],
+            i / k.max(1),
+            i % k.max(1)
+        )));
+    }
+    Ok(())
+}
+
 fn check_data(model: &Model, ds: &Dataset) -> Result<()> {
     if ds.num_classes() != model.num_classes() {
         return Err(Error::InvalidArg(format!(
@@ -165,6 +180,11 @@ pub fn evaluate(
     limit: Option<usize>,
 ) -> Result<EvalReport> {
     check_data(model, data)?;
+    if limit == Some(0) {
+        return Err(Error::InvalidArg(
+            "--limit 0 evaluates nothing: give at least 1 (or leave it out for all images)".into(),
+        ));
+    }
     let t0 = Instant::now();
     let mut batches = Batches::new(data, batch, None, 0)?;
     if let Some(l) = limit {
@@ -178,9 +198,15 @@ pub fn evaluate(
     for b in batches {
         let b = b?;
         let logits = model.predict(be, &b.images)?;
+        let host = logits.to_vec()?;
+        check_logits(
+            &host,
+            k,
+            &format_args!("evaluating {} on {}", model.name(), data.path().display()),
+        )?;
         let (l, _) = be.softmax_xent(&logits, &b.labels)?;
         loss += l.to_vec()?.iter().map(|&x| x as f64).sum::<f64>();
-        let (a, c) = topk_hits(&logits.to_vec()?, k, &b.labels);
+        let (a, c) = topk_hits(&host, k, &b.labels);
         t1 += a;
         t5 += c;
         n += b.labels.len();
@@ -224,9 +250,14 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
         .map_err(|e| Error::InvalidArg(format!("cannot serialise run metadata: {e}")))
 }
 
-fn extra_meta(cfg: &TrainConfig, history: &[EpochReport]) -> Result<BTreeMap<String, String>> {
+fn extra_meta(
+    cfg: &TrainConfig,
+    history: &[EpochReport],
+    data_checksum: &str,
+) -> Result<BTreeMap<String, String>> {
     let mut m = BTreeMap::new();
     m.insert("train_config".to_string(), to_json(cfg)?);
+    m.insert("data_checksum".to_string(), data_checksum.to_string());
     m.insert("history".to_string(), to_json(&history)?);
     Ok(m)
 }
@@ -287,6 +318,7 @@ pub fn train(
             "train: --batch and --epochs must be at least 1".into(),
         ));
     }
+    let data_checksum = crate::attack::advset::checksum_file(train_data.path())?;
     let (mut model, mut opt, cfg, mut history, start) = match &dirs.resume {
         None => {
             let (c, h, w) = train_data.shape();
@@ -298,8 +330,32 @@ pub fn train(
             let opt = Optimizer::new(cfg.optim)?;
             (model, opt, cfg.clone(), Vec::new(), 0usize)
         }
-        Some(path) => resume_state(path, cfg)?,
+        Some(path) => resume_state(path, cfg, &data_checksum)?,
     };
+    check_run_dir(&dirs.out, &cfg, &data_checksum)?;
+    if !(cfg.lr_gamma.is_finite() && cfg.lr_gamma > 0.0) {
+        return Err(Error::InvalidArg(format!(
+            "train: --lr-gamma must be a finite number > 0, got {}",
+            cfg.lr_gamma
+        )));
+    }
+    // An epoch without a single optimiser step would write an untrained model as if trained.
+    // A final batch of one image is dropped (see `epoch_batches`), so fewer than 2 images
+    // give no step.
+    let n_train = cfg
+        .limit
+        .map_or(train_data.len(), |l| l.min(train_data.len()));
+    if n_train < 2 {
+        return Err(Error::InvalidArg(format!(
+            "train: {} image(s) to train on ({} holds {}{}): an epoch needs at least 2 (one batch \
+             of two or more) to take an optimiser step",
+            n_train,
+            train_data.path().display(),
+            train_data.len(),
+            cfg.limit
+                .map_or(String::new(), |l| format!(", --limit {l}"))
+        )));
+    }
     check_data(&model, train_data)?;
     if let Some(v) = val {
         check_data(&model, v)?;
@@ -363,15 +419,30 @@ pub fn train(
             seconds: train_secs,
             images_per_sec: seen as f64 / train_secs.max(1e-9),
         };
+        if let Some((name, v)) = checkpoint::first_non_finite(&model)? {
+            let kept = if epoch == 0 {
+                "no checkpoint was written".to_string()
+            } else {
+                format!(
+                    "{} (epoch {epoch}) is the last good checkpoint",
+                    last.display()
+                )
+            };
+            return Err(Error::Numeric(format!(
+                "training diverged at epoch {}: parameter '{name}' holds {v} although the loss                  stayed finite (lr {lr}); lower --lr. The diverged model was not saved; {kept}",
+                epoch + 1
+            )));
+        }
         history.push(rep.clone());
         last = save_epoch(
             &dirs.out,
             &model,
             epoch + 1,
             &opt,
-            &extra_meta(&cfg, &history)?,
+            &extra_meta(&cfg, &history, &data_checksum)?,
             "train.json",
-            &serde_json::json!({ "config": &cfg, "spec": model.spec(), "history": &history }),
+            &serde_json::json!({ "config": &cfg, "spec": model.spec(), "history": &history,
+                "data": { "file": train_data.path(), "checksum": &data_checksum } }),
         )?;
         on_epoch(&rep);
     }
@@ -385,8 +456,98 @@ pub fn train(
 
 type Resumed = (Model, Optimizer, TrainConfig, Vec<EpochReport>, usize);
 
-fn resume_state(path: &Path, cfg: &TrainConfig) -> Result<Resumed> {
+/// One run per directory: `out` must not hold checkpoints or a `train.json` of a run with another
+/// configuration (the epoch count aside: a resumed run may extend it) or other training data, and
+/// no checkpoints of another kind of run. Nothing is written before this check.
+fn check_run_dir(out: &Path, cfg: &TrainConfig, data_checksum: &str) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        return Err(Error::InvalidArg(format!(
+            "--out {} is a file, not a directory",
+            out.display()
+        )));
+    }
+    let rd = match std::fs::read_dir(out) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(out, e)),
+    };
+    let mut names: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let norm = |c: &TrainConfig| TrainConfig {
+        epochs: 0,
+        ..c.clone()
+    };
+    let refuse = |file: &str, why: String| {
+        Error::InvalidArg(format!(
+            "{} holds {file} of another run ({why}); one directory holds one run: choose another \
+             --out, or --resume its last.safetensors to continue that run. Nothing was written.",
+            out.display()
+        ))
+    };
+    let compare = |file: &str, stored: Option<TrainConfig>, sum: Option<&str>| -> Result<()> {
+        let Some(stored) = stored else {
+            return Err(refuse(file, "not written by `advlens train`".into()));
+        };
+        if norm(&stored) != norm(cfg) {
+            return Err(refuse(
+                file,
+                format!(
+                    "its configuration is {}, this run's is {}",
+                    to_json(&norm(&stored))?,
+                    to_json(&norm(cfg))?
+                ),
+            ));
+        }
+        if let Some(s) = sum {
+            if s != data_checksum {
+                return Err(refuse(
+                    file,
+                    format!("trained on other data: checksum {s}, --data has {data_checksum}"),
+                ));
+            }
+        }
+        Ok(())
+    };
+    for name in names {
+        let path = out.join(&name);
+        if name == "train.json" {
+            let v: serde_json::Value = crate::io::read_json(&path)?;
+            let stored = v
+                .get("config")
+                .and_then(|c| serde_json::from_value::<TrainConfig>(c.clone()).ok());
+            let sum = v
+                .get("data")
+                .and_then(|d| d.get("checksum"))
+                .and_then(|s| s.as_str());
+            compare(&name, stored, sum)?;
+        } else if name.ends_with(".safetensors")
+            && (name == "last.safetensors" || name.starts_with("epoch-"))
+        {
+            let f = crate::io::SafeFile::open(&path)?;
+            let meta = f.metadata();
+            let stored = meta
+                .get("train_config")
+                .and_then(|s| serde_json::from_str::<TrainConfig>(s).ok());
+            compare(&name, stored, meta.get("data_checksum").map(String::as_str))?;
+        }
+    }
+    Ok(())
+}
+
+fn resume_state(path: &Path, cfg: &TrainConfig, data_checksum: &str) -> Result<Resumed> {
     let ck = checkpoint::load(path)?;
+    if let Some(s) = ck.metadata.get("data_checksum") {
+        if s != data_checksum {
+            return Err(Error::InvalidArg(format!(
+                "--resume {}: the checkpoint was trained on other data (checksum {s}; --data has \
+                 {data_checksum}): a run never mixes two datasets",
+                path.display()
+            )));
+        }
+    }
     let stored: TrainConfig =
         match ck.metadata.get("train_config") {
             Some(s) => serde_json::from_str(s).map_err(|e| {

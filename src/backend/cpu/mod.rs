@@ -155,6 +155,7 @@ pub(crate) fn conv_geom(
     if p.stride == 0 {
         return Err(Error::shape(op, "stride must be >= 1"));
     }
+    check_geom_bounds(op, &[("pad", p.pad), ("stride", p.stride)])?;
     let (Some(po), Some(qo)) = (
         out_dim(h, r, p.stride, p.pad),
         out_dim(wd, r, p.stride, p.pad),
@@ -167,6 +168,7 @@ pub(crate) fn conv_geom(
             ),
         ));
     };
+    check_output_elems(op, &[n, k, po, qo])?;
     Ok(conv::Geom {
         n,
         c,
@@ -193,6 +195,10 @@ pub(crate) fn pool_geom(
     if p.kernel == 0 || p.stride == 0 {
         return Err(Error::shape(op, "kernel and stride must be >= 1"));
     }
+    check_geom_bounds(
+        op,
+        &[("kernel", p.kernel), ("pad", p.pad), ("stride", p.stride)],
+    )?;
     // Like torch: a pad above half the kernel could make a window of padding only.
     if 2 * p.pad > p.kernel {
         return Err(Error::shape(
@@ -213,7 +219,40 @@ pub(crate) fn pool_geom(
             ),
         ));
     };
+    check_output_elems(op, &[n, c, po, qo])?;
     Ok((n, c, h, w, po, qo))
+}
+
+/// Pad, stride and window above [`crate::backend::MAX_GEOM`] are refused.
+fn check_geom_bounds(op: &'static str, values: &[(&str, usize)]) -> Result<()> {
+    for &(what, v) in values {
+        if v > crate::backend::MAX_GEOM {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "{what} {v} is above the limit of {}",
+                    crate::backend::MAX_GEOM
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An output shape whose element count overflows or exceeds
+/// [`crate::backend::MAX_OUTPUT_ELEMS`] is refused before anything is allocated.
+fn check_output_elems(op: &'static str, dims: &[usize]) -> Result<()> {
+    let n = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    match n {
+        Some(n) if n <= crate::backend::MAX_OUTPUT_ELEMS => Ok(()),
+        _ => Err(Error::shape(
+            op,
+            format!(
+                "the output would have shape {dims:?}, above the limit of {} elements",
+                crate::backend::MAX_OUTPUT_ELEMS
+            ),
+        )),
+    }
 }
 
 /// Flat index (within the H*W plane) of the first maximum of output cell (oi, oj), or None when
