@@ -282,6 +282,21 @@ pub fn remove_stale_temps(dir: &Path, prefix: &str) {
 }
 
 /// Serialize JSON to `path` atomically (pretty-printed).
+/// The names of the entries of `dir`, sorted; empty when `dir` does not exist.
+pub fn sorted_entry_names(dir: &Path) -> Result<Vec<String>> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut names: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::Json {
         path: path.to_path_buf(),

@@ -394,19 +394,12 @@ fn meta(
 /// One run per directory: checkpoints already in `out` must come from an `advtrain` run with the
 /// same configuration (the epoch count aside) on the same data, else nothing is written.
 fn check_run_dir(out: &Path, cfg: &AdvTrainConfig, data_checksum: &str) -> Result<()> {
-    let rd = match std::fs::read_dir(out) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(out, e)),
-    };
-    let mut names: Vec<String> = rd
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
+    let names: Vec<String> = crate::io::sorted_entry_names(out)?
+        .into_iter()
         .filter(|n| {
             n == "last.safetensors" || (n.starts_with("epoch-") && n.ends_with(".safetensors"))
         })
         .collect();
-    names.sort();
     for name in names {
         let f = crate::io::SafeFile::open(&out.join(&name))?;
         let meta = f.metadata();

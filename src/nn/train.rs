@@ -466,16 +466,7 @@ fn check_run_dir(out: &Path, cfg: &TrainConfig, data_checksum: &str) -> Result<(
             out.display()
         )));
     }
-    let rd = match std::fs::read_dir(out) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(out, e)),
-    };
-    let mut names: Vec<String> = rd
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
+    let names = crate::io::sorted_entry_names(out)?;
     let norm = |c: &TrainConfig| TrainConfig {
         epochs: 0,
         ..c.clone()
