@@ -8,5 +8,6 @@ pub mod pd;
 pub mod ratios;
 pub mod roc;
 pub mod semantics;
+pub mod stats;
 pub mod topk;
 pub mod wordnet;
