@@ -45,6 +45,62 @@ fn run(out: &Path) -> std::process::Output {
         .expect("the advlens binary runs")
 }
 
+/// Every finding has one of the four verdicts, a part per model (two for the two-part
+/// findings), and an interval around its estimate for every part it could measure.
+fn findings_carry_intervals(r: &Value) {
+    let verdicts = ["reproduced", "contradicted", "inconclusive", "not measured"];
+    let mut measured = 0;
+    for f in r["findings"].as_array().unwrap() {
+        let v = f["verdict"].as_str().unwrap_or("?");
+        assert!(verdicts.contains(&v), "{}: verdict {v}", f["id"]);
+        let parts = f["parts"].as_array().unwrap();
+        assert!(
+            parts.len() == 3 || parts.len() == 6,
+            "{}: {} parts",
+            f["id"],
+            parts.len()
+        );
+        for p in parts {
+            if p["ci"].is_null() {
+                continue;
+            }
+            let (e, lo, hi) = (
+                p["ci"]["est"].as_f64(),
+                p["ci"]["lo"].as_f64(),
+                p["ci"]["hi"].as_f64(),
+            );
+            let (e, lo, hi) = (e.unwrap(), lo.unwrap(), hi.unwrap());
+            assert!(
+                lo <= e + 1e-12 && e <= hi + 1e-12,
+                "{}: {lo} {e} {hi}",
+                f["id"]
+            );
+            measured += 1;
+        }
+    }
+    // Every statistic of the quick profile is defined: 3 models x (8 one-part + 2 two-part).
+    assert_eq!(measured, 36, "parts with an interval");
+}
+
+/// The per-image and per-neuron units live in units.json, not in results.json.
+fn units_moved_out(r: &Value, out: &Path) {
+    assert!(!serde_json::to_string(r).unwrap().contains("\"units\""));
+    let u: Value = serde_json::from_slice(&std::fs::read(out.join("units.json")).unwrap()).unwrap();
+    let units = u["units"].as_object().unwrap();
+    let r1 = &units["/E4/before/0/result"]["r1"];
+    assert!(
+        r1.as_array().is_some_and(|a| !a.is_empty()),
+        "per-image r1 kept"
+    );
+    let hits = units["/E1/models/0"]["valid_top1"].as_str().unwrap();
+    let images = r["E1"]["models"][0]["valid"]["images"].as_u64().unwrap();
+    assert_eq!(
+        hits.len() as u64,
+        images,
+        "one hit flag per evaluated image"
+    );
+}
+
 #[test]
 fn quick_profile_end_to_end() {
     if !Path::new(FMNIST).exists() {
@@ -84,6 +140,24 @@ fn quick_profile_end_to_end() {
     }
     assert_eq!(r["E1"]["table1"].as_array().map(Vec::len), Some(12));
     assert_eq!(r["findings"].as_array().map(Vec::len), Some(10));
+    findings_carry_intervals(&r);
+    units_moved_out(&r, &out);
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let board = md
+        .find("## Scoreboard")
+        .expect("report.md has a scoreboard");
+    let table1 = md.find("## Table 1").expect("report.md has Table 1");
+    let stages = md
+        .find("## Stages")
+        .expect("report.md has the stage timings");
+    assert!(
+        board < table1 && table1 < stages,
+        "scoreboard first, timings last"
+    );
+    assert!(
+        !md.contains("commit `unknown`"),
+        "the report names its commit"
+    );
     let auc = r["E5"]["before"][0]["result"]["auc"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&auc));
     let html = std::fs::read_to_string(out.join("index.html")).unwrap();

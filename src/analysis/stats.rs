@@ -192,11 +192,9 @@ pub fn bootstrap(
 }
 
 fn label_hash(label: &str) -> u64 {
-    label
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-        })
+    label.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// Weighted mean; None when the weights sum to zero.
@@ -239,7 +237,12 @@ pub fn paired_diff_ci(before: &[f64], after: &[f64], cfg: &BootConfig, label: &s
 }
 
 /// CI of mean(after) - mean(before) over independent samples (e.g. the neurons of two models).
-pub fn unpaired_diff_ci(before: &[f64], after: &[f64], cfg: &BootConfig, label: &str) -> Option<Ci> {
+pub fn unpaired_diff_ci(
+    before: &[f64],
+    after: &[f64],
+    cfg: &BootConfig,
+    label: &str,
+) -> Option<Ci> {
     bootstrap(&[before.len(), after.len()], cfg, label, &|w| {
         Some(wmean(after, w[1])? - wmean(before, w[0])?)
     })
@@ -410,7 +413,11 @@ mod tests {
         assert_eq!(decide(Some(&c), 0.6, Side::Above), Verdict::Reproduced);
         let same: Vec<f32> = (0..300).map(|_| g.normal() as f32).collect();
         let c = auc_ci(&same, &neg, &cfg(1), "auc").unwrap();
-        assert_eq!(decide(Some(&c), 0.5, Side::Above), Verdict::Inconclusive, "{c:?}");
+        assert_eq!(
+            decide(Some(&c), 0.5, Side::Above),
+            Verdict::Inconclusive,
+            "{c:?}"
+        );
     }
 
     #[test]
@@ -446,13 +453,34 @@ mod tests {
             hi,
             n: 10,
         };
-        assert_eq!(decide(Some(&ci(1.1, 1.3)), 1.0, Side::Above), Verdict::Reproduced);
-        assert_eq!(decide(Some(&ci(0.7, 0.9)), 1.0, Side::Above), Verdict::Contradicted);
-        assert_eq!(decide(Some(&ci(0.9, 1.1)), 1.0, Side::Above), Verdict::Inconclusive);
-        assert_eq!(decide(Some(&ci(1.0, 1.2)), 1.0, Side::Above), Verdict::Inconclusive);
-        assert_eq!(decide(Some(&ci(0.7, 0.9)), 1.0, Side::Below), Verdict::Reproduced);
-        assert_eq!(decide(Some(&ci(1.1, 1.3)), 1.0, Side::Below), Verdict::Contradicted);
-        assert_eq!(decide(Some(&ci(0.8, 1.0)), 1.0, Side::Below), Verdict::Inconclusive);
+        assert_eq!(
+            decide(Some(&ci(1.1, 1.3)), 1.0, Side::Above),
+            Verdict::Reproduced
+        );
+        assert_eq!(
+            decide(Some(&ci(0.7, 0.9)), 1.0, Side::Above),
+            Verdict::Contradicted
+        );
+        assert_eq!(
+            decide(Some(&ci(0.9, 1.1)), 1.0, Side::Above),
+            Verdict::Inconclusive
+        );
+        assert_eq!(
+            decide(Some(&ci(1.0, 1.2)), 1.0, Side::Above),
+            Verdict::Inconclusive
+        );
+        assert_eq!(
+            decide(Some(&ci(0.7, 0.9)), 1.0, Side::Below),
+            Verdict::Reproduced
+        );
+        assert_eq!(
+            decide(Some(&ci(1.1, 1.3)), 1.0, Side::Below),
+            Verdict::Contradicted
+        );
+        assert_eq!(
+            decide(Some(&ci(0.8, 1.0)), 1.0, Side::Below),
+            Verdict::Inconclusive
+        );
         assert_eq!(decide(None, 1.0, Side::Below), Verdict::NotMeasured);
         assert_eq!(
             decide(Some(&ci(f64::NAN, 1.0)), 1.0, Side::Below),
@@ -461,7 +489,10 @@ mod tests {
         use Verdict::*;
         assert_eq!(all_of(&[Reproduced, Reproduced]), Reproduced);
         assert_eq!(all_of(&[Reproduced, Inconclusive]), Inconclusive);
-        assert_eq!(all_of(&[Inconclusive, Contradicted, Reproduced]), Contradicted);
+        assert_eq!(
+            all_of(&[Inconclusive, Contradicted, Reproduced]),
+            Contradicted
+        );
         assert_eq!(all_of(&[Contradicted, NotMeasured]), NotMeasured);
         assert_eq!(all_of(&[]), NotMeasured);
     }

@@ -14,7 +14,7 @@ use super::methods::{
 use crate::backend::Backend;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::nn::train::{check_logits, topk_hits};
+use crate::nn::train::{check_logits, top1_flags, topk_hits};
 use crate::nn::Model;
 use crate::tensor::Tensor;
 
@@ -24,6 +24,9 @@ pub struct FgsRow {
     pub eps: f32,
     pub top1: f64,
     pub top5: f64,
+    /// Per image: top-1 hit (the units of the confidence intervals; not in the JSON).
+    #[serde(skip)]
+    pub top1_hits: Vec<bool>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -90,6 +93,7 @@ pub fn fgs_table(
     let pb = crate::progress::bar(n as u64, "fgs", "img");
     let mut clean = (0usize, 0usize);
     let mut hits = vec![(0usize, 0usize); eps.len()];
+    let mut flags: Vec<Vec<bool>> = vec![Vec::with_capacity(n); eps.len() + 1];
     for idx in batch_ranges(n, batch) {
         let (x, labels) = ds.batch_f32(&idx)?;
         for (j, &e) in eps.iter().enumerate() {
@@ -98,12 +102,14 @@ pub fn fgs_table(
                 let clean_logits = logits.to_vec()?;
                 check_logits(&clean_logits, k, &format_args!("FGS on {}", ckpt.display()))?;
                 let (a, b) = topk_hits(&clean_logits, k, &labels);
+                flags[0].extend(top1_flags(&clean_logits, k, &labels));
                 clean.0 += a;
                 clean.1 += b;
             }
             let l = model.predict(be, &adv)?.to_vec()?;
             check_logits(&l, k, &format_args!("FGS (eps {e}) on {}", ckpt.display()))?;
             let (a, b) = topk_hits(&l, k, &labels);
+            flags[j + 1].extend(top1_flags(&l, k, &labels));
             hits[j].0 += a;
             hits[j].1 += b;
         }
@@ -120,14 +126,17 @@ pub fn fgs_table(
             eps: 0.0,
             top1: clean.0 as f64 / nf,
             top5: clean.1 as f64 / nf,
+            top1_hits: std::mem::take(&mut flags[0]),
         },
         rows: eps
             .iter()
             .zip(&hits)
-            .map(|(&e, &(a, b))| FgsRow {
+            .zip(flags.into_iter().skip(1))
+            .map(|((&e, &(a, b)), f)| FgsRow {
                 eps: e,
                 top1: a as f64 / nf,
                 top5: b as f64 / nf,
+                top1_hits: f,
             })
             .collect(),
         seconds: t0.elapsed().as_secs_f64(),

@@ -4,6 +4,7 @@
 
 pub mod conv;
 
+use std::path::Path;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
@@ -45,10 +46,25 @@ pub fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// `git rev-parse --short=12 HEAD` of the working directory, or "unknown" (not a checkout, no
-/// git): figures must name the code they measured.
+/// `git rev-parse --short=12 HEAD` of the checkout the running binary was built in (its
+/// directory, e.g. target/release inside the checkout), else of the working directory, else
+/// "unknown" (no checkout, no git): figures and reports must name the code that made them.
 pub fn commit() -> String {
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf));
+    exe_dir
+        .iter()
+        .map(|d| d.as_path())
+        .chain(std::iter::once(Path::new(".")))
+        .find_map(git_head)
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn git_head(dir: &Path) -> Option<String> {
     std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
         .args(["rev-parse", "--short=12", "HEAD"])
         .output()
         .ok()
@@ -56,7 +72,6 @@ pub fn commit() -> String {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".into())
 }
 
 /// The CPU's model name from /proc/cpuinfo (Linux), with the rayon thread count.

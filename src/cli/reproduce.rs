@@ -52,6 +52,10 @@ pub struct ReproduceArgs {
     /// parts run one after another). The result is the same for every N.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub shards: usize,
+    /// Run the whole pipeline once per seed (OUT/seed-N, sharing OUT/data) and report the
+    /// findings combined over the seeds in OUT (replaces --seed for this command).
+    #[arg(long, value_name = "LIST", conflicts_with_all = ["stage", "emit", "shard"])]
+    pub seeds: Option<String>,
     /// Write a job graph instead of running: `--emit slurm DIR` (sbatch scripts, submit.sh).
     #[arg(long, num_args = 2, value_names = ["KIND", "DIR"], conflicts_with = "stage")]
     pub emit: Option<Vec<String>>,
@@ -134,6 +138,18 @@ pub fn run(ctx: &Ctx, a: &ReproduceArgs) -> Result<()> {
     }
     let _lock = super::claim_out_dir(&a.out, &inputs(a))?;
     let be = ctx.backend()?;
+    if let Some(list) = &a.seeds {
+        let seeds = crate::experiments::seeds::parse_seeds(list)?;
+        let r = crate::experiments::seeds::reproduce_seeds(be.as_ref(), &cfg, &seeds)?;
+        emit(ctx, &r["findings"], || {
+            format!(
+                "report over seeds {seeds:?}: {}/report.md ({:.0} s)",
+                a.out.display(),
+                r["seconds_total"].as_f64().unwrap_or(0.0)
+            )
+        });
+        return Ok(());
+    }
     let r = reproduce(be.as_ref(), &cfg)?;
     emit(ctx, &r["findings"], || {
         format!(

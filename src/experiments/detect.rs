@@ -96,6 +96,10 @@ pub struct DetectResult {
     pub curve: Vec<RocPoint>,
     pub figures: Vec<String>,
     pub seconds: f64,
+    /// Per image (real set row order, then adversarial set row order): the score the ROC ranks
+    /// (the units of the AUC's confidence interval).
+    pub scores_real: Vec<f32>,
+    pub scores_adv: Vec<f32>,
 }
 
 /// Channel-pooled phi [B, C'] (host) and predicted classes of a batch.
@@ -269,6 +273,8 @@ pub fn detect(
         curve,
         figures: vec![fig.to_string()],
         seconds: t0.elapsed().as_secs_f64(),
+        scores_real: scores[..n_real].to_vec(),
+        scores_adv: scores[n_real..].to_vec(),
     };
     crate::io::write_json(&out.join("detect.json"), &result)?;
     Ok(result)

@@ -2,9 +2,11 @@
 pub mod advtrain;
 pub mod detect;
 pub mod explain;
+pub mod findings;
 pub mod neurons;
 pub mod ratios;
 pub mod report;
 pub mod reproduce;
+pub mod seeds;
 pub mod slurm;
 pub mod stages;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+use crate::analysis::stats::BootConfig;
 use crate::error::Result;
 
 /// The paper's numbers (ImageNet), by model position: AlexNet, VGG-16, ResNet-18.
@@ -52,19 +53,6 @@ fn fgs_at(e7: &Value, eps: f64) -> (Option<f64>, Option<f64>) {
         .map_or((None, None), |r| (f(&r["top1"]), f(&r["top5"])))
 }
 
-/// One finding of the paper checked on this run.
-fn finding(id: &str, statement: &str, ok: Option<bool>, evidence: String) -> Value {
-    json!({ "id": id, "statement": statement, "reproduced": ok, "evidence": evidence })
-}
-
-fn all(v: &[Option<bool>]) -> Option<bool> {
-    if v.iter().any(Option::is_none) || v.is_empty() {
-        None
-    } else {
-        Some(v.iter().all(|b| *b == Some(true)))
-    }
-}
-
 /// Build the results document from the stage results.
 pub fn assemble(
     env: &Value,
@@ -73,6 +61,7 @@ pub fn assemble(
     before: &Value,
     e6: &[Value],
     after: &Value,
+    boot: BootConfig,
 ) -> Result<Value> {
     let b = before.as_array().cloned().unwrap_or_default();
     let a = after.as_array().cloned().unwrap_or_default();
@@ -99,186 +88,16 @@ pub fn assemble(
         table1.push(json!({ "model": format!("{n}-adv"), "dataset": "Valid-Adv", "top1": a.get(i).map(|m| m["valid_adv"]["top1"].clone()), "top5": a.get(i).map(|m| m["valid_adv"]["top5"].clone()) }));
     }
 
-    // Findings (DESIGN.md section 4, last paragraph).
-    let mut findings = Vec::new();
-    let r_mean =
-        |list: &[Value], i: usize, r: &str| list.get(i).and_then(|m| f(&m["e4"][r]["mean"]));
-    let ev = |list: &[Value], r: &str| -> String {
-        names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| format!("{n} {}", num(r_mean(list, i, r))))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let chk: Vec<Option<bool>> = (0..names.len())
-        .map(|i| r_mean(&b, i, "r1").map(|x| x > 1.0))
-        .collect();
-    findings.push(finding("r1>1", "before adversarial training, mean r1 > 1 (adversarial representations are far from their original class)", all(&chk), format!("mean r1: {}", ev(&b, "r1"))));
-    let chk: Vec<Option<bool>> = (0..names.len())
-        .map(|i| r_mean(&b, i, "r2").map(|x| x < 1.0))
-        .collect();
-    findings.push(finding("r2<1", "before adversarial training, mean r2 < 1 (adversarial representations are close to the target class)", all(&chk), format!("mean r2: {}", ev(&b, "r2"))));
-    let corr =
-        |list: &[Value], i: usize, k: &str| list.get(i).and_then(|m| f(&m["e3"]["summary"][k]));
-    let chk: Vec<Option<bool>> = (0..names.len())
-        .map(
-            |i| match (corr(&b, i, "corr_lc_cs1"), corr(&b, i, "corr_lc_cs2")) {
-                (Some(c1), Some(c2)) => Some(c1 < 0.0 && c2 > 0.0),
-                _ => None,
-            },
-        )
-        .collect();
-    let evc = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            format!(
-                "{n} corr(LC,CS1) {} corr(LC,CS2) {}",
-                num(corr(&b, i, "corr_lc_cs1")),
-                num(corr(&b, i, "corr_lc_cs2"))
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ");
-    findings.push(finding(
-        "cs-vs-lc",
-        "before adversarial training, CS1 falls and CS2 rises with LC (Fig. 4)",
-        all(&chk),
-        evc,
-    ));
-    let auc = |list: &[Value], i: usize| list.get(i).and_then(|m| f(&m["e5"]["auc"]));
-    let chk: Vec<Option<bool>> = (0..names.len())
-        .map(|i| auc(&b, i).map(|x| x > 0.6))
-        .collect();
-    let eva = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| format!("{n} {}", num(auc(&b, i))))
-        .collect::<Vec<_>>()
-        .join(", ");
-    findings.push(finding(
-        "auc",
-        "detection AUC is well above 0.5 (taken here as > 0.6)",
-        all(&chk),
-        format!("AUC: {eva}"),
-    ));
-    let chk: Vec<Option<bool>> = (0..names.len())
-        .map(|i| match (r_mean(&b, i, "r1"), r_mean(&a, i, "r1")) {
-            (Some(x), Some(y)) => Some((y - 1.0).abs() < (x - 1.0).abs()),
-            _ => None,
-        })
-        .collect();
-    findings.push(finding(
-        "r1~1",
-        "after adversarial training, mean r1 moves toward 1",
-        all(&chk),
-        format!("before: {}; after: {}", ev(&b, "r1"), ev(&a, "r1")),
-    ));
-    let chk: Vec<Option<bool>> = (0..names.len())
-        .map(|i| match (r_mean(&b, i, "r2"), r_mean(&a, i, "r2")) {
-            (Some(x), Some(y)) => Some(y > x),
-            _ => None,
-        })
-        .collect();
-    findings.push(finding(
-        "r2-rises",
-        "after adversarial training, mean r2 rises toward 1",
-        all(&chk),
-        format!("before: {}; after: {}", ev(&b, "r2"), ev(&a, "r2")),
-    ));
-    let cs1 =
-        |list: &[Value], i: usize| list.get(i).and_then(|m| f(&m["e3"]["summary"]["mean_cs1"]));
-    let chk: Vec<Option<bool>> = (0..names.len())
-        .map(|i| match (cs1(&b, i), cs1(&a, i)) {
-            (Some(x), Some(y)) => Some(y > x),
-            _ => None,
-        })
-        .collect();
-    let evs = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| format!("{n} {} -> {}", num(cs1(&b, i)), num(cs1(&a, i))))
-        .collect::<Vec<_>>()
-        .join(", ");
-    findings.push(finding(
-        "cs1-high",
-        "after adversarial training, CS1 stays high (mean CS1 above its value before)",
-        all(&chk),
-        format!("mean CS1: {evs}"),
-    ));
-    let va = |list: &[Value], i: usize| list.get(i).and_then(|m| f(&m["valid_adv"]["top1"]));
-    let chk: Vec<Option<bool>> = (0..names.len())
-        .map(|i| match (va(&b, i), va(&a, i)) {
-            (Some(x), Some(y)) => Some(y > x),
-            _ => None,
-        })
-        .collect();
-    let evv = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| format!("{n} {} -> {}", pct(va(&b, i)), pct(va(&a, i))))
-        .collect::<Vec<_>>()
-        .join(", ");
-    findings.push(finding(
-        "validadv-rises",
-        "accuracy on the adversarial set rises after adversarial training (Table 1)",
-        all(&chk),
-        format!("Valid-Adv top-1 %: {evv}"),
-    ));
-    let fg = |list: &[Value], i: usize, eps: f64| list.get(i).and_then(|m| fgs_at(&m["e7"], eps).0);
-    let chk: Vec<Option<bool>> = (0..names.len())
-        .map(|i| {
-            match (
-                fg(&b, i, 1.0),
-                fg(&a, i, 1.0),
-                fg(&b, i, 5.0),
-                fg(&a, i, 5.0),
-            ) {
-                (Some(x1), Some(y1), Some(x5), Some(y5)) => Some(y1 > x1 && y5 >= x5),
-                _ => None,
-            }
-        })
-        .collect();
-    let evf = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            format!(
-                "{n} eps1 {} -> {}, eps5 {} -> {}",
-                pct(fg(&b, i, 1.0)),
-                pct(fg(&a, i, 1.0)),
-                pct(fg(&b, i, 5.0)),
-                pct(fg(&a, i, 5.0))
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ");
-    findings.push(finding(
-        "fgs-rises",
-        "FGS robustness rises after adversarial training (Table 2)",
-        all(&chk),
-        format!("FGS top-1 %: {evf}"),
-    ));
-    let clean = |i: usize| {
-        (
-            f(&e1[i]["valid"]["top1"]),
-            e6.get(i).and_then(|r| f(&r["valid"]["top1"])),
-        )
-    };
-    let chk: Vec<Option<bool>> = (0..names.len())
-        .map(|i| match clean(i) {
-            (Some(x), Some(y)) => Some(x - y <= 0.05),
-            _ => None,
-        })
-        .collect();
-    let evl = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| format!("{n} {} -> {}", pct(clean(i).0), pct(clean(i).1)))
-        .collect::<Vec<_>>()
-        .join(", ");
-    findings.push(finding("small-cost", "the clean-accuracy cost of adversarial training is small (taken here as at most 5 points of top-1; paper: 1-4 points top-5)", all(&chk), format!("clean top-1 %: {evl}")));
+    let paper = paper_numbers();
+    let findings = super::findings::findings(&super::findings::Inputs {
+        names: &names,
+        e1,
+        e6,
+        before: &b,
+        after: &a,
+        paper: &paper,
+        boot,
+    });
 
     Ok(json!({
         "format": "advlens.results.v1",
@@ -291,9 +110,37 @@ pub fn assemble(
         "E6": e6,
         "E7": { "before": per(&b, "e7"), "after": per(&a, "e7") },
         "E8": { "before": per(&b, "e8"), "after": per(&a, "e8") },
-        "paper": paper_numbers(),
+        "paper": paper,
+        "bootstrap": boot,
         "findings": findings,
     }))
+}
+
+/// Moves every `units` object out of the results document into one `units.json` document
+/// (keyed by the JSON path it came from), so results.json stays readable while the units behind
+/// every interval are kept for anyone who wants to recompute them.
+pub fn split_units(results: &mut Value) -> Value {
+    fn walk(v: &mut Value, path: &str, out: &mut serde_json::Map<String, Value>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(u) = m.remove("units") {
+                    out.insert(path.to_string(), u);
+                }
+                for (k, c) in m.iter_mut() {
+                    walk(c, &format!("{path}/{k}"), out);
+                }
+            }
+            Value::Array(a) => {
+                for (i, c) in a.iter_mut().enumerate() {
+                    walk(c, &format!("{path}/{i}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = serde_json::Map::new();
+    walk(results, "", &mut out);
+    json!({ "format": "advlens.units.v1", "units": out })
 }
 
 fn base64(bytes: &[u8]) -> String {
@@ -381,19 +228,149 @@ fn pngs_under(dir: &Path, max: usize) -> Vec<PathBuf> {
 
 /// Write `report.md` and `index.html` into `out`.
 pub fn write_report(out: &Path, r: &Value) -> Result<()> {
-    let paper = paper_numbers();
-    let env = &r["environment"];
     let mut md = String::new();
+    header_md(&mut md, r);
+    scoreboard_md(&mut md, r);
+    tables_md(&mut md, r);
+    findings_md(&mut md, r);
+    crate::io::write_atomic(&out.join("report.md"), |w| {
+        let mut all = md.clone();
+        stages_md(&mut all, r);
+        std::io::Write::write_all(w, all.as_bytes())
+    })?;
+
+    // HTML: the same tables (rendered from the Markdown's structure), every figure inline beside
+    // the paper figure it reproduces, and the stage timings folded at the end.
+    let mut html = String::from("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>advlens report</title><style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}th{background:#eee}figure{display:inline-block;margin:6px;vertical-align:top}figure img{max-width:520px}figcaption{font-size:small;color:#555}.missing{color:#b00}</style></head><body>\n");
+    html.push_str(&md_to_html(&md));
+    figures_html(&mut html, r);
+    let mut st = String::new();
+    stages_md(&mut st, r);
+    let _ = writeln!(
+        html,
+        "<details><summary>Stage timings</summary>{}</details>",
+        md_to_html(&st)
+    );
+    html.push_str("</body></html>\n");
+    crate::io::write_atomic(&out.join("index.html"), |w| {
+        std::io::Write::write_all(w, html.as_bytes())
+    })
+}
+
+fn header_md(md: &mut String, r: &Value) {
+    let env = &r["environment"];
+    let boot = &r["bootstrap"];
     let _ = writeln!(md, "# advlens reproduce report\n");
     let _ = writeln!(
         md,
-        "Profile `{}`, device `{}`, seed {}, commit `{}`, total {:.0} s. Paper numbers are on ImageNet (AlexNet, VGG-16, ResNet-18); ours on the data of this run, so compare trends, not values.\n",
+        "Profile `{}`, device `{}`, seed {}, commit `{}`, total {:.0} s. Paper numbers are on ImageNet (AlexNet, VGG-16, ResNet-18); ours on the data of this run, so compare trends, not values. Intervals are {}% percentile-bootstrap intervals ({} resamples, seed {}) over the images or neurons each statistic is computed from.\n",
         env["profile"]["name"].as_str().unwrap_or("?"),
         env["device"].as_str().unwrap_or("?"),
         env["seed"],
         env["commit"].as_str().unwrap_or("?"),
-        env["seconds_total"].as_f64().unwrap_or(0.0)
+        env["seconds_total"].as_f64().unwrap_or(0.0),
+        boot["level"].as_f64().map_or("?".into(), |l| format!("{:.0}", 100.0 * l)),
+        boot["resamples"],
+        boot["seed"],
     );
+}
+
+fn verdict_of(fnd: &Value) -> &str {
+    fnd["verdict"].as_str().unwrap_or("not measured")
+}
+
+/// One line per finding: the statement, each model's estimate with its interval and the paper's
+/// number, and the verdict.
+fn scoreboard_md(md: &mut String, r: &Value) {
+    let _ = writeln!(
+        md,
+        "## Scoreboard\n\n| finding | paper | ours (estimate [95% CI]) | verdict |\n|---|---|---|---|"
+    );
+    for fnd in r["findings"].as_array().cloned().unwrap_or_default() {
+        let parts = fnd["parts"].as_array().cloned().unwrap_or_default();
+        let paper: Vec<String> = parts
+            .iter()
+            .filter_map(|p| {
+                p["paper"]
+                    .as_f64()
+                    .map(|x| format!("{} {x}", p["model"].as_str().unwrap_or("?")))
+            })
+            .collect();
+        let ours: Vec<String> = parts.iter().map(part_cell).collect();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | **{}** |",
+            fnd["statement"].as_str().unwrap_or(""),
+            if paper.is_empty() {
+                "holds".to_string()
+            } else {
+                paper.join(", ")
+            },
+            ours.join("; "),
+            verdict_of(&fnd)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nA finding is **reproduced** when every model's interval lies on the paper's side of its threshold, **contradicted** when some model's interval lies wholly on the other side, and **inconclusive** otherwise.\n"
+    );
+}
+
+fn part_cell(p: &Value) -> String {
+    let pct = p["statistic"]
+        .as_str()
+        .is_some_and(|s| s.contains("points"));
+    let ci = serde_json::from_value::<crate::analysis::stats::Ci>(p["ci"].clone()).ok();
+    let shown = ci.map_or("n/a".into(), |c| {
+        if pct {
+            c.scaled(100.0).show(2)
+        } else {
+            c.show(3)
+        }
+    });
+    format!(
+        "{} {}: {shown} ({})",
+        p["model"].as_str().unwrap_or("?"),
+        p["statistic"].as_str().unwrap_or("?"),
+        p["verdict"].as_str().unwrap_or("?")
+    )
+}
+
+fn findings_md(md: &mut String, r: &Value) {
+    let _ = writeln!(md, "## The paper's findings on this run\n");
+    for fnd in r["findings"].as_array().cloned().unwrap_or_default() {
+        let _ = writeln!(
+            md,
+            "- **{}**: {} — {}",
+            verdict_of(&fnd),
+            fnd["statement"].as_str().unwrap_or(""),
+            fnd["evidence"].as_str().unwrap_or("")
+        );
+    }
+}
+
+fn stages_md(md: &mut String, r: &Value) {
+    let _ = writeln!(
+        md,
+        "\n## Stages\n\n| stage | seconds | cached |\n|---|---|---|"
+    );
+    for s in r["environment"]["stages"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} | {} |",
+            s["stage"].as_str().unwrap_or("?"),
+            s["seconds"].as_f64().unwrap_or(0.0),
+            s["cached"]
+        );
+    }
+}
+
+fn tables_md(md: &mut String, r: &Value) {
+    let paper = paper_numbers();
     let _ = writeln!(md, "## Table 1: accuracy (%)\n\n| model | dataset | top-1 | top-5 | paper top-1 | paper top-5 |\n|---|---|---|---|---|---|");
     let t1 = r["E1"]["table1"].as_array().cloned().unwrap_or_default();
     let n = t1.len() / 4;
@@ -485,56 +462,49 @@ pub fn write_report(out: &Path, r: &Value) -> Result<()> {
         "\n## Ensemble attack (E2)\n\n{} adversarial images from {} source images; ensemble targeted success {}%, mean L2 {}, mean Linf {} (0-255 scale).\n",
         e2["adversarial_images"], e2["source_images"], pct(f(&e2["ensemble_success"])), num(f(&e2["mean_l2"])), num(f(&e2["mean_linf"]))
     );
-    let _ = writeln!(md, "## The paper's findings on this run\n");
-    for fnd in r["findings"].as_array().cloned().unwrap_or_default() {
-        let mark = match fnd["reproduced"].as_bool() {
-            Some(true) => "reproduced",
-            Some(false) => "NOT reproduced",
-            None => "not measured",
-        };
-        let _ = writeln!(
-            md,
-            "- **{mark}**: {} — {}",
-            fnd["statement"].as_str().unwrap_or(""),
-            fnd["evidence"].as_str().unwrap_or("")
-        );
-    }
-    let _ = writeln!(
-        md,
-        "\n## Stages\n\n| stage | seconds | cached |\n|---|---|---|"
-    );
-    for s in env["stages"].as_array().cloned().unwrap_or_default() {
-        let _ = writeln!(
-            md,
-            "| {} | {:.1} | {} |",
-            s["stage"].as_str().unwrap_or("?"),
-            s["seconds"].as_f64().unwrap_or(0.0),
-            s["cached"]
-        );
-    }
-    crate::io::write_atomic(&out.join("report.md"), |w| {
-        std::io::Write::write_all(w, md.as_bytes())
-    })?;
+}
 
-    // HTML: the same tables (rendered from the Markdown's structure) plus every figure inline.
-    let mut html = String::from("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>advlens report</title><style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}th{background:#eee}figure{display:inline-block;margin:6px;vertical-align:top}figure img{max-width:520px}figcaption{font-size:small;color:#555}.missing{color:#b00}</style></head><body>\n");
-    html.push_str(&md_to_html(&md));
+/// The paper figure a stage's figure reproduces (before / after adversarial training).
+fn paper_fig(key: &str, tag: &str) -> &'static str {
+    match (key, tag) {
+        ("grids", "before") => "Fig. 2",
+        ("grids", _) => "Fig. 7",
+        ("E3", "before") => "Fig. 4",
+        ("E3", _) => "Fig. 8",
+        ("E4", "before") => "Fig. 5",
+        ("E4", _) => "Fig. 9",
+        ("E5", _) => "Fig. 6",
+        _ => "Fig. 10",
+    }
+}
+
+/// Every figure once, under the paper figure it reproduces.
+fn figures_html(html: &mut String, r: &Value) {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut show = |html: &mut String, p: &Path| {
+        let key = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        if seen.insert(key) {
+            html.push_str(&img_tag(p));
+        }
+    };
     for tag in ["before", "after"] {
         let _ = writeln!(html, "<h2>Figures ({tag} adversarial training)</h2>");
         for key in ["E3", "E4", "E5"] {
             for m in r[key][tag].as_array().cloned().unwrap_or_default() {
-                let _ = writeln!(
-                    html,
-                    "<h3>{key} {}</h3>",
-                    esc(m["model"].as_str().unwrap_or("?"))
-                );
+                let name = esc(m["model"].as_str().unwrap_or("?"));
+                let _ = writeln!(html, "<h3>{} ({key}) {name}</h3>", paper_fig(key, tag));
                 for p in figures(&m["result"]) {
-                    html.push_str(&img_tag(&p));
+                    show(html, &p);
                 }
                 if key == "E3" {
                     if let Some(d) = m["result"]["dir"].as_str() {
+                        let _ = writeln!(
+                            html,
+                            "<h3>{} (E3 grids) {name}</h3>",
+                            paper_fig("grids", tag)
+                        );
                         for p in pngs_under(Path::new(d), 4) {
-                            html.push_str(&img_tag(&p));
+                            show(html, &p);
                         }
                     }
                 }
@@ -543,7 +513,7 @@ pub fn write_report(out: &Path, r: &Value) -> Result<()> {
         for m in r["E8"][tag].as_array().cloned().unwrap_or_default() {
             let _ = writeln!(
                 html,
-                "<h3>E8 {}</h3>",
+                "<h3>Fig. 10 (E8) {}</h3>",
                 esc(m["model"].as_str().unwrap_or("?"))
             );
             for item in m["result"].as_array().cloned().unwrap_or_default() {
@@ -572,21 +542,17 @@ pub fn write_report(out: &Path, r: &Value) -> Result<()> {
                 );
                 if let Some(d) = item["dir"].as_str() {
                     for p in pngs_under(Path::new(d), 2) {
-                        html.push_str(&img_tag(&p));
+                        show(html, &p);
                     }
                 }
             }
         }
     }
-    html.push_str("</body></html>\n");
-    crate::io::write_atomic(&out.join("index.html"), |w| {
-        std::io::Write::write_all(w, html.as_bytes())
-    })
 }
 
 /// The small subset of Markdown the report uses: headings, pipe tables, bullets, paragraphs,
 /// `code` and **bold**.
-fn md_to_html(md: &str) -> String {
+pub(crate) fn md_to_html(md: &str) -> String {
     let inline = |s: &str| {
         let mut o = String::new();
         let s = esc(s);

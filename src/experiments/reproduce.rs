@@ -354,6 +354,12 @@ fn data_splits(cfg: &ReproduceConfig, import: bool) -> Result<(PathBuf, PathBuf)
     Ok((train, test))
 }
 
+/// Import Fashion-MNIST into `OUT/data` unless it is there (the data every seed of
+/// `--seeds` shares).
+pub fn import_default_data(cfg: &ReproduceConfig) -> Result<()> {
+    data_splits(cfg, true).map(|_| ())
+}
+
 /// Top-1/top-5 of a model on an adversarial set, with respect to the TRUE labels (Table 1
 /// "Valid-Adv").
 pub fn eval_on_advset(be: &dyn Backend, ckpt: &Path, adv: &AdvSet, batch: usize) -> Result<Value> {
@@ -361,9 +367,11 @@ pub fn eval_on_advset(be: &dyn Backend, ckpt: &Path, adv: &AdvSet, batch: usize)
     m.to_backend(be)?;
     let k = m.num_classes();
     let (mut t1, mut t5, mut hit_t, mut n) = (0usize, 0usize, 0usize, 0usize);
+    let mut hits = Vec::with_capacity(adv.len());
     for b in adv.batches(batch) {
         let b = b?;
         let logits = m.predict(be, &b.images)?.to_vec()?;
+        hits.extend(crate::nn::train::top1_flags(&logits, k, &b.true_label));
         let (a, c) = topk_hits(&logits, k, &b.true_label);
         t1 += a;
         t5 += c;
@@ -372,7 +380,8 @@ pub fn eval_on_advset(be: &dyn Backend, ckpt: &Path, adv: &AdvSet, batch: usize)
     }
     let nf = n.max(1) as f64;
     Ok(
-        json!({ "images": n, "top1": t1 as f64 / nf, "top5": t5 as f64 / nf, "target_hit": hit_t as f64 / nf }),
+        json!({ "images": n, "top1": t1 as f64 / nf, "top5": t5 as f64 / nf, "target_hit": hit_t as f64 / nf,
+            "units": { "top1": crate::analysis::stats::bits_to_string(&hits) } }),
     )
 }
 

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+use crate::analysis::stats::{bits_to_string, BootConfig};
 use crate::attack::advset::checksum64;
 use crate::attack::ensemble::{merge, run_ensemble, EnsembleReport, EnsembleRun};
 use crate::attack::eval::fgs_table;
@@ -25,7 +26,7 @@ use crate::nn::{Model, ModelSpec};
 use super::advtrain::{advtrain, AdvTrainConfig};
 use super::detect::{detect, DetectConfig};
 use super::explain::{explain, ExplainConfig, ExplainImage, NeuronsFile};
-use super::neurons::{neurons, NeuronsConfig};
+use super::neurons::{neurons, NeuronsConfig, NeuronsResult};
 use super::ratios::{ratios, RatiosConfig};
 use super::reproduce::{eval_on_advset, Env, StageTime};
 
@@ -226,7 +227,7 @@ fn run_report(env: &Env, _: &Stage, inp: &Inputs, _: &Path) -> Result<Value> {
     let environment = json!({
         "device": env.be.name(),
         "device_description": env.be.description(),
-        "commit": option_env!("ADVLENS_GIT_COMMIT").unwrap_or("unknown"),
+        "commit": crate::bench::commit(),
         "version": env!("CARGO_PKG_VERSION"),
         "seed": cfg.seed,
         "profile": p,
@@ -237,7 +238,13 @@ fn run_report(env: &Env, _: &Stage, inp: &Inputs, _: &Path) -> Result<Value> {
         "stages": inp.times,
     });
     let e2 = inp.get("e2")?;
-    let results = super::report::assemble(&environment, &e1, e2, &before, &e6, &after)?;
+    let boot = BootConfig {
+        seed: cfg.seed,
+        ..BootConfig::default()
+    };
+    let mut results = super::report::assemble(&environment, &e1, e2, &before, &e6, &after, boot)?;
+    let units = super::report::split_units(&mut results);
+    crate::io::write_json(&cfg.out.join("units.json"), &units)?;
     crate::io::write_json(&cfg.out.join("results.json"), &results)?;
     super::report::write_report(&cfg.out, &results)?;
     Ok(results)
@@ -314,7 +321,8 @@ fn run_e1(env: &Env, st: &Stage, _: &Inputs, dir: &Path) -> Result<Value> {
         env.cfg.profile.eval_limit,
     )?;
     Ok(
-        json!({ "model": name, "ckpt": ck, "params": m.num_params(), "valid": ev, "history": history }),
+        json!({ "model": name, "ckpt": ck, "params": m.num_params(), "valid": ev, "history": history,
+            "units": { "valid_top1": bits_to_string(&ev.top1_hits) } }),
     )
 }
 
@@ -444,6 +452,10 @@ fn ckpt_in(st: &Stage, inp: &Inputs) -> Result<PathBuf> {
     ))
 }
 
+/// Bumped when the analysis stages' `units` (the per-image / per-neuron values behind the
+/// report's intervals) change, so analyses cached by an older advlens are recomputed.
+const UNITS_VERSION: u32 = 1;
+
 /// What every analysis of one checkpoint on the adversarial set depends on.
 fn key_base(env: &Env, st: &Stage, inp: &Inputs) -> Result<Value> {
     let ck = ckpt_in(st, inp)?;
@@ -457,7 +469,7 @@ fn key_base(env: &Env, st: &Stage, inp: &Inputs) -> Result<Value> {
     Ok(
         json!({ "ckpt": ck, "ckpt_len": std::fs::metadata(&ck).map(|m| m.len()).unwrap_or(0),
         "adv": inp.get("e2")?["manifest"], "adv_n": adv.len(), "adv_sum": checksum64(sums.as_bytes()),
-        "data": env.data_key }),
+        "data": env.data_key, "units": UNITS_VERSION }),
     )
 }
 
@@ -491,7 +503,7 @@ fn run_e3(env: &Env, st: &Stage, inp: &Inputs, dir: &Path) -> Result<Value> {
         json!({ "summary": r.summary, "curve": r.curve, "lc_edges": r.lc_edges,
         "k_real": r.k_real, "k_adv": r.k_adv, "real_images": r.real_images,
         "adv_images": r.adv_images, "figures": r.figures, "grids": r.grids.len(),
-        "activation": r.activation, "dir": dir }),
+        "activation": r.activation, "dir": dir, "units": neuron_units(&r) }),
     )
 }
 
@@ -512,7 +524,8 @@ fn run_e4(env: &Env, st: &Stage, inp: &Inputs, dir: &Path) -> Result<Value> {
     let r = ratios(env.be, &ck, &env.test_ds, env.adv()?, &ratios_cfg(env), dir)?;
     Ok(
         json!({ "r1": r.r1, "r2": r.r2, "hist_r1": r.hist_r1, "hist_r2": r.hist_r2,
-        "figures": r.figures, "definition": r.definition, "dir": dir }),
+        "figures": r.figures, "definition": r.definition, "dir": dir,
+        "units": { "r1": r.per_image_r1, "r2": r.per_image_r2 } }),
     )
 }
 
@@ -536,7 +549,8 @@ fn run_e5(env: &Env, st: &Stage, inp: &Inputs, dir: &Path) -> Result<Value> {
         "adv_pred_target": r.adv_pred_target, "adv_pred_true": r.adv_pred_true,
         "mean_log_density_real": r.mean_log_density_real,
         "mean_log_density_adv": r.mean_log_density_adv, "features": r.features,
-        "covariance": r.covariance, "figures": r.figures, "dir": dir }),
+        "covariance": r.covariance, "figures": r.figures, "dir": dir,
+        "units": { "real": r.scores_real, "adv": r.scores_adv } }),
     )
 }
 
@@ -548,7 +562,7 @@ fn key_e7(env: &Env, st: &Stage, inp: &Inputs) -> Result<Value> {
 fn run_e7(env: &Env, st: &Stage, inp: &Inputs, _: &Path) -> Result<Value> {
     let (ck, p) = (ckpt_in(st, inp)?, &env.cfg.profile);
     let mut m = Model::load(&ck)?;
-    to_value(&fgs_table(
+    let t = fgs_table(
         env.be,
         &mut m,
         &ck,
@@ -556,7 +570,20 @@ fn run_e7(env: &Env, st: &Stage, inp: &Inputs, _: &Path) -> Result<Value> {
         &p.fgs_eps,
         128,
         p.fgs_limit,
-    )?)
+    )?;
+    let mut v = to_value(&t)?;
+    v["units"] = json!({ "clean": bits_to_string(&t.clean.top1_hits),
+        "eps": t.rows.iter().map(|r| r.eps).collect::<Vec<_>>(),
+        "top1": t.rows.iter().map(|r| bits_to_string(&r.top1_hits)).collect::<Vec<_>>() });
+    Ok(v)
+}
+
+/// Per-neuron LC, CS1 and CS2 over every mined layer (the units of E3's intervals).
+fn neuron_units(r: &NeuronsResult) -> Value {
+    let all = || r.layers.iter().flat_map(|l| &l.neurons);
+    json!({ "lc": all().map(|n| n.lc).collect::<Vec<_>>(),
+        "cs1": all().map(|n| n.cs1).collect::<Vec<_>>(),
+        "cs2": all().map(|n| n.cs2).collect::<Vec<_>>() })
 }
 
 fn key_e8(env: &Env, st: &Stage, inp: &Inputs) -> Result<Value> {
@@ -672,6 +699,7 @@ fn run_e6(env: &Env, st: &Stage, inp: &Inputs, dir: &Path) -> Result<Value> {
     )?;
     Ok(
         json!({ "model": format!("{name}-adv"), "ckpt": ckp, "config": acfg,
-        "history": res.history, "valid": ev }),
+        "history": res.history, "valid": ev,
+        "units": { "valid_top1": bits_to_string(&ev.top1_hits) } }),
     )
 }

@@ -57,6 +57,10 @@ pub struct EvalReport {
     pub top5: f64,
     pub loss: f64,
     pub seconds: f64,
+    /// Per image, in evaluation order: was it a top-1 hit (the units of the accuracy's
+    /// confidence interval; kept out of the JSON, where it would swamp every history).
+    #[serde(skip)]
+    pub top1_hits: Vec<bool>,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -127,6 +131,18 @@ pub fn topk_hits(logits: &[f32], k: usize, labels: &[u32]) -> (usize, usize) {
     (t1, t5)
 }
 
+/// Per row: is the label's score the highest (the top-1 rule of `topk_hits`, one flag a row).
+pub fn top1_flags(logits: &[f32], k: usize, labels: &[u32]) -> Vec<bool> {
+    logits
+        .chunks_exact(k)
+        .zip(labels)
+        .map(|(row, &y)| {
+            let v = row[y as usize];
+            !v.is_nan() && row.iter().all(|&x| x <= v)
+        })
+        .collect()
+}
+
 /// An error when logits hold a NaN or an infinity: every accuracy, loss or attack computed from
 /// them would be meaningless (finite weights can still overflow, e.g. weights of 3e38).
 /// `what` says where they came from ("eval of runs/x/last.safetensors on test.safetensors").
@@ -195,6 +211,7 @@ pub fn evaluate(
     let k = model.num_classes();
     let (mut t1, mut t5, mut n) = (0usize, 0usize, 0usize);
     let mut loss = 0.0f64;
+    let mut hits = Vec::with_capacity(total);
     for b in batches {
         let b = b?;
         let logits = model.predict(be, &b.images)?;
@@ -207,6 +224,7 @@ pub fn evaluate(
         let (l, _) = be.softmax_xent(&logits, &b.labels)?;
         loss += l.to_vec()?.iter().map(|&x| x as f64).sum::<f64>();
         let (a, c) = topk_hits(&host, k, &b.labels);
+        hits.extend(top1_flags(&host, k, &b.labels));
         t1 += a;
         t5 += c;
         n += b.labels.len();
@@ -220,6 +238,7 @@ pub fn evaluate(
         top5: t5 as f64 / nf,
         loss: loss / nf,
         seconds: t0.elapsed().as_secs_f64(),
+        top1_hits: hits,
     })
 }
 

@@ -1,0 +1,365 @@
+//! Paths whose results no other test checked: each test here names the mutant (cargo-mutants,
+//! issue 14) that survived the suite before it, and fails when the code is wrong that way.
+//! Inputs are fresh seeded random values at sizes past the code's internal block sizes.
+
+mod common;
+
+use advlens::analysis::pd::prediction_difference_batch;
+use advlens::analysis::ratios::{mean_within_distance, row_distance_sums};
+use advlens::analysis::semantics::{lc_curve, uniform_edges, NeuronSemantics};
+use advlens::analysis::topk::{top_fraction_k, Hit, TopK};
+use advlens::attack::methods::{ensemble_attack, ensemble_mean_probs, input_grad, EnsembleAttack};
+use advlens::backend::cpu::CpuBackend;
+use advlens::backend::Backend;
+use advlens::data::idx::IdxStream;
+use advlens::nn::model::ModelSpec;
+use advlens::nn::optim::{OptimConfig, Optimizer};
+use advlens::nn::train::train_step;
+use advlens::nn::Model;
+use advlens::rng::Rng;
+use advlens::Tensor;
+
+/// The exact top k of a channel under the documented order (larger value, then smaller id).
+fn brute_topk(vals: &[(f32, u32)], k: usize) -> Vec<Hit> {
+    let mut v: Vec<Hit> = vals.iter().map(|&(value, id)| Hit { value, id }).collect();
+    v.sort_by(|a, b| b.value.total_cmp(&a.value).then(a.id.cmp(&b.id)));
+    v.truncate(k);
+    v
+}
+
+/// Mutant: `TopK::push_batch` wrong beyond its first 128-channel block (channel offset c0).
+#[test]
+fn topk_push_batch_is_exact_past_the_first_channel_block() {
+    let (c, k) = (301usize, 7usize);
+    let mut rng = Rng::new(20261202);
+    let mut t = TopK::new(c, k).unwrap();
+    let mut per_channel: Vec<Vec<(f32, u32)>> = vec![Vec::new(); c];
+    let mut next_id = 0u32;
+    for batch in [17usize, 1, 29, 5] {
+        let ids: Vec<u32> = (0..batch as u32).map(|i| next_id + i).collect();
+        next_id += batch as u32;
+        // Quantised values, so ties (broken by id) occur.
+        let acts: Vec<f32> = (0..batch * c)
+            .map(|_| (rng.normal() * 4.0).round() as f32 / 4.0)
+            .collect();
+        for (b, &id) in ids.iter().enumerate() {
+            for ch in 0..c {
+                per_channel[ch].push((acts[b * c + ch], id));
+            }
+        }
+        t.push_batch(&acts, &ids).unwrap();
+    }
+    let got = t.finish();
+    for ch in 0..c {
+        assert_eq!(got[ch], brute_topk(&per_channel[ch], k), "channel {ch}");
+    }
+}
+
+fn direct_sums(a: &[f64], b: &[f64], d: usize) -> Vec<f64> {
+    a.chunks_exact(d)
+        .map(|x| {
+            b.chunks_exact(d)
+                .map(|y| {
+                    x.iter()
+                        .zip(y)
+                        .map(|(p, q)| (p - q) * (p - q))
+                        .sum::<f64>()
+                        .sqrt()
+                })
+                .sum()
+        })
+        .collect()
+}
+
+fn cloud(rng: &mut Rng, n: usize, d: usize, offset: f64) -> Vec<f64> {
+    (0..n * d).map(|_| offset + rng.normal()).collect()
+}
+
+/// Mutants: the r1/r2 distance sums wrong past 256 rows (block index, partial last block), and
+/// the centring on b's centroid removed (catastrophic cancellation far from the origin).
+#[test]
+fn distance_sums_are_exact_past_one_block_and_far_from_the_origin() {
+    let mut rng = Rng::new(7);
+    let d = 5;
+    for offset in [0.0, 3.0e7] {
+        let a = cloud(&mut rng, 300, d, offset);
+        let b = cloud(&mut rng, 521, d, offset);
+        let got = row_distance_sums(&a, &b, d);
+        let want = direct_sums(&a, &b, d);
+        assert_eq!(got.len(), 300);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-7 * w.abs(),
+                "offset {offset}: row {i}: {g} vs {w}"
+            );
+        }
+        // The within-set mean (diagonal left out) over 521 rows: 3 blocks.
+        let n = 521.0;
+        let w: f64 = direct_sums(&b, &b, d).iter().sum::<f64>() / (n * (n - 1.0));
+        let g = mean_within_distance(&b, d).unwrap();
+        assert!(
+            (g - w).abs() <= 1e-7 * w,
+            "offset {offset}: within {g} vs {w}"
+        );
+    }
+}
+
+/// Mutant: `IdxStream::next_item` accepting an item the data ends inside.
+#[test]
+fn idx_cut_inside_an_item_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("cut-idx3-ubyte");
+    let mut bytes = vec![0, 0, 8, 3];
+    for dim in [3u32, 2, 2] {
+        bytes.extend(dim.to_be_bytes());
+    }
+    bytes.extend([1u8, 2, 3, 4, 5, 6, 7, 8, 9]); // items 0 and 1, then 1 of item 2's 4 bytes
+    std::fs::write(&p, &bytes).unwrap();
+    let mut s = IdxStream::open(&p, 0x0000_0803).unwrap();
+    let mut buf = [0u8; 4];
+    s.next_item(&mut buf).unwrap();
+    assert_eq!(buf, [1, 2, 3, 4]);
+    s.next_item(&mut buf).unwrap();
+    assert_eq!(buf, [5, 6, 7, 8]);
+    let e = s.next_item(&mut buf).unwrap_err().to_string();
+    assert!(e.contains("inside item 2"), "{e}");
+}
+
+/// Mutant: the near-integer rule of `top_fraction_k` (ceil of a product that float rounding
+/// pushed just above an integer).
+#[test]
+fn top_fraction_k_rounds_near_integers_and_ceils_the_rest() {
+    assert!(100.0 * 0.07 > 7.0, "the float product this test relies on");
+    assert_eq!(top_fraction_k(100, 0.07), 7);
+    assert_eq!(top_fraction_k(50_000, 0.01), 500);
+    assert_eq!(top_fraction_k(1_800, 0.01), 18);
+    assert_eq!(top_fraction_k(101, 0.01), 2);
+    assert_eq!(top_fraction_k(150, 0.01), 2);
+    assert_eq!(top_fraction_k(10, 0.0001), 1);
+    assert_eq!(top_fraction_k(10, 2.0), 10);
+}
+
+/// Mutant: `LcBin.hi` (or `lo`) not the bin's edges in the Fig. 4 output.
+#[test]
+fn lc_curve_bins_carry_their_own_edges() {
+    let edges = uniform_edges(0.1, 0.9, 4);
+    let neurons: Vec<NeuronSemantics> = [0.15, 0.35, 0.36, 0.9, 0.95]
+        .iter()
+        .map(|&lc| NeuronSemantics {
+            lc,
+            cs1: lc / 2.0,
+            cs2: 1.0 - lc,
+        })
+        .collect();
+    let bins = lc_curve(&neurons, &edges).unwrap();
+    assert_eq!(bins.len(), 4);
+    for (i, b) in bins.iter().enumerate() {
+        assert_eq!((b.lo, b.hi), (edges[i], edges[i + 1]), "bin {i}");
+    }
+    let counts: Vec<usize> = bins.iter().map(|b| b.count).collect();
+    assert_eq!(counts, [1, 2, 0, 1]);
+    assert!((bins[1].cs1_mean.unwrap() - 0.1775).abs() < 1e-12);
+}
+
+/// Mutant: `prediction_difference_batch` accepting a g_removed that is not B x M x K.
+#[test]
+fn pd_batch_rejects_a_removed_set_of_the_wrong_shape() {
+    let k = 3;
+    let g = vec![0.2f32, 0.3, 0.5, 0.6, 0.3, 0.1]; // B = 2
+    let c: Vec<f64> = (0..k * k)
+        .map(|i| if i % (k + 1) == 0 { 1.0 } else { 0.0 })
+        .collect();
+    let ok = vec![0.3f32; 2 * 2 * k];
+    assert_eq!(
+        prediction_difference_batch(&g, &ok, &c, k).unwrap().len(),
+        4
+    );
+    for bad in [2 * 2 * k + k, 2 * 2 * k - 1, k] {
+        let r = prediction_difference_batch(&g, &vec![0.3f32; bad], &c, k);
+        assert!(r.is_err(), "g_removed of {bad} values accepted");
+    }
+}
+
+fn tiny_model(seed: u64) -> Model {
+    let mut spec = ModelSpec::new("small-vgg16", 10, (1, 28, 28));
+    spec.width = 4;
+    Model::from_spec(&spec, seed).unwrap()
+}
+
+fn images(rng: &mut Rng, n: usize) -> Tensor {
+    let v: Vec<f32> = (0..n * 784)
+        .map(|_| (rng.uniform() * 255.0) as f32)
+        .collect();
+    Tensor::from_vec(&[n, 1, 28, 28], v).unwrap()
+}
+
+fn softmax_rows(l: &[f32], k: usize) -> Vec<f64> {
+    l.chunks_exact(k)
+        .flat_map(|r| {
+            let m = r.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+            let e: Vec<f64> = r.iter().map(|&x| (x as f64 - m).exp()).collect();
+            let s: f64 = e.iter().sum();
+            e.into_iter().map(move |x| x / s)
+        })
+        .collect()
+}
+
+/// Mutant: `ensemble_mean_probs` not the plain mean of each model's softmax.
+#[test]
+fn ensemble_mean_probs_is_the_mean_of_the_members_softmax() {
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(3);
+    let x = images(&mut rng, 5);
+    let mut models = vec![tiny_model(1), tiny_model(2), tiny_model(3)];
+    let got = ensemble_mean_probs(&be, &mut models, &x).unwrap();
+    let mut want = vec![0.0f64; 50];
+    for m in models.iter_mut() {
+        let p = softmax_rows(&m.predict(&be, &x).unwrap().to_vec().unwrap(), 10);
+        want.iter_mut().zip(&p).for_each(|(w, v)| *w += v / 3.0);
+    }
+    common::assert_close(&got, &want, 1e-6, 1e-5, "ensemble mean probabilities");
+    let one = softmax_rows(&models[0].predict(&be, &x).unwrap().to_vec().unwrap(), 10);
+    let far = got
+        .iter()
+        .zip(&one)
+        .any(|(g, o)| (*g as f64 - o).abs() > 1e-3);
+    assert!(far, "the members differ, so the mean is not any one member");
+}
+
+/// The attack of Eq. 1 written out on the host: Adam on x* with the summed cross-entropy input
+/// gradients plus lambda (x* - x) / ||x* - x|| per image, clipped to [0, 255] after each step.
+fn attack_by_hand(
+    be: &dyn Backend,
+    models: &mut [Model],
+    x: &[f32],
+    n: usize,
+    targets: &[u32],
+    h: &EnsembleAttack,
+) -> Vec<f32> {
+    let per = x.len() / n;
+    let (mut adv, mut m, mut v) = (x.to_vec(), vec![0f32; x.len()], vec![0f32; x.len()]);
+    for step in 1..=h.steps as i32 {
+        let t = Tensor::from_vec(&[n, 1, 28, 28], adv.clone()).unwrap();
+        let mut g = vec![0f32; x.len()];
+        for model in models.iter_mut() {
+            let gi = input_grad(be, model, &t, targets)
+                .unwrap()
+                .2
+                .to_vec()
+                .unwrap();
+            g.iter_mut().zip(&gi).for_each(|(a, b)| *a += b);
+        }
+        for i in 0..n {
+            let (a, b) = (&adv[i * per..(i + 1) * per], &x[i * per..(i + 1) * per]);
+            let norm = a
+                .iter()
+                .zip(b)
+                .map(|(p, q)| ((p - q) as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            if norm > 0.0 {
+                for j in 0..per {
+                    g[i * per + j] += (h.lambda as f64 * (a[j] - b[j]) as f64 / norm) as f32;
+                }
+            }
+        }
+        let (bc1, bc2) = (
+            1.0 - (h.beta1 as f64).powi(step),
+            1.0 - (h.beta2 as f64).powi(step),
+        );
+        for j in 0..x.len() {
+            m[j] = h.beta1 * m[j] + (1.0 - h.beta1) * g[j];
+            v[j] = h.beta2 * v[j] + (1.0 - h.beta2) * g[j] * g[j];
+            let denom = v[j].sqrt() / bc2.sqrt() as f32 + h.adam_eps;
+            adv[j] = (adv[j] - (h.lr as f64 / bc1) as f32 * m[j] / denom).clamp(0.0, 255.0);
+        }
+    }
+    adv
+}
+
+/// Mutants: the ensemble attack's lambda distance term dropped or mis-scaled, or the members'
+/// gradients not summed.
+#[test]
+fn ensemble_attack_follows_eq1_with_its_distance_term() {
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(11);
+    let n = 3;
+    let x = images(&mut rng, n);
+    let xs = x.to_vec().unwrap();
+    let targets = [4u32, 7, 0];
+    let mut models = vec![tiny_model(5), tiny_model(6)];
+    let run = |models: &mut [Model], lambda: f32| {
+        let h = EnsembleAttack {
+            steps: 4,
+            lambda,
+            ..EnsembleAttack::default()
+        };
+        let got = ensemble_attack(&be, models, &x, &targets, &h)
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        let want = attack_by_hand(&be, models, &xs, n, &targets, &h);
+        (got, want)
+    };
+    let (got, want) = run(&mut models, 0.5);
+    let want64: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+    common::assert_close(
+        &got,
+        &want64,
+        2e-3,
+        1e-5,
+        "ensemble attack vs Eq. 1 by hand",
+    );
+    let (free, _) = run(&mut models, 0.0);
+    let moved = got
+        .iter()
+        .zip(&free)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        moved > 0.5,
+        "lambda 0.5 changes x* by at most {moved}: the term has no effect"
+    );
+}
+
+/// Mutant: `Optimizer::set_lr` a no-op (the learning-rate schedule silently ignored).
+#[test]
+fn set_lr_scales_the_next_update() {
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(13);
+    let x = images(&mut rng, 4);
+    let labels = [1u32, 2, 3, 4];
+    let delta = |lr: Option<f32>| {
+        let mut m = tiny_model(9);
+        let before: Vec<Vec<f32>> = m
+            .params()
+            .iter()
+            .map(|p| p.value.to_vec().unwrap())
+            .collect();
+        let mut opt = Optimizer::new(OptimConfig::sgd(0.01, 0.0, 0.0)).unwrap();
+        if let Some(lr) = lr {
+            opt.set_lr(lr);
+        }
+        train_step(&be, &mut m, &mut opt, &x, &labels).unwrap();
+        m.params()
+            .iter()
+            .zip(&before)
+            .flat_map(|(p, b)| {
+                let a = p.value.to_vec().unwrap();
+                a.iter()
+                    .zip(b)
+                    .map(|(x, y)| (x - y) as f64)
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<f64>>()
+    };
+    let (base, scaled, zero) = (delta(None), delta(Some(0.03)), delta(Some(0.0)));
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    assert!(norm(&base) > 0.0);
+    let ratio = norm(&scaled) / norm(&base);
+    assert!(
+        (ratio - 3.0).abs() < 1e-3,
+        "lr 0.03 / 0.01 moved the weights {ratio} times as far"
+    );
+    assert_eq!(norm(&zero), 0.0, "lr 0 still moved the weights");
+}
