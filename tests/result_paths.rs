@@ -211,6 +211,15 @@ fn ensemble_mean_probs_is_the_mean_of_the_members_softmax() {
     let mut rng = Rng::new(3);
     let x = images(&mut rng, 5);
     let mut models = vec![tiny_model(1), tiny_model(2), tiny_model(3)];
+    // At initialisation every member is near uniform; a sharper classifier makes them differ.
+    for m in models.iter_mut() {
+        let mut ps = m.params_mut();
+        let n = ps.len();
+        for p in ps[n - 2..].iter_mut() {
+            let v: Vec<f32> = p.value.to_vec().unwrap().iter().map(|x| 50.0 * x).collect();
+            p.value = Tensor::from_vec(p.value.shape(), v).unwrap();
+        }
+    }
     let got = ensemble_mean_probs(&be, &mut models, &x).unwrap();
     let mut want = vec![0.0f64; 50];
     for m in models.iter_mut() {
@@ -301,7 +310,25 @@ fn ensemble_attack_follows_eq1_with_its_distance_term() {
         let want = attack_by_hand(&be, models, &xs, n, &targets, &h);
         (got, want)
     };
-    let (got, want) = run(&mut models, 0.5);
+    // Adam is blind to a common scale of the gradient, so a mis-scaled lambda only shows when
+    // the distance term and the cross-entropy terms are of one size: lambda = the mean norm of
+    // the summed cross-entropy input gradient (the distance term's norm is lambda itself).
+    let mut ce = vec![0f32; xs.len()];
+    for m in models.iter_mut() {
+        let g = input_grad(&be, m, &x, &targets)
+            .unwrap()
+            .2
+            .to_vec()
+            .unwrap();
+        ce.iter_mut().zip(&g).for_each(|(a, b)| *a += b);
+    }
+    let lambda = ce
+        .chunks_exact(784)
+        .map(|r| r.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt())
+        .sum::<f64>() as f32
+        / n as f32;
+    assert!(lambda > 0.0);
+    let (got, want) = run(&mut models, lambda);
     let want64: Vec<f64> = want.iter().map(|&v| v as f64).collect();
     common::assert_close(
         &got,
@@ -310,16 +337,18 @@ fn ensemble_attack_follows_eq1_with_its_distance_term() {
         1e-5,
         "ensemble attack vs Eq. 1 by hand",
     );
-    let (free, _) = run(&mut models, 0.0);
-    let moved = got
-        .iter()
-        .zip(&free)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    assert!(
-        moved > 0.5,
-        "lambda 0.5 changes x* by at most {moved}: the term has no effect"
-    );
+    for other in [0.0, 2.0 * lambda] {
+        let (o, _) = run(&mut models, other);
+        let moved = got
+            .iter()
+            .zip(&o)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            moved > 0.05,
+            "lambda {other} instead of {lambda} moves x* by {moved} at most"
+        );
+    }
 }
 
 /// Mutant: `Optimizer::set_lr` a no-op (the learning-rate schedule silently ignored).
