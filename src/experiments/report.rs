@@ -288,12 +288,18 @@ fn scoreboard_md(md: &mut String, r: &Value) {
     );
     for fnd in r["findings"].as_array().cloned().unwrap_or_default() {
         let parts = fnd["parts"].as_array().cloned().unwrap_or_default();
+        // The paper's models by position (AlexNet, VGG-16, ResNet-18), whatever ours are called.
+        let paper_models = paper_numbers()["models"].clone();
+        let per_model = (parts.len() / 3).max(1);
         let paper: Vec<String> = parts
             .iter()
-            .filter_map(|p| {
-                p["paper"]
-                    .as_f64()
-                    .map(|x| format!("{} {x}", p["model"].as_str().unwrap_or("?")))
+            .enumerate()
+            .filter_map(|(j, p)| {
+                let name = paper_models[j / per_model]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string();
+                p["paper"].as_f64().map(|x| format!("{name} {x}"))
             })
             .collect();
         let ours: Vec<String> = parts.iter().map(part_cell).collect();
