@@ -129,7 +129,10 @@ fn idx_cut_inside_an_item_is_an_error_naming_it() {
 /// pushed just above an integer).
 #[test]
 fn top_fraction_k_rounds_near_integers_and_ceils_the_rest() {
-    let (n, f) = (std::hint::black_box(100usize), std::hint::black_box(0.07f64));
+    let (n, f) = (
+        std::hint::black_box(100usize),
+        std::hint::black_box(0.07f64),
+    );
     assert!(n as f64 * f > 7.0, "the float product this test relies on");
     assert_eq!(top_fraction_k(100, 0.07), 7);
     assert_eq!(top_fraction_k(50_000, 0.01), 500);

@@ -220,7 +220,7 @@ impl Inputs<'_> {
                         },
                     )
                 });
-                let what = "|mean r1 before - 1| - |mean r1 after - 1|";
+                let what = "distance of mean r1 from 1, before minus after";
                 self.part(i, what, ci, 0.0, Side::Above)
             })
             .collect()

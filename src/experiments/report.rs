@@ -241,7 +241,7 @@ pub fn write_report(out: &Path, r: &Value) -> Result<()> {
 
     // HTML: the same tables (rendered from the Markdown's structure), every figure inline beside
     // the paper figure it reproduces, and the stage timings folded at the end.
-    let mut html = String::from("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>advlens report</title><style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}th{background:#eee}figure{display:inline-block;margin:6px;vertical-align:top}figure img{max-width:520px}figcaption{font-size:small;color:#555}.missing{color:#b00}</style></head><body>\n");
+    let mut html = String::from("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>advlens report</title><style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}td{white-space:nowrap}td:first-child{text-align:left;white-space:normal}th{background:#eee}figure{display:inline-block;margin:6px;vertical-align:top}figure img{max-width:520px}figcaption{font-size:small;color:#555}.missing{color:#b00}</style></head><body>\n");
     html.push_str(&md_to_html(&md));
     figures_html(&mut html, r);
     let mut st = String::new();
@@ -284,37 +284,33 @@ fn verdict_of(fnd: &Value) -> &str {
 fn scoreboard_md(md: &mut String, r: &Value) {
     let _ = writeln!(
         md,
-        "## Scoreboard\n\n| finding | paper | ours (estimate [95% CI]) | verdict |\n|---|---|---|---|"
+        "## Scoreboard\n\n| finding | verdict | model (paper's) | statistic | paper | ours: estimate [95% CI] | this model |\n|---|---|---|---|---|---|---|"
     );
+    // The paper's models by position (AlexNet, VGG-16, ResNet-18), whatever ours are called.
+    let paper_models = paper_numbers()["models"].clone();
     for fnd in r["findings"].as_array().cloned().unwrap_or_default() {
         let parts = fnd["parts"].as_array().cloned().unwrap_or_default();
-        // The paper's models by position (AlexNet, VGG-16, ResNet-18), whatever ours are called.
-        let paper_models = paper_numbers()["models"].clone();
         let per_model = (parts.len() / 3).max(1);
-        let paper: Vec<String> = parts
-            .iter()
-            .enumerate()
-            .filter_map(|(j, p)| {
-                let name = paper_models[j / per_model]
-                    .as_str()
-                    .unwrap_or("?")
-                    .to_string();
-                p["paper"].as_f64().map(|x| format!("{name} {x}"))
-            })
-            .collect();
-        let ours: Vec<String> = parts.iter().map(part_cell).collect();
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | **{}** |",
-            fnd["statement"].as_str().unwrap_or(""),
-            if paper.is_empty() {
-                "holds".to_string()
+        for (j, p) in parts.iter().enumerate() {
+            let (finding, verdict) = if j == 0 {
+                (
+                    fnd["statement"].as_str().unwrap_or("").to_string(),
+                    format!("**{}**", verdict_of(&fnd)),
+                )
             } else {
-                paper.join(", ")
-            },
-            ours.join("; "),
-            verdict_of(&fnd)
-        );
+                (String::new(), String::new())
+            };
+            let _ = writeln!(
+                md,
+                "| {finding} | {verdict} | {} ({}) | {} | {} | {} | {} |",
+                p["model"].as_str().unwrap_or("?"),
+                paper_models[j / per_model].as_str().unwrap_or("?"),
+                p["statistic"].as_str().unwrap_or("?"),
+                p["paper"].as_f64().map_or("-".into(), |x| x.to_string()),
+                part_cell(p),
+                p["verdict"].as_str().unwrap_or("?")
+            );
+        }
     }
     let _ = writeln!(
         md,
@@ -327,19 +323,13 @@ fn part_cell(p: &Value) -> String {
         .as_str()
         .is_some_and(|s| s.contains("points"));
     let ci = serde_json::from_value::<crate::analysis::stats::Ci>(p["ci"].clone()).ok();
-    let shown = ci.map_or("n/a".into(), |c| {
+    ci.map_or("n/a".into(), |c| {
         if pct {
             c.scaled(100.0).show(2)
         } else {
             c.show(3)
         }
-    });
-    format!(
-        "{} {}: {shown} ({})",
-        p["model"].as_str().unwrap_or("?"),
-        p["statistic"].as_str().unwrap_or("?"),
-        p["verdict"].as_str().unwrap_or("?")
-    )
+    })
 }
 
 fn findings_md(md: &mut String, r: &Value) {
