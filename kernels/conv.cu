@@ -243,3 +243,65 @@ conv2d_bwd_filter_f32_v2(const float* __restrict__ x, const float* __restrict__ 
     BwdFilterStore st{dw, C * R * R};
     adv_tile_gemm(K, C * R * R, N * P * Q, la, lb, st);
 }
+
+// ------------------------------------------------------------ tensor cores: _tf32_v1, _bf16_v1 --
+// The v2 implicit GEMMs on adv_tc_gemm (common.cuh): same loaders and stores, same argument
+// lists, block 128 threads, grid (ceil(Ncols / 64), ceil(Mrows / 64)). Inputs (x, w, dy) are
+// rounded to tf32 (cvt.rna) or bf16 (round to nearest even) on their way into shared memory;
+// products are exact and accumulate in f32 (the bias is added in f32 after). CPU twin: the
+// oracle on inputs rounded the same way (src/backend/precision.rs), equal up to the order of
+// the f32 additions.
+
+extern "C" __global__ void __launch_bounds__(128)
+conv2d_fwd_tf32_v1(const float* __restrict__ x, const float* __restrict__ w,
+                   const float* __restrict__ b, float* __restrict__ y, int N, int C, int H, int W,
+                   int K, int R, int P, int Q, int stride, int pad, int has_bias) {
+    ConvGeom g = conv_geom(N, C, H, W, K, R, P, Q, stride, pad);
+    adv_tc_gemm<AdvTf32>(K, N * P * Q, C * R * R, FwdLoadW{w, C * R * R}, FwdLoadX{x, g},
+                         FwdStore{y, b, has_bias, g});
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+conv2d_fwd_bf16_v1(const float* __restrict__ x, const float* __restrict__ w,
+                   const float* __restrict__ b, float* __restrict__ y, int N, int C, int H, int W,
+                   int K, int R, int P, int Q, int stride, int pad, int has_bias) {
+    ConvGeom g = conv_geom(N, C, H, W, K, R, P, Q, stride, pad);
+    adv_tc_gemm<AdvBf16>(K, N * P * Q, C * R * R, FwdLoadW{w, C * R * R}, FwdLoadX{x, g},
+                         FwdStore{y, b, has_bias, g});
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+conv2d_bwd_data_tf32_v1(const float* __restrict__ dy, const float* __restrict__ w,
+                        float* __restrict__ dx, int N, int C, int H, int W, int K, int R, int P,
+                        int Q, int stride, int pad) {
+    ConvGeom g = conv_geom(N, C, H, W, K, R, P, Q, stride, pad);
+    adv_tc_gemm<AdvTf32>(C, N * H * W, K * R * R, BwdDataLoadW{w, g}, BwdDataLoadDy{dy, g},
+                         BwdDataStore{dx, g});
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+conv2d_bwd_data_bf16_v1(const float* __restrict__ dy, const float* __restrict__ w,
+                        float* __restrict__ dx, int N, int C, int H, int W, int K, int R, int P,
+                        int Q, int stride, int pad) {
+    ConvGeom g = conv_geom(N, C, H, W, K, R, P, Q, stride, pad);
+    adv_tc_gemm<AdvBf16>(C, N * H * W, K * R * R, BwdDataLoadW{w, g}, BwdDataLoadDy{dy, g},
+                         BwdDataStore{dx, g});
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+conv2d_bwd_filter_tf32_v1(const float* __restrict__ x, const float* __restrict__ dy,
+                          float* __restrict__ dw, int N, int C, int H, int W, int K, int R, int P,
+                          int Q, int stride, int pad) {
+    ConvGeom g = conv_geom(N, C, H, W, K, R, P, Q, stride, pad);
+    adv_tc_gemm<AdvTf32>(K, C * R * R, N * P * Q, BwdFilterLoadDy{dy, g},
+                         BwdFilterLoadX{{x, g}}, BwdFilterStore{dw, C * R * R});
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+conv2d_bwd_filter_bf16_v1(const float* __restrict__ x, const float* __restrict__ dy,
+                          float* __restrict__ dw, int N, int C, int H, int W, int K, int R, int P,
+                          int Q, int stride, int pad) {
+    ConvGeom g = conv_geom(N, C, H, W, K, R, P, Q, stride, pad);
+    adv_tc_gemm<AdvBf16>(K, C * R * R, N * P * Q, BwdFilterLoadDy{dy, g},
+                         BwdFilterLoadX{{x, g}}, BwdFilterStore{dw, C * R * R});
+}

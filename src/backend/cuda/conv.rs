@@ -1,7 +1,8 @@
-//! Convolutions on the device: kernels/conv.cu (v1 direct, v2 implicit GEMM) and the bias
-//! gradient in kernels/reduce.cu.
+//! Convolutions on the device: kernels/conv.cu (v1 direct, v2 implicit GEMM, tensor-core
+//! `_tf32_v1` / `_bf16_v1` implicit GEMM) and the bias gradient in kernels/reduce.cu.
 use super::kernel_table::{self as kt, Kernel};
 use super::{as_i32, grid_1d, ConvVersion, CudaBackend};
+use crate::backend::precision::Precision;
 use crate::backend::{Conv2dGrads, Conv2dParams};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -56,6 +57,33 @@ impl Geom {
     }
 }
 
+/// The kernels of one conv pass, one per (precision, version); each set shares one signature.
+struct ConvKernels {
+    v1: Kernel,
+    v2: Kernel,
+    tf32: Kernel,
+    bf16: Kernel,
+}
+
+const FWD: ConvKernels = ConvKernels {
+    v1: kt::CONV_FWD_V1,
+    v2: kt::CONV_FWD_V2,
+    tf32: kt::CONV_FWD_TF32,
+    bf16: kt::CONV_FWD_BF16,
+};
+const BWD_DATA: ConvKernels = ConvKernels {
+    v1: kt::CONV_BWD_DATA_V1,
+    v2: kt::CONV_BWD_DATA_V2,
+    tf32: kt::CONV_BWD_DATA_TF32,
+    bf16: kt::CONV_BWD_DATA_BF16,
+};
+const BWD_FILTER: ConvKernels = ConvKernels {
+    v1: kt::CONV_BWD_FILTER_V1,
+    v2: kt::CONV_BWD_FILTER_V2,
+    tf32: kt::CONV_BWD_FILTER_TF32,
+    bf16: kt::CONV_BWD_FILTER_BF16,
+};
+
 /// Grid of the 64x64-tile GEMM kernels for an [m, n] output.
 pub(super) fn gemm_grid(m: usize, n: usize) -> LaunchConfig {
     LaunchConfig {
@@ -99,7 +127,7 @@ impl CudaBackend {
         let total = shape.iter().product::<usize>();
         let mut y = self.alloc(total, "conv2d output")?;
         if total > 0 {
-            let (kern, cfg) = self.pick(kt::CONV_FWD_V1, kt::CONV_FWD_V2, total, g.k);
+            let (kern, cfg) = self.pick(&FWD, total, g.k);
             let Geom {
                 n,
                 c,
@@ -112,10 +140,10 @@ impl CudaBackend {
                 stride,
                 pad,
             } = g;
-            // SAFETY: conv2d_fwd_f32_v1/_v2(const float* x, const float* w, const float* b,
+            // SAFETY: conv2d_fwd_{f32_v1,f32_v2,tf32_v1,bf16_v1}(const float* x, const float* w, const float* b,
             // float* y, int N, int C, int H, int W, int K, int R, int P, int Q, int stride,
             // int pad, int has_bias); x, w, b, y hold N*C*H*W, K*C*R*R, K, N*K*P*Q values
-            // (checked by Geom::new and the bias check above); v2 needs 256 threads (pick).
+            // (checked by Geom::new and the bias check above); block size from pick.
             unsafe {
                 launch!(
                     self,
@@ -223,8 +251,8 @@ impl CudaBackend {
         let total = x.numel();
         let mut dx = self.alloc(total, "conv2d dx")?;
         if total > 0 && dy.numel() > 0 {
-            let (kern, cfg) = self.pick(kt::CONV_BWD_DATA_V1, kt::CONV_BWD_DATA_V2, total, g.c);
-            // SAFETY: conv2d_bwd_data_f32_v1/_v2(const float* dy, const float* w, float* dx,
+            let (kern, cfg) = self.pick(&BWD_DATA, total, g.c);
+            // SAFETY: conv2d_bwd_data_{f32_v1,f32_v2,tf32_v1,bf16_v1}(const float* dy, const float* w, float* dx,
             // <geometry>); dy, w, dx hold N*K*P*Q, K*C*R*R, N*C*H*W values.
             unsafe { self.launch_bwd(kern, cfg, dys, ws, dx.slice_mut(), g) }?;
         } else if total > 0 {
@@ -243,24 +271,30 @@ impl CudaBackend {
         let wtotal = w.numel();
         let mut dw = self.alloc(wtotal, "conv2d dw")?;
         if wtotal > 0 {
-            let (kern, cfg) =
-                self.pick(kt::CONV_BWD_FILTER_V1, kt::CONV_BWD_FILTER_V2, wtotal, g.k);
-            // SAFETY: conv2d_bwd_filter_f32_v1/_v2(const float* x, const float* dy, float* dw,
+            let (kern, cfg) = self.pick(&BWD_FILTER, wtotal, g.k);
+            // SAFETY: conv2d_bwd_filter_{f32_v1,f32_v2,tf32_v1,bf16_v1}(const float* x, const float* dy, float* dw,
             // <geometry>); x, dy, dw hold N*C*H*W, N*K*P*Q, K*C*R*R values.
             unsafe { self.launch_bwd(kern, cfg, xs, dys, dw.slice_mut(), g) }?;
         }
         Ok(self.tensor(w.shape(), dw))
     }
 
-    /// The selected version's kernel and launch: v1 a grid-stride loop over `total` outputs,
-    /// v2 a 64x64-tiled GEMM of `rows` x (total / rows) outputs with 256 threads.
-    fn pick(&self, v1: Kernel, v2: Kernel, total: usize, rows: i32) -> (Kernel, LaunchConfig) {
-        match self.conv_version {
-            ConvVersion::V1 => (v1, grid_1d(total)),
-            ConvVersion::V2 => {
-                let rows = rows.max(1) as usize;
-                (v2, gemm_grid(rows, total / rows))
-            }
+    /// The kernel and launch for this backend's precision and version: f32 v1 a grid-stride
+    /// loop over `total` outputs; f32 v2 a 64x64-tiled GEMM of `rows` x (total / rows) outputs
+    /// with 256 threads; tf32/bf16 the tensor-core GEMM on the same 64x64 tiles with 128
+    /// threads (the conv version does not apply to them).
+    fn pick(&self, ks: &ConvKernels, total: usize, rows: i32) -> (Kernel, LaunchConfig) {
+        let rows = rows.max(1) as usize;
+        let tc = |k: Kernel| {
+            let mut cfg = gemm_grid(rows, total / rows);
+            cfg.block_dim = (128, 1, 1);
+            (k, cfg)
+        };
+        match (self.precision, self.conv_version) {
+            (Precision::Tf32, _) => tc(ks.tf32),
+            (Precision::Bf16, _) => tc(ks.bf16),
+            (Precision::F32, ConvVersion::V1) => (ks.v1, grid_1d(total)),
+            (Precision::F32, ConvVersion::V2) => (ks.v2, gemm_grid(rows, total / rows)),
         }
     }
 

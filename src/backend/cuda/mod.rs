@@ -17,6 +17,7 @@ use cudarc::driver::{
     DriverError, LaunchConfig,
 };
 
+use crate::backend::precision::Precision;
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};
 
@@ -43,6 +44,7 @@ mod conv;
 #[cfg(feature = "cudnn")]
 pub mod cudnn;
 mod dense;
+mod mma;
 mod norm;
 mod pointwise;
 mod pool;
@@ -473,6 +475,8 @@ pub struct CudaBackend {
     dev: Arc<Device>,
     conv_version: ConvVersion,
     gemm_version: GemmVersion,
+    /// f32: the SIMT kernels of `conv_version`; tf32/bf16: the tensor-core kernels.
+    precision: Precision,
 }
 
 impl CudaBackend {
@@ -483,6 +487,7 @@ impl CudaBackend {
             dev: Device::open(ordinal)?,
             conv_version: ConvVersion::V2,
             gemm_version: ConvVersion::V2,
+            precision: Precision::F32,
         })
     }
 
@@ -493,7 +498,22 @@ impl CudaBackend {
             dev: self.dev.clone(),
             conv_version: conv,
             gemm_version: gemm,
+            precision: self.precision,
         }
+    }
+
+    /// The same device with convolutions at `precision` (tf32/bf16: tensor-core kernels).
+    pub fn with_precision(&self, precision: Precision) -> CudaBackend {
+        CudaBackend {
+            dev: self.dev.clone(),
+            conv_version: self.conv_version,
+            gemm_version: self.gemm_version,
+            precision,
+        }
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Architecture the kernels are compiled for (e.g. "sm_90").
