@@ -16,7 +16,10 @@
 use std::borrow::Cow;
 
 /// Input precision of the convolution GEMMs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Default, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// Plain f32 (CUDA: the SIMT kernels; CPU: the oracle). The default.
     #[default]
@@ -29,6 +32,12 @@ pub enum Precision {
 
 impl Precision {
     pub const ALL: [Precision; 3] = [Precision::F32, Precision::Tf32, Precision::Bf16];
+
+    /// For `skip_serializing_if`: f32 is left out of configs and stage keys, so those written
+    /// before `--precision` existed still match.
+    pub fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
 
     pub fn name(self) -> &'static str {
         match self {
