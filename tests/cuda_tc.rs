@@ -136,7 +136,8 @@ fn mma_tiles_match_the_host_reference() {
 
 /// (n, c, h, w, k, r, stride, pad): batch 1, 1x1, 3x3 stride 2, 5x5, 7x7, 11x11 stride 4, K and
 /// C*R*R across the 64 / 16 tile edges, N*P*Q never a multiple of 64.
-const CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[
+type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
+const CASES: &[Case] = &[
     (1, 3, 9, 9, 5, 1, 1, 0),
     (2, 5, 11, 13, 67, 3, 2, 1),
     (1, 3, 13, 12, 7, 5, 1, 2),
