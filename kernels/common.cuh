@@ -103,9 +103,10 @@ __device__ __forceinline__ float adv_block_max(float v, float* scratch) {
 #define ADV_BK 16
 #define ADV_PAD 4
 
+// adv_tile_gemm over the reduction range [kb, ke) only (split-K: each split's partial sum).
 template <class LoadA, class LoadB, class Store>
-__device__ __forceinline__ void adv_tile_gemm(int M, int N, int Kd, const LoadA& la,
-                                              const LoadB& lb, const Store& st) {
+__device__ __forceinline__ void adv_tile_gemm_range(int M, int N, int kb, int ke, const LoadA& la,
+                                                    const LoadB& lb, const Store& st) {
     __shared__ float As[ADV_BK][ADV_BM + ADV_PAD];
     __shared__ float Bs[ADV_BK][ADV_BN + ADV_PAD];
     const int t = threadIdx.x;
@@ -120,16 +121,16 @@ __device__ __forceinline__ void adv_tile_gemm(int M, int N, int Kd, const LoadA&
 
     const int a_k = t & 15, a_m = t >> 4;   // + 16 * i rows
     const int b_n = t & 63, b_k = t >> 6;   // + 4 * i k's
-    for (int k0 = 0; k0 < Kd; k0 += ADV_BK) {
+    for (int k0 = kb; k0 < ke; k0 += ADV_BK) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             int m = m0 + a_m + 16 * i, k = k0 + a_k;
-            As[a_k][a_m + 16 * i] = (m < M && k < Kd) ? la(m, k) : 0.0f;
+            As[a_k][a_m + 16 * i] = (m < M && k < ke) ? la(m, k) : 0.0f;
         }
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             int k = k0 + b_k + 4 * i, n = n0 + b_n;
-            Bs[b_k + 4 * i][b_n] = (k < Kd && n < N) ? lb(k, n) : 0.0f;
+            Bs[b_k + 4 * i][b_n] = (k < ke && n < N) ? lb(k, n) : 0.0f;
         }
         __syncthreads();
 #pragma unroll
@@ -156,6 +157,12 @@ __device__ __forceinline__ void adv_tile_gemm(int M, int N, int Kd, const LoadA&
             if (n < N) st(m, n, acc[i][j]);
         }
     }
+}
+
+template <class LoadA, class LoadB, class Store>
+__device__ __forceinline__ void adv_tile_gemm(int M, int N, int Kd, const LoadA& la,
+                                              const LoadB& lb, const Store& st) {
+    adv_tile_gemm_range(M, N, 0, Kd, la, lb, st);
 }
 
 // ---- tensor-core MMA: one device function per shape, inline PTX on the GPU, a portable twin ---

@@ -459,13 +459,16 @@ impl Device {
 // CudaBackend
 // ------------------------------------------------------------------------------------------------
 
-/// Which version of the convolution kernels to run (benchmarks compare them; `V2` is the default).
+/// Which version of the convolution kernels to run (benchmarks compare them; `V3` is the default).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvVersion {
     /// Direct kernels: the second oracle and the bench baseline.
     V1,
     /// Tiled implicit GEMM in shared memory.
     V2,
+    /// V2 with split-K backward-filter (partials reduced in a fixed order by a second kernel).
+    /// For linear GEMMs the same as V2.
+    V3,
 }
 
 /// Same choice for the linear-layer GEMM.
@@ -485,7 +488,7 @@ impl CudaBackend {
     pub fn new(ordinal: usize) -> Result<CudaBackend> {
         Ok(CudaBackend {
             dev: Device::open(ordinal)?,
-            conv_version: ConvVersion::V2,
+            conv_version: ConvVersion::V3,
             gemm_version: ConvVersion::V2,
             precision: Precision::F32,
         })
