@@ -103,9 +103,10 @@ __device__ __forceinline__ float adv_block_max(float v, float* scratch) {
 #define ADV_BK 16
 #define ADV_PAD 4
 
+// adv_tile_gemm over the reduction range [kb, ke) only (split-K: each split's partial sum).
 template <class LoadA, class LoadB, class Store>
-__device__ __forceinline__ void adv_tile_gemm(int M, int N, int Kd, const LoadA& la,
-                                              const LoadB& lb, const Store& st) {
+__device__ __forceinline__ void adv_tile_gemm_range(int M, int N, int kb, int ke, const LoadA& la,
+                                                    const LoadB& lb, const Store& st) {
     __shared__ float As[ADV_BK][ADV_BM + ADV_PAD];
     __shared__ float Bs[ADV_BK][ADV_BN + ADV_PAD];
     const int t = threadIdx.x;
@@ -120,16 +121,16 @@ __device__ __forceinline__ void adv_tile_gemm(int M, int N, int Kd, const LoadA&
 
     const int a_k = t & 15, a_m = t >> 4;   // + 16 * i rows
     const int b_n = t & 63, b_k = t >> 6;   // + 4 * i k's
-    for (int k0 = 0; k0 < Kd; k0 += ADV_BK) {
+    for (int k0 = kb; k0 < ke; k0 += ADV_BK) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             int m = m0 + a_m + 16 * i, k = k0 + a_k;
-            As[a_k][a_m + 16 * i] = (m < M && k < Kd) ? la(m, k) : 0.0f;
+            As[a_k][a_m + 16 * i] = (m < M && k < ke) ? la(m, k) : 0.0f;
         }
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             int k = k0 + b_k + 4 * i, n = n0 + b_n;
-            Bs[b_k + 4 * i][b_n] = (k < Kd && n < N) ? lb(k, n) : 0.0f;
+            Bs[b_k + 4 * i][b_n] = (k < ke && n < N) ? lb(k, n) : 0.0f;
         }
         __syncthreads();
 #pragma unroll
@@ -154,6 +155,264 @@ __device__ __forceinline__ void adv_tile_gemm(int M, int N, int Kd, const LoadA&
         for (int j = 0; j < 4; ++j) {
             int n = n0 + tx + 16 * j;
             if (n < N) st(m, n, acc[i][j]);
+        }
+    }
+}
+
+template <class LoadA, class LoadB, class Store>
+__device__ __forceinline__ void adv_tile_gemm(int M, int N, int Kd, const LoadA& la,
+                                              const LoadB& lb, const Store& st) {
+    adv_tile_gemm_range(M, N, 0, Kd, la, lb, st);
+}
+
+// ---- tensor-core MMA: one device function per shape, inline PTX on the GPU, a portable twin ---
+// The emulated driver (tests/cuda-emu) compiles these sources as host C++, where inline PTX
+// cannot run; it defines ADVLENS_CUDA_EMU. NVRTC defines __CUDA_ARCH__. ADV_MMA_PTX selects the
+// `asm` path: only on a real sm_80+ compile, never under the emulator, and a GPU build can force
+// the portable twin with -DADV_MMA_PORTABLE (a cross-check of the inline PTX).
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800) && !defined(ADVLENS_CUDA_EMU) && \
+    !defined(ADV_MMA_PORTABLE)
+#define ADV_MMA_PTX 1
+#else
+#define ADV_MMA_PTX 0
+#endif
+
+// f32 -> tf32 as `cvt.rna.tf32.f32`: round to nearest, ties away from zero, to 10 explicit
+// mantissa bits (the low 13 bits of the result are zero). Inf and NaN pass unchanged.
+// Host twin: src/backend/precision.rs::round_tf32.
+__device__ __forceinline__ unsigned adv_f32_to_tf32_portable(float x) {
+    unsigned u = __float_as_uint(x);
+    if ((u & 0x7f800000u) == 0x7f800000u) return u;
+    return (u + 0x1000u) & 0xffffe000u;  // sign-magnitude: adding half an ulp rounds ties away
+}
+__device__ __forceinline__ unsigned adv_f32_to_tf32(float x) {
+#if ADV_MMA_PTX
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+#else
+    return adv_f32_to_tf32_portable(x);
+#endif
+}
+
+// f32 -> bf16 bits, round to nearest even (`cvt.rn.bf16.f32`); NaN -> quiet NaN of its sign.
+// Host twin: half::bf16::from_f32 (src/backend/precision.rs::round_bf16).
+__device__ __forceinline__ unsigned adv_f32_to_bf16_portable(float x) {
+    unsigned u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return ((u >> 16) | 0x40u) & 0xffffu;
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+__device__ __forceinline__ unsigned adv_f32_to_bf16(float x) {
+#if ADV_MMA_PTX
+    unsigned short r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(x));
+    return (unsigned)r;
+#else
+    return adv_f32_to_bf16_portable(x);
+#endif
+}
+// Two bf16 in one 32-bit register as the MMA fragments hold them: the lower-indexed element
+// (even k) in the low half.
+__device__ __forceinline__ unsigned adv_bf16x2(float lo, float hi) {
+    return adv_f32_to_bf16(lo) | (adv_f32_to_bf16(hi) << 16);
+}
+__device__ __forceinline__ float adv_bf16_lo(unsigned v) { return __uint_as_float(v << 16); }
+__device__ __forceinline__ float adv_bf16_hi(unsigned v) { return __uint_as_float(v & 0xffff0000u); }
+
+// Fragment layouts (PTX ISA, "Matrix fragments for mma.m16n8k8" (.tf32) and "... mma.m16n8k16"
+// (.bf16)); lane = threadIdx.x & 31 (1-D blocks), g = lane >> 2, t = lane & 3.
+//   m16n8k8 tf32  A 16x8 row:  a0 (g, t)  a1 (g+8, t)  a2 (g, t+4)  a3 (g+8, t+4)
+//                 B 8x8 col:   b0 (k=t, n=g)  b1 (k=t+4, n=g)
+//   m16n8k16 bf16 A 16x16 row, two bf16 per register (low half = even k):
+//                 a0 (g, 2t..2t+1)  a1 (g+8, 2t..2t+1)  a2 (g, 2t+8..2t+9)  a3 (g+8, 2t+8..2t+9)
+//                 B 16x8 col:  b0 (k=2t..2t+1, n=g)  b1 (k=2t+8..2t+9, n=g)
+//   C/D 16x8 f32 (both):       c0 (g, 2t)  c1 (g, 2t+1)  c2 (g+8, 2t)  c3 (g+8, 2t+1)
+// So register i of A for (row, k) sits in lane (row & 7) * 4 + (k & 3) [tf32] or
+// (row & 7) * 4 + ((k >> 1) & 3) [bf16], and B for (k, n) in lane n * 4 + (same k term).
+// The portable twins gather, for each k, the A and B elements of this lane's four outputs with
+// warp shuffles and accumulate in f32 in increasing k: d = fma(a, b, d). Products of tf32 or
+// bf16 values are exact in f32, so a twin differs from the hardware only in the order of its
+// f32 additions (the PTX ISA leaves that order open). All 32 lanes must call (full mask).
+
+__device__ __forceinline__ void adv_mma_m16n8k8_tf32_portable(float d[4], const unsigned a[4],
+                                                              const unsigned b[2],
+                                                              const float c[4]) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    float acc0 = c[0], acc1 = c[1], acc2 = c[2], acc3 = c[3];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        const int hi = k >> 2, kl = k & 3;
+        float alo = __uint_as_float(__shfl_sync(0xffffffffu, a[hi ? 2 : 0], g * 4 + kl));
+        float ahi = __uint_as_float(__shfl_sync(0xffffffffu, a[hi ? 3 : 1], g * 4 + kl));
+        float b0 = __uint_as_float(__shfl_sync(0xffffffffu, b[hi], (2 * t) * 4 + kl));
+        float b1 = __uint_as_float(__shfl_sync(0xffffffffu, b[hi], (2 * t + 1) * 4 + kl));
+        acc0 = fmaf(alo, b0, acc0);
+        acc1 = fmaf(alo, b1, acc1);
+        acc2 = fmaf(ahi, b0, acc2);
+        acc3 = fmaf(ahi, b1, acc3);
+    }
+    d[0] = acc0; d[1] = acc1; d[2] = acc2; d[3] = acc3;
+}
+
+// a, b: tf32 bit patterns (adv_f32_to_tf32); c, d: f32. d may alias c.
+__device__ __forceinline__ void adv_mma_m16n8k8_tf32(float d[4], const unsigned a[4],
+                                                     const unsigned b[2], const float c[4]) {
+#if ADV_MMA_PTX
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%10,%11,%12,%13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]),
+          "f"(c[1]), "f"(c[2]), "f"(c[3]));
+#else
+    adv_mma_m16n8k8_tf32_portable(d, a, b, c);
+#endif
+}
+
+__device__ __forceinline__ void adv_mma_m16n8k16_bf16_portable(float d[4], const unsigned a[4],
+                                                               const unsigned b[2],
+                                                               const float c[4]) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    float acc0 = c[0], acc1 = c[1], acc2 = c[2], acc3 = c[3];
+#pragma unroll
+    for (int kp = 0; kp < 8; ++kp) {  // k pairs (2 kp, 2 kp + 1)
+        const int hi = kp >> 2, kl = kp & 3;
+        unsigned alo = __shfl_sync(0xffffffffu, a[hi ? 2 : 0], g * 4 + kl);
+        unsigned ahi = __shfl_sync(0xffffffffu, a[hi ? 3 : 1], g * 4 + kl);
+        unsigned b0 = __shfl_sync(0xffffffffu, b[hi], (2 * t) * 4 + kl);
+        unsigned b1 = __shfl_sync(0xffffffffu, b[hi], (2 * t + 1) * 4 + kl);
+        acc0 = fmaf(adv_bf16_lo(alo), adv_bf16_lo(b0), acc0);
+        acc0 = fmaf(adv_bf16_hi(alo), adv_bf16_hi(b0), acc0);
+        acc1 = fmaf(adv_bf16_lo(alo), adv_bf16_lo(b1), acc1);
+        acc1 = fmaf(adv_bf16_hi(alo), adv_bf16_hi(b1), acc1);
+        acc2 = fmaf(adv_bf16_lo(ahi), adv_bf16_lo(b0), acc2);
+        acc2 = fmaf(adv_bf16_hi(ahi), adv_bf16_hi(b0), acc2);
+        acc3 = fmaf(adv_bf16_lo(ahi), adv_bf16_lo(b1), acc3);
+        acc3 = fmaf(adv_bf16_hi(ahi), adv_bf16_hi(b1), acc3);
+    }
+    d[0] = acc0; d[1] = acc1; d[2] = acc2; d[3] = acc3;
+}
+
+// a, b: packed bf16x2 (adv_bf16x2); c, d: f32. d may alias c.
+__device__ __forceinline__ void adv_mma_m16n8k16_bf16(float d[4], const unsigned a[4],
+                                                      const unsigned b[2], const float c[4]) {
+#if ADV_MMA_PTX
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%10,%11,%12,%13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]),
+          "f"(c[1]), "f"(c[2]), "f"(c[3]));
+#else
+    adv_mma_m16n8k16_bf16_portable(d, a, b, c);
+#endif
+}
+
+// ---- tensor-core tiled GEMM skeleton (conv.cu's _tf32_v1 / _bf16_v1 kernels) ----
+// Same contract as adv_tile_gemm (loaders return values of A(m, k) and B(k, n) in range, the
+// skeleton zero-fills outside; st(m, n, acc) for every in-range output), so every conv loader
+// of the f32 _v2 kernels serves the tensor-core kernels unchanged.
+// Block: 128 threads = 4 warps, block tile 64 x 64, K chunk 16; warp w owns the 32 x 32 sub-tile
+// at rows 32 (w >> 1), cols 32 (w & 1): 2 x 4 MMA tiles of 16 x 8, 32 f32 accumulators per lane.
+// Inputs are rounded once, when the chunk is written to shared memory (tf32: one word per
+// element; bf16: two elements per word, even k low), so the shared tiles hold MMA operands and
+// the fragment loads are plain 32-bit reads. Row stride KW + 4 words: the 32 lanes of a fragment
+// read (row g, word t) hit banks (g (KW + 4) + t) mod 32, all distinct for KW = 16 and 8.
+// Grid: (ceil(N / 64), ceil(M / 64)). One stage (load, barrier, MMA, barrier): no pipelining yet.
+#define ADV_TC_BM 64
+#define ADV_TC_BN 64
+#define ADV_TC_BK 16
+#define ADV_TC_THREADS 128
+
+struct AdvTf32 {
+    static constexpr int KPW = 1;  // K elements per 32-bit shared word
+    template <class F>
+    __device__ static __forceinline__ unsigned pack(const F& f) { return adv_f32_to_tf32(f(0)); }
+    __device__ static __forceinline__ void mma(float d[4], const unsigned a[4],
+                                               const unsigned b[2], const float c[4]) {
+        adv_mma_m16n8k8_tf32(d, a, b, c);
+    }
+};
+struct AdvBf16 {
+    static constexpr int KPW = 2;
+    template <class F>
+    __device__ static __forceinline__ unsigned pack(const F& f) { return adv_bf16x2(f(0), f(1)); }
+    __device__ static __forceinline__ void mma(float d[4], const unsigned a[4],
+                                               const unsigned b[2], const float c[4]) {
+        adv_mma_m16n8k16_bf16(d, a, b, c);
+    }
+};
+
+template <class Prec, class LoadA, class LoadB, class Store>
+__device__ __forceinline__ void adv_tc_gemm(int M, int N, int Kd, const LoadA& la,
+                                            const LoadB& lb, const Store& st) {
+    constexpr int KW = ADV_TC_BK / Prec::KPW;  // words per row of a chunk (16 tf32, 8 bf16)
+    constexpr int LD = KW + 4;
+    __shared__ unsigned As[ADV_TC_BM][LD];
+    __shared__ unsigned Bs[ADV_TC_BN][LD];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
+    const int m0 = blockIdx.y * ADV_TC_BM, n0 = blockIdx.x * ADV_TC_BN;
+    float acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+
+    for (int k0 = 0; k0 < Kd; k0 += ADV_TC_BK) {
+        // A: consecutive threads take consecutive words of one row (weights are k-contiguous).
+        for (int i = tid; i < ADV_TC_BM * KW; i += ADV_TC_THREADS) {
+            const int kw = i % KW, m = m0 + i / KW, kb = k0 + kw * Prec::KPW;
+            As[i / KW][kw] = Prec::pack([&](int j) {
+                return (m < M && kb + j < Kd) ? la(m, kb + j) : 0.0f;
+            });
+        }
+        // B: consecutive threads take consecutive n (neighbouring output pixels).
+        for (int i = tid; i < ADV_TC_BN * KW; i += ADV_TC_THREADS) {
+            const int nn = i % ADV_TC_BN, kw = i / ADV_TC_BN, n = n0 + nn;
+            const int kb = k0 + kw * Prec::KPW;
+            Bs[nn][kw] = Prec::pack([&](int j) {
+                return (n < N && kb + j < Kd) ? lb(kb + j, n) : 0.0f;
+            });
+        }
+        __syncthreads();
+#pragma unroll
+        for (int s = 0; s < KW / 8; ++s) {
+            unsigned af[2][4], bf[4][2];
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi) {
+                const int r = wm + mi * 16 + g;
+                af[mi][0] = As[r][s * 8 + t];
+                af[mi][1] = As[r + 8][s * 8 + t];
+                af[mi][2] = As[r][s * 8 + t + 4];
+                af[mi][3] = As[r + 8][s * 8 + t + 4];
+            }
+#pragma unroll
+            for (int ni = 0; ni < 4; ++ni) {
+                const int c = wn + ni * 8 + g;
+                bf[ni][0] = Bs[c][s * 8 + t];
+                bf[ni][1] = Bs[c][s * 8 + t + 4];
+            }
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+                for (int ni = 0; ni < 4; ++ni) Prec::mma(acc[mi][ni], af[mi], bf[ni], acc[mi][ni]);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi) {
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) {
+            const int r = m0 + wm + mi * 16 + g, c = n0 + wn + ni * 8 + 2 * t;
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int rr = r + (e >> 1) * 8, cc = c + (e & 1);
+                if (rr < M && cc < N) st(rr, cc, acc[mi][ni][e]);
+            }
         }
     }
 }

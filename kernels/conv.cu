@@ -15,8 +15,17 @@
 //   bwd_data:   C[C, N*H*W]  = W^T[C, K*R*R]    x col(dy)[K*R*R, N*H*W]    (exact-stride gather)
 //   bwd_filter: C[K, C*R*R]  = dy[K, N*P*Q]     x im2col(x)^T[N*P*Q, C*R*R]
 //   Output index m,n is scattered back to NCHW/KCRS by the store functor.
-//   Limits: M-tiles go in grid.y (<= 65535 tiles, i.e. 4M channels); no split-K yet, so
-//   bwd_filter with a long N*P*Q reduction runs few blocks (next version: split-K + reduce).
+//   Limits: M-tiles go in grid.y (<= 65535 tiles, i.e. 4M channels); no split-K, so
+//   bwd_filter with a long N*P*Q reduction runs few blocks (v3 splits it).
+// _v3 backward-filter (split-K; forward and backward-data of v3 are the v2 kernels): the v2
+//   tile GEMM over one slice [z chunk, (z + 1) chunk) of the N*P*Q reduction per grid.z, into a
+//   workspace ws[splits][K][C*R*R]; conv2d_splitk_sum_f32_v1 then adds the splits in the fixed
+//   order z = 0, 1, ... (deterministic; no float atomics). Grid (ceil(CRR/64), ceil(K/64),
+//   splits), block 256. Heuristic (src/backend/cuda/conv.rs, splitk_plan): tiles =
+//   ceil(K/64) ceil(CRR/64); splits = min(ceil(264 / tiles) (two waves of the 132 SMs of an
+//   H100), N*P*Q / 64 (at least 4 K chunks per split), 64, workspace <= 256 MiB); chunk =
+//   ceil(N*P*Q / splits) rounded up to 16; splits = 1 runs the v2 kernel straight into dw.
+// _tf32_v1 / _bf16_v1: tensor cores (see their section below).
 
 struct ConvGeom {
     int N, C, H, W, K, R, P, Q, stride, pad;
@@ -242,4 +251,93 @@ conv2d_bwd_filter_f32_v2(const float* __restrict__ x, const float* __restrict__ 
     BwdFilterLoadX lb{{x, g}};
     BwdFilterStore st{dw, C * R * R};
     adv_tile_gemm(K, C * R * R, N * P * Q, la, lb, st);
+}
+
+// ------------------------------------------------------------------ v3: split-K bwd_filter --
+
+// ws: splits * K * C*R*R values; split z = blockIdx.z covers reduction [z chunk, (z+1) chunk).
+extern "C" __global__ void __launch_bounds__(256)
+conv2d_bwd_filter_f32_v3(const float* __restrict__ x, const float* __restrict__ dy,
+                         float* __restrict__ ws, int N, int C, int H, int W, int K, int R, int P,
+                         int Q, int stride, int pad, int chunk) {
+    ConvGeom g = conv_geom(N, C, H, W, K, R, P, Q, stride, pad);
+    const int CRR = C * R * R, NPQ = N * P * Q;
+    const int kb = blockIdx.z * chunk, ke = min(kb + chunk, NPQ);
+    BwdFilterLoadDy la{dy, g};
+    BwdFilterLoadX lb{{x, g}};
+    BwdFilterStore st{ws + (long long)blockIdx.z * K * CRR, CRR};
+    adv_tile_gemm_range(K, CRR, kb, ke, la, lb, st);
+}
+
+// out[i] = sum over z = 0 .. splits-1 of ws[z n + i], in that order. Grid-stride, block 256.
+extern "C" __global__ void conv2d_splitk_sum_f32_v1(const float* __restrict__ ws,
+                                                    float* __restrict__ out, long long n,
+                                                    int splits) {
+    ADV_GRID_STRIDE(i, n) {
+        float s = 0.0f;
+        for (int z = 0; z < splits; ++z) s += ws[(long long)z * n + i];
+        out[i] = s;
+    }
+}
+
+// ------------------------------------------------------------ tensor cores: _tf32_v1, _bf16_v1 --
+// The v2 implicit GEMMs on adv_tc_gemm (common.cuh): same loaders and stores, same argument
+// lists, block 128 threads, grid (ceil(Ncols / 64), ceil(Mrows / 64)). Inputs (x, w, dy) are
+// rounded to tf32 (cvt.rna) or bf16 (round to nearest even) on their way into shared memory;
+// products are exact and accumulate in f32 (the bias is added in f32 after). CPU twin: the
+// oracle on inputs rounded the same way (src/backend/precision.rs), equal up to the order of
+// the f32 additions.
+
+extern "C" __global__ void __launch_bounds__(128)
+conv2d_fwd_tf32_v1(const float* __restrict__ x, const float* __restrict__ w,
+                   const float* __restrict__ b, float* __restrict__ y, int N, int C, int H, int W,
+                   int K, int R, int P, int Q, int stride, int pad, int has_bias) {
+    ConvGeom g = conv_geom(N, C, H, W, K, R, P, Q, stride, pad);
+    adv_tc_gemm<AdvTf32>(K, N * P * Q, C * R * R, FwdLoadW{w, C * R * R}, FwdLoadX{x, g},
+                         FwdStore{y, b, has_bias, g});
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+conv2d_fwd_bf16_v1(const float* __restrict__ x, const float* __restrict__ w,
+                   const float* __restrict__ b, float* __restrict__ y, int N, int C, int H, int W,
+                   int K, int R, int P, int Q, int stride, int pad, int has_bias) {
+    ConvGeom g = conv_geom(N, C, H, W, K, R, P, Q, stride, pad);
+    adv_tc_gemm<AdvBf16>(K, N * P * Q, C * R * R, FwdLoadW{w, C * R * R}, FwdLoadX{x, g},
+                         FwdStore{y, b, has_bias, g});
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+conv2d_bwd_data_tf32_v1(const float* __restrict__ dy, const float* __restrict__ w,
+                        float* __restrict__ dx, int N, int C, int H, int W, int K, int R, int P,
+                        int Q, int stride, int pad) {
+    ConvGeom g = conv_geom(N, C, H, W, K, R, P, Q, stride, pad);
+    adv_tc_gemm<AdvTf32>(C, N * H * W, K * R * R, BwdDataLoadW{w, g}, BwdDataLoadDy{dy, g},
+                         BwdDataStore{dx, g});
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+conv2d_bwd_data_bf16_v1(const float* __restrict__ dy, const float* __restrict__ w,
+                        float* __restrict__ dx, int N, int C, int H, int W, int K, int R, int P,
+                        int Q, int stride, int pad) {
+    ConvGeom g = conv_geom(N, C, H, W, K, R, P, Q, stride, pad);
+    adv_tc_gemm<AdvBf16>(C, N * H * W, K * R * R, BwdDataLoadW{w, g}, BwdDataLoadDy{dy, g},
+                         BwdDataStore{dx, g});
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+conv2d_bwd_filter_tf32_v1(const float* __restrict__ x, const float* __restrict__ dy,
+                          float* __restrict__ dw, int N, int C, int H, int W, int K, int R, int P,
+                          int Q, int stride, int pad) {
+    ConvGeom g = conv_geom(N, C, H, W, K, R, P, Q, stride, pad);
+    adv_tc_gemm<AdvTf32>(K, C * R * R, N * P * Q, BwdFilterLoadDy{dy, g},
+                         BwdFilterLoadX{{x, g}}, BwdFilterStore{dw, C * R * R});
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+conv2d_bwd_filter_bf16_v1(const float* __restrict__ x, const float* __restrict__ dy,
+                          float* __restrict__ dw, int N, int C, int H, int W, int K, int R, int P,
+                          int Q, int stride, int pad) {
+    ConvGeom g = conv_geom(N, C, H, W, K, R, P, Q, stride, pad);
+    adv_tc_gemm<AdvBf16>(K, C * R * R, N * P * Q, BwdFilterLoadDy{dy, g},
+                         BwdFilterLoadX{{x, g}}, BwdFilterStore{dw, C * R * R});
 }

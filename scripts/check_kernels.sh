@@ -2,7 +2,16 @@
 # Offline CUDA kernel check (no GPU needed): compile every kernels/<family>.cu to PTX through
 # advlens's own NVRTC path (`advlens kernels compile`), then assemble each PTX with
 # `ptxas -arch=$ARCH -v`, print registers / shared memory / spills per kernel, and fail on any
-# compile error, assembler error or register spill.
+# compile error, assembler error or register spill. Also prints the theoretical occupancy of each
+# kernel on sm_90 (H100/H200): resident blocks per SM = min(32, by registers, by shared memory,
+# by threads), where
+#   threads  = the kernel's __launch_bounds__ (.maxntid in the PTX), else 256 (the host's 1-D
+#              launches use 256; every tiled kernel declares its bounds);
+#   by regs  = floor(floor(65536 / (ceil(regs * 32 / 256) * 256)) / warps per block)
+#              (registers are allocated per warp in units of 256);
+#   by smem  = floor(233472 / (smem + 1024)) (228 KiB per SM, 1 KiB reserved per block);
+#   by thr   = floor(2048 / threads); occupancy = blocks * warps per block / 64 warps.
+# The limiter column names the smallest bound.
 #
 # Prerequisite (CI, same as here):
 #   pip install "nvidia-cuda-nvrtc==13.0.*" "nvidia-cuda-nvcc==13.0.*"
@@ -88,7 +97,7 @@ ptx_files=("$OUT"/*.ptx)
 
 fail=0
 kernels=0
-printf '%-34s %-12s %5s %8s %8s %8s %s\n' kernel family regs smem_B stack_B spill_B status
+printf '%-34s %-12s %5s %8s %8s %8s %7s %6s %6s %-7s %s\n' kernel family regs smem_B stack_B spill_B threads blk/SM occ limiter status
 for ptx in "${ptx_files[@]}"; do
     fam="$(basename "$ptx" .ptx)"
     if ! log="$("$PTXAS" -arch="$ARCH" -v "$ptx" -o "$OUT/$fam.cubin" 2>&1)"; then
@@ -99,11 +108,26 @@ for ptx in "${ptx_files[@]}"; do
     fi
     # ptxas -v prints, per entry: "Compiling entry function 'NAME'", then "N bytes stack frame,
     # S bytes spill stores, L bytes spill loads", then "Used R registers, ... B bytes smem".
+    # Threads per block of each entry, from .maxntid (launch bounds) in the PTX.
+    declare -A ntid=()
+    while IFS=$'\t' read -r e n; do ntid[$e]=$n; done < <(awk '
+        /^\.visible \.entry|^\.entry/ { match($0, /entry [A-Za-z0-9_]+/); cur = substr($0, RSTART + 6, RLENGTH - 6) }
+        /\.maxntid/ && cur != "" { gsub(/,/, " "); n = 1; for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+$/) n *= $i; print cur "\t" n; cur = "" }' "$ptx")
     while IFS=$'\t' read -r name regs smem stack spill; do
         kernels=$((kernels + 1))
         status=ok
         if [[ "$spill" != "0" ]]; then status=SPILL; fail=1; fi
-        printf '%-34s %-12s %5s %8s %8s %8s %s\n' "$name" "$fam" "$regs" "$smem" "$stack" "$spill" "$status"
+        thr="${ntid[$name]:-256}"
+        read -r blocks occ lim < <(awk -v r="$regs" -v s="$smem" -v t="$thr" 'BEGIN {
+            w = int((t + 31) / 32); rw = int((r * 32 + 255) / 256) * 256
+            br = (r > 0) ? int(int(65536 / rw) / w) : 32
+            bs = int(233472 / (s + 1024)); bt = int(2048 / t)
+            b = 32; l = "blocks"
+            if (br < b) { b = br; l = "regs" }
+            if (bs < b) { b = bs; l = "smem" }
+            if (bt < b) { b = bt; l = "threads" }
+            printf "%d %.2f %s\n", b, b * w / 64, l }')
+        printf '%-34s %-12s %5s %8s %8s %8s %7s %6s %6s %-7s %s\n' "$name" "$fam" "$regs" "$smem" "$stack" "$spill" "$thr" "$blocks" "$occ" "$lim" "$status"
     done < <(awk '
         /Compiling entry function/ { if (name != "") emit(); match($0, /'\''[^'\'']+'\''/); name = substr($0, RSTART + 1, RLENGTH - 2); regs = "?"; smem = 0; stack = 0; spill = 0 }
         /bytes stack frame/ { for (i = 1; i <= NF; i++) { if ($(i+1) == "bytes" && $(i+2) == "stack") stack = $i; if ($(i+1) == "bytes" && $(i+2) == "spill") spill += $i } }

@@ -51,7 +51,7 @@ step() { # step NAME LIMIT_S CMD...: run CMD with a time limit, log to $OUT/NAME
 
 run_tests() {
   export ADVLENS_REQUIRE_GPU=1 ADVLENS_TEST_ROOT=$PWD ADVLENS_TEST_BIN=$G/advlens
-  for t in cuda_ops golden_cuda gradcheck nn bench_cli; do
+  for t in cuda_ops cuda_tc golden_cuda gradcheck nn bench_cli; do
     step "test_$t" 240 "$G/tests/$t" --test-threads=1 --nocapture
   done
   unset ADVLENS_REQUIRE_GPU
@@ -65,6 +65,15 @@ run_bench() {
   done
   step bench_resnet18_tf32 120 "$G/advlens" --device cuda bench conv --net resnet18 --batch 32 \
     --cudnn-tf32 --json --out "$OUT/gpu_resnet18_tf32.json"
+  # Our tensor-core kernels at each precision (cuDNN at TF32 beside tf32; bf16 has no cuDNN
+  # baseline yet, the report says so).
+  for prec in tf32 bf16; do
+    for nb in resnet18:32 vgg16:32; do
+      local net=${nb%:*} batch=${nb#*:}
+      step "bench_${net}_$prec" 200 "$G/advlens" --device cuda --precision "$prec" bench conv \
+        --net "$net" --batch "$batch" --json --out "$OUT/gpu_${net}_$prec.json"
+    done
+  done
   for net in resnet18 vgg16 alexnet; do
     [ -f "$OUT/gpu_$net.json" ] || continue
     step "torch_$net" 200 sh -c "python3 benches/torch_conv.py --net $net \

@@ -42,7 +42,7 @@ bash tests/cuda-emu/build.sh target/cuda-emu
 
 # The CUDA tests: whole files that only test CUDA, and the cuda twins of backend_test! in the
 # others (named <test>::cuda).
-cuda_files=(--test cuda_emu --test cuda_ops --test golden_cuda --test bench_cli --test cuda_e2e)
+cuda_files=(--test cuda_emu --test cuda_ops --test cuda_tc --test golden_cuda --test bench_cli --test cuda_e2e)
 twin_files=(--test nn --test gradcheck)
 total=0
 run_cuda() {  # schedule

@@ -38,6 +38,7 @@ fn adversarial_finetune_raises_ifgs_accuracy() {
         seed: 5,
         limit: None,
         val_limit: None,
+        precision: Default::default(),
     };
     let base = train(
         &be,

@@ -60,6 +60,7 @@ fn fixture() -> &'static Fixture {
                 seed,
                 limit: None,
                 val_limit: None,
+                precision: Default::default(),
             };
             let out = dir.join(format!("resnet-{seed}"));
             let dirs = RunDirs {

@@ -121,8 +121,10 @@ fn conv2d_matches_cpu_both_versions() {
         (1, 2, 9, 9, 3, 5, 3, 2),
         (2, 17, 6, 6, 65, 1, 1, 0),
         (1, 7, 13, 11, 67, 3, 1, 1),
+        // N*P*Q 800 over one dw tile: v3 splits the reduction 10 ways.
+        (2, 3, 20, 20, 5, 3, 1, 1),
     ];
-    for v in [ConvVersion::V1, ConvVersion::V2] {
+    for v in [ConvVersion::V1, ConvVersion::V2, ConvVersion::V3] {
         let g = gb.with_versions(v, v);
         for &(n, c, h, w, k, r, stride, pad) in &cases {
             let p = Conv2dParams { stride, pad };

@@ -74,6 +74,7 @@ fn fixture() -> &'static Fixture {
             seed: 3,
             limit: None,
             val_limit: None,
+            precision: Default::default(),
         };
         let dirs = RunDirs {
             out: dir.join("model"),

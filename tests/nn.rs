@@ -452,6 +452,7 @@ fn cfg(model: &str, epochs: usize, optim: OptimConfig) -> TrainConfig {
         seed: 21,
         limit: Some(37),
         val_limit: None,
+        precision: Default::default(),
     }
 }
 

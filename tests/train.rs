@@ -56,6 +56,7 @@ fn small_resnet_learns_fashion_mnist_subset() {
         seed: 5,
         limit: None,
         val_limit: None,
+        precision: Default::default(),
     };
     let t = Instant::now();
     let mut lines = Vec::new();

@@ -14,6 +14,9 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod op_runner;
+pub mod precision;
+
+pub use precision::Precision;
 
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -99,7 +102,11 @@ pub trait Backend: Send + Sync {
     /// What the work runs on, for reports: the name plus, on CUDA, the device's own name and
     /// architecture (which says "emulated" on the emulated driver).
     fn description(&self) -> String {
-        self.name()
+        with_precision_note(self.name(), self.precision())
+    }
+    /// Input precision of this backend's convolutions (f32 unless opened with another).
+    fn precision(&self) -> Precision {
+        Precision::F32
     }
 
     /// Block until queued work is finished (no-op on the CPU). Benchmarks call it before reading
@@ -274,6 +281,15 @@ pub struct QuadForm {
     pub cos: Tensor,
 }
 
+/// A backend description with its convolution precision when that is not f32, so results name
+/// it (e.g. "cpu, conv tf32").
+pub fn with_precision_note(desc: String, p: Precision) -> String {
+    match p {
+        Precision::F32 => desc,
+        p => format!("{desc}, conv {p}"),
+    }
+}
+
 /// Which device the user asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceRequest {
@@ -302,26 +318,35 @@ impl std::str::FromStr for DeviceRequest {
 /// Open the requested backend. `Auto` tries CUDA (when built with it) and falls back to the CPU,
 /// saying so once on stderr. An explicit `Cuda` request that cannot be met is an error.
 pub fn open(req: DeviceRequest) -> Result<std::sync::Arc<dyn Backend>> {
+    open_with(req, Precision::F32)
+}
+
+/// [`open`] with convolutions at `precision` (see [`precision`]): tensor-core kernels on CUDA,
+/// the same input rounding emulated by the CPU oracle.
+pub fn open_with(req: DeviceRequest, prec: Precision) -> Result<std::sync::Arc<dyn Backend>> {
+    let cpu = || std::sync::Arc::new(cpu::CpuBackend::with_precision(prec));
     match req {
-        DeviceRequest::Cpu => Ok(std::sync::Arc::new(cpu::CpuBackend::new())),
-        DeviceRequest::Cuda(ordinal) => open_cuda(ordinal),
-        DeviceRequest::Auto => match open_cuda(0) {
+        DeviceRequest::Cpu => Ok(cpu()),
+        DeviceRequest::Cuda(ordinal) => open_cuda(ordinal, prec),
+        DeviceRequest::Auto => match open_cuda(0, prec) {
             Ok(b) => Ok(b),
             Err(e) => {
                 eprintln!("advlens: using the CPU ({e})");
-                Ok(std::sync::Arc::new(cpu::CpuBackend::new()))
+                Ok(cpu())
             }
         },
     }
 }
 
 #[cfg(feature = "cuda")]
-fn open_cuda(ordinal: usize) -> Result<std::sync::Arc<dyn Backend>> {
-    Ok(std::sync::Arc::new(cuda::CudaBackend::new(ordinal)?))
+fn open_cuda(ordinal: usize, prec: Precision) -> Result<std::sync::Arc<dyn Backend>> {
+    Ok(std::sync::Arc::new(
+        cuda::CudaBackend::new(ordinal)?.with_precision(prec),
+    ))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn open_cuda(_ordinal: usize) -> Result<std::sync::Arc<dyn Backend>> {
+fn open_cuda(_ordinal: usize, _prec: Precision) -> Result<std::sync::Arc<dyn Backend>> {
     Err(crate::error::Error::Device(
         "this advlens was built without the `cuda` feature (cargo build --release --features cuda)"
             .into(),

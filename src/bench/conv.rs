@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::{commit, cpu_name, median_time};
 use crate::backend::cpu::{sgemm, CpuBackend, Strides};
-use crate::backend::{out_dim, Backend, Conv2dParams};
+use crate::backend::{out_dim, Backend, Conv2dParams, Precision};
 use crate::error::{Error, Result};
 use crate::nn::layers::{Conv2d, LayerKind};
 use crate::nn::Model;
@@ -26,8 +26,28 @@ pub const NETS: &[&str] = &["vgg16", "resnet18", "alexnet"];
 
 /// Default fp32 peak used for the floor: H100 SXM5, fp32 without tensor cores.
 pub const H100_FP32_PEAK_TFLOPS: f64 = 67.0;
+/// Dense tensor-core peaks of the same part (no sparsity): TF32 and BF16.
+pub const H100_TF32_PEAK_TFLOPS: f64 = 495.0;
+pub const H100_BF16_PEAK_TFLOPS: f64 = 990.0;
 const PEAK_ASSUMPTION: &str = "assumed peak: NVIDIA H100 SXM5 fp32 non-tensor-core, 67 TFLOP/s \
      (NVIDIA datasheet; H200 has the same SMs and clocks); override with --peak-tflops";
+
+/// The default peak of a precision and how it is described.
+fn default_peak(p: Precision) -> (f64, &'static str) {
+    match p {
+        Precision::F32 => (H100_FP32_PEAK_TFLOPS, PEAK_ASSUMPTION),
+        Precision::Tf32 => (
+            H100_TF32_PEAK_TFLOPS,
+            "assumed peak: NVIDIA H100 SXM5 dense TF32 tensor-core, 495 TFLOP/s (datasheet, \
+             no sparsity); override with --peak-tflops",
+        ),
+        Precision::Bf16 => (
+            H100_BF16_PEAK_TFLOPS,
+            "assumed peak: NVIDIA H100 SXM5 dense BF16 tensor-core, 990 TFLOP/s (datasheet, \
+             no sparsity); override with --peak-tflops",
+        ),
+    }
+}
 
 /// One conv layer of a model at a given batch size and input size.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -172,6 +192,8 @@ pub struct ConvBenchConfig {
     pub peak_tflops: Option<f64>,
     /// cuDNN with TF32 tensor-core math allowed (default: FMA-only fp32, like our kernels).
     pub cudnn_tf32: bool,
+    /// Convolution precision of ours (and of cuDNN: tf32 allows its TF32 math).
+    pub precision: Precision,
     pub seed: u64,
 }
 
@@ -368,7 +390,7 @@ fn report(
         net: cfg.net.clone(),
         input: cfg.input,
         batch: cfg.batch,
-        dtype: "f32",
+        dtype: cfg.precision.name(),
         device,
         emulated: device_name.contains("emulated"),
         device_name,
@@ -386,7 +408,7 @@ fn report(
             if cfg.peak_tflops.is_some() {
                 format!("peak given with --peak-tflops: {p} TFLOP/s")
             } else {
-                PEAK_ASSUMPTION.to_string()
+                default_peak(cfg.precision).1.to_string()
             }
         }),
         layers: out,
@@ -403,7 +425,7 @@ fn report(
 /// benches/conv_cpu.rs.
 pub fn run_cpu(cfg: &ConvBenchConfig) -> Result<ConvBenchReport> {
     let layers = selected_layers(cfg)?;
-    let be = CpuBackend::new();
+    let be = CpuBackend::with_precision(cfg.precision);
     let sync = || Ok(());
     let mut rng = Rng::new(cfg.seed);
     let mut times = Vec::with_capacity(layers.len());
@@ -481,15 +503,22 @@ pub fn run_cuda(cfg: &ConvBenchConfig, ordinal: usize) -> Result<ConvBenchReport
     use std::sync::Arc;
 
     let layers = selected_layers(cfg)?;
-    let be = Arc::new(CudaBackend::new(ordinal)?);
+    let be = Arc::new(CudaBackend::new(ordinal)?.with_precision(cfg.precision));
     let sync_be = be.clone();
     let sync = move || sync_be.synchronize();
-    let peak = Some(cfg.peak_tflops.unwrap_or(H100_FP32_PEAK_TFLOPS));
+    let peak = Some(
+        cfg.peak_tflops
+            .unwrap_or_else(|| default_peak(cfg.precision).0),
+    );
+    // cuDNN at the same precision: TF32 math for tf32; a bf16 cuDNN baseline needs bf16
+    // tensors and descriptors, which the baseline does not have yet (said in the report).
+    #[cfg(feature = "cudnn")]
+    let cudnn_tf32 = cfg.cudnn_tf32 || cfg.precision == Precision::Tf32;
 
     #[cfg(feature = "cudnn")]
-    let (cudnn, mut unavailable, baseline) = {
+    let (cudnn, unavailable, baseline) = {
         use crate::backend::cuda::cudnn::CudnnConv;
-        match CudnnConv::new(&be, cfg.cudnn_tf32) {
+        match CudnnConv::new(&be, cudnn_tf32) {
             Ok(c) => {
                 let v = c.version();
                 let desc = format!(
@@ -498,7 +527,7 @@ pub fn run_cuda(cfg: &ConvBenchConfig, ordinal: usize) -> Result<ConvBenchReport
                     v / 10000,
                     (v / 100) % 100,
                     v % 100,
-                    if cfg.cudnn_tf32 {
+                    if cudnn_tf32 {
                         "TF32 tensor-core (CUDNN_DEFAULT_MATH)"
                     } else {
                         "fp32 FMA-only (CUDNN_FMA_MATH)"
@@ -508,6 +537,13 @@ pub fn run_cuda(cfg: &ConvBenchConfig, ordinal: usize) -> Result<ConvBenchReport
             }
             Err(e) => (None, Some(e.to_string()), "cuDNN".to_string()),
         }
+    };
+    #[cfg(feature = "cudnn")]
+    let (cudnn, mut unavailable) = if cfg.precision == Precision::Bf16 {
+        let why = "no cuDNN bf16 baseline yet (it needs bf16 tensors and descriptors)";
+        (None, unavailable.or_else(|| Some(why.to_string())))
+    } else {
+        (cudnn, unavailable)
     };
     #[cfg(not(feature = "cudnn"))]
     #[allow(unused_mut)]

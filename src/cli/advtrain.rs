@@ -86,6 +86,7 @@ pub fn run(ctx: &Ctx, a: &AdvTrainArgs) -> Result<()> {
         seed: ctx.seed,
         limit: a.limit,
         val_limit: a.val_limit,
+        precision: ctx.precision,
     };
     cfg.validate()?;
     let mut inputs = vec![("--ckpt", a.ckpt.as_path()), ("--data", a.data.as_path())];

@@ -13,7 +13,7 @@ pub enum BenchCommand {
     /// model; on CUDA next to cuDNN in the same run (build with --features cudnn), on the CPU
     /// next to a plain sgemm of the same GEMM work.
     #[command(
-        after_help = "Examples:\n  advlens --device cuda bench conv --net resnet18 --batch 32 --json\n  advlens --device cpu bench conv --net vgg16 --batch 1 --layers features.0,features.2"
+        after_help = "Examples:\n  advlens --device cuda bench conv --net resnet18 --batch 32 --json\n  advlens --device cuda --precision tf32 bench conv --net vgg16 --batch 64\n  advlens --device cpu bench conv --net vgg16 --batch 1 --layers features.0,features.2"
     )]
     Conv(ConvArgs),
 }
@@ -38,10 +38,12 @@ pub struct ConvArgs {
     /// Only these conv layers (comma-separated torchvision names, e.g. conv1,layer1.0.conv1).
     #[arg(long, value_delimiter = ',')]
     pub layers: Vec<String>,
-    /// fp32 peak of the GPU in TFLOP/s for the floor (default 67: H100 SXM, no tensor cores).
+    /// Peak of the GPU in TFLOP/s for the floor (default by --precision, H100 SXM: f32 67 without
+    /// tensor cores, tf32 495, bf16 990 dense).
     #[arg(long)]
     pub peak_tflops: Option<f64>,
-    /// Let cuDNN use TF32 tensor cores (default: FMA-only fp32, the same arithmetic as ours).
+    /// Let cuDNN use TF32 tensor cores (default: FMA-only fp32, the same arithmetic as ours;
+    /// always on with --precision tf32).
     #[arg(long)]
     pub cudnn_tf32: bool,
     /// Also write the JSON report to this file.
@@ -86,6 +88,7 @@ fn run_conv(ctx: &Ctx, a: &ConvArgs) -> Result<()> {
         layers: a.layers.clone(),
         peak_tflops: a.peak_tflops,
         cudnn_tf32: a.cudnn_tf32,
+        precision: ctx.precision,
         seed: ctx.seed,
     };
     if cfg.iters == 0 {

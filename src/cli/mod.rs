@@ -4,7 +4,7 @@ use std::sync::{Arc, OnceLock};
 
 use clap::{Parser, Subcommand};
 
-use crate::backend::{Backend, DeviceRequest};
+use crate::backend::{Backend, DeviceRequest, Precision};
 use crate::error::Result;
 
 pub mod advtrain;
@@ -32,6 +32,11 @@ pub struct Cli {
     /// Compute device: auto (CUDA if usable, else CPU), cpu, cuda or cuda:N.
     #[arg(long, global = true, default_value = "auto")]
     pub device: DeviceRequest,
+    /// Convolution precision: f32 (exact, the default), tf32 or bf16 (inputs rounded, f32
+    /// accumulation; tensor cores on CUDA, the same rounding emulated on the CPU). Applies to
+    /// every convolution of the command (train, attack, advtrain, reproduce, op, bench conv ...).
+    #[arg(long, global = true, default_value = "f32")]
+    pub precision: Precision,
     /// Seed for every random choice (shuffles, init, dropout, targets). Reported in outputs.
     #[arg(long, global = true, default_value_t = 0)]
     pub seed: u64,
@@ -92,6 +97,7 @@ pub enum Command {
 /// compute, like `data info`, do not touch a device).
 pub struct Ctx {
     pub device: DeviceRequest,
+    pub precision: Precision,
     pub seed: u64,
     pub json: bool,
     backend: OnceLock<Arc<dyn Backend>>,
@@ -99,8 +105,18 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(device: DeviceRequest, seed: u64, json: bool) -> Ctx {
+        Ctx::with_precision(device, Precision::F32, seed, json)
+    }
+
+    pub fn with_precision(
+        device: DeviceRequest,
+        precision: Precision,
+        seed: u64,
+        json: bool,
+    ) -> Ctx {
         Ctx {
             device,
+            precision,
             seed,
             json,
             backend: OnceLock::new(),
@@ -112,7 +128,7 @@ impl Ctx {
         if let Some(b) = self.backend.get() {
             return Ok(b.clone());
         }
-        let b = crate::backend::open(self.device)?;
+        let b = crate::backend::open_with(self.device, self.precision)?;
         Ok(self.backend.get_or_init(|| b).clone())
     }
 }
@@ -130,7 +146,7 @@ pub fn main() -> i32 {
         }
     }
     crate::progress::set_quiet(cli.json);
-    let ctx = Ctx::new(cli.device, cli.seed, cli.json);
+    let ctx = Ctx::with_precision(cli.device, cli.precision, cli.seed, cli.json);
     let r = match &cli.command {
         Command::Data(c) => data::run(&ctx, c),
         Command::Train(a) => train::run_train(&ctx, a),

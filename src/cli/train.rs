@@ -99,6 +99,7 @@ pub fn run_train(ctx: &Ctx, a: &TrainArgs) -> Result<()> {
         seed: ctx.seed,
         limit: a.limit,
         val_limit: a.val_limit,
+        precision: ctx.precision,
     };
     // Fail on a bad model name before opening data or a device.
     if !crate::nn::KNOWN_MODELS.contains(&a.model.as_str()) {

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::attack::methods::{ifgs, random_targets};
-use crate::backend::Backend;
+use crate::backend::{Backend, Precision};
 use crate::data::{Batches, Dataset};
 use crate::error::{Error, Result};
 use crate::nn::checkpoint;
@@ -77,6 +77,9 @@ pub struct AdvTrainConfig {
     pub limit: Option<usize>,
     /// Validation: clean and iterative-FGS accuracy on the first `val_limit` images.
     pub val_limit: Option<usize>,
+    /// Convolution precision the run computes with (the backend's; f32 left out of the JSON).
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 impl Default for AdvTrainConfig {
@@ -93,6 +96,7 @@ impl Default for AdvTrainConfig {
             seed: 0,
             limit: None,
             val_limit: None,
+            precision: Precision::F32,
         }
     }
 }
@@ -450,6 +454,15 @@ pub fn advtrain(
     on_epoch: &mut dyn FnMut(&AdvEpochReport),
 ) -> Result<AdvTrainOutcome> {
     cfg.validate()?;
+    if cfg.precision != be.precision() {
+        return Err(Error::InvalidArg(format!(
+            "the run is configured for {} convolutions but the backend {} computes {}",
+            cfg.precision,
+            be.name(),
+            be.precision()
+        )));
+    }
+
     let data_checksum = crate::attack::advset::checksum_file(train_data.path())?;
     check_run_dir(out, cfg, &data_checksum)?;
     let (mut model, mut opt, mut history, start) = match resume {

@@ -429,7 +429,12 @@ impl Walk<'_, '_> {
     /// The stage's key, as it reads back from disk: serde_json does not parse every float back
     /// to the same bits, so the in-memory key goes through the same text round trip.
     fn key(&self, st: &Stage) -> Result<Value> {
-        let key = (st.key)(self.env, st, &self.inputs())?;
+        let mut key = (st.key)(self.env, st, &self.inputs())?;
+        // A run at another convolution precision is other settings (f32 keys stay as before).
+        let prec = self.env.be.precision();
+        if let (false, Some(o)) = (prec.is_f32(), key.as_object_mut()) {
+            o.insert("precision".into(), Value::String(prec.name().into()));
+        }
         Ok(serde_json::from_str::<Value>(&key.to_string()).unwrap_or(key))
     }
 

@@ -289,6 +289,7 @@ fn train_model(env: &Env, mi: usize, name: &str, dir: &Path, ck: &Path) -> Resul
         seed: env.cfg.seed.wrapping_add(mi as u64),
         limit: p.train_limit,
         val_limit: None,
+        precision: env.be.precision(),
     };
     let last = dir.join("last.safetensors");
     let dirs = RunDirs {
@@ -661,6 +662,7 @@ fn advtrain_cfg(env: &Env, mi: usize) -> AdvTrainConfig {
         seed: env.cfg.seed.wrapping_add(100 + mi as u64),
         limit: p.advtrain_limit,
         val_limit: None,
+        precision: env.be.precision(),
         ..AdvTrainConfig::default()
     }
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Precision};
 use crate::data::{Batches, Dataset};
 use crate::error::{Error, Result};
 
@@ -40,6 +40,9 @@ pub struct TrainConfig {
     pub limit: Option<usize>,
     /// Evaluate on the first `val_limit` validation images only.
     pub val_limit: Option<usize>,
+    /// Convolution precision the run computes with (the backend's; f32 left out of the JSON).
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 impl TrainConfig {
@@ -337,6 +340,15 @@ pub fn train(
             "train: --batch and --epochs must be at least 1".into(),
         ));
     }
+    if cfg.precision != be.precision() {
+        return Err(Error::InvalidArg(format!(
+            "the run is configured for {} convolutions but the backend {} computes {}",
+            cfg.precision,
+            be.name(),
+            be.precision()
+        )));
+    }
+
     let data_checksum = crate::attack::advset::checksum_file(train_data.path())?;
     let (mut model, mut opt, cfg, mut history, start) = match &dirs.resume {
         None => {

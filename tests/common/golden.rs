@@ -75,7 +75,7 @@ pub fn cases() -> Vec<Case> {
     v
 }
 
-fn read_f64(f: &SafeFile, name: &str) -> (Vec<usize>, Vec<f64>) {
+pub fn read_f64(f: &SafeFile, name: &str) -> (Vec<usize>, Vec<f64>) {
     let (dt, shape, bytes) = f.bytes(name).expect("expected tensor");
     assert_eq!(dt, Dtype::F64, "{}: {name} must be f64", f.path().display());
     let v = bytes

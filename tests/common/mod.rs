@@ -137,3 +137,35 @@ pub fn advlens_bin() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_advlens")))
 }
+
+/// Assert |got - want| <= allow[i] elementwise (per-element error bounds, e.g. from the input
+/// rounding of a reduced-precision GEMM); on failure report the worst element.
+pub fn assert_within(got: &[f32], want: &[f32], allow: &[f64], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    assert_eq!(got.len(), allow.len(), "{what}: bound length");
+    let mut worst: Option<(usize, f64)> = None;
+    for i in 0..got.len() {
+        let err = (got[i] as f64 - want[i] as f64).abs();
+        let ratio = if err.is_nan() {
+            f64::INFINITY
+        } else if err == 0.0 {
+            0.0
+        } else {
+            err / allow[i]
+        };
+        if worst.is_none_or(|(_, r)| ratio > r) {
+            worst = Some((i, ratio));
+        }
+    }
+    if let Some((i, r)) = worst {
+        assert!(
+            r <= 1.0,
+            "{what}: worst element {i}: got {}, want {}, |diff| {:.3e} > bound {:.3e} ({} values)",
+            got[i],
+            want[i],
+            (got[i] as f64 - want[i] as f64).abs(),
+            allow[i],
+            got.len()
+        );
+    }
+}

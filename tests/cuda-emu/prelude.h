@@ -17,6 +17,9 @@
 
 #include "runtime.h"
 
+// Kernel sources ask for portable twins of inline PTX with this (kernels/common.cuh, ADV_MMA_PTX).
+#define ADVLENS_CUDA_EMU 1
+
 #define __global__
 #define __device__
 #define __host__

@@ -314,7 +314,14 @@ impl super::CpuBackend {
         const OP: &str = "conv2d_backward_data";
         let g = super::conv_geom(OP, x, w, p)?;
         super::want_shape(OP, "dy", dy, &[g.n, g.k, g.p, g.q])?;
-        crate::tensor::Tensor::from_vec(x.shape(), backward_data(&g, w.cpu(OP)?, dy.cpu(OP)?))
+        crate::tensor::Tensor::from_vec(
+            x.shape(),
+            backward_data(
+                &g,
+                &self.precision().round_slice(w.cpu(OP)?),
+                &self.precision().round_slice(dy.cpu(OP)?),
+            ),
+        )
     }
 
     /// dw[K,C,R,R] of `conv2d` given dy, summed over the batch.
@@ -328,6 +335,13 @@ impl super::CpuBackend {
         const OP: &str = "conv2d_backward_filter";
         let g = super::conv_geom(OP, x, w, p)?;
         super::want_shape(OP, "dy", dy, &[g.n, g.k, g.p, g.q])?;
-        crate::tensor::Tensor::from_vec(w.shape(), backward_filter(&g, x.cpu(OP)?, dy.cpu(OP)?))
+        crate::tensor::Tensor::from_vec(
+            w.shape(),
+            backward_filter(
+                &g,
+                &self.precision().round_slice(x.cpu(OP)?),
+                &self.precision().round_slice(dy.cpu(OP)?),
+            ),
+        )
     }
 }

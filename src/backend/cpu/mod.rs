@@ -11,6 +11,7 @@ mod gemm;
 use rayon::prelude::*;
 
 use super::*;
+use crate::backend::precision::Precision;
 use crate::error::Error;
 
 pub use gemm::{dgemm, sgemm, Strides};
@@ -19,11 +20,22 @@ pub use gemm::{dgemm, sgemm, Strides};
 const CHUNK: usize = 1 << 14;
 
 #[derive(Default, Debug, Clone)]
-pub struct CpuBackend;
+pub struct CpuBackend {
+    /// Convolution input precision: tf32/bf16 round a copy of the GEMM inputs first (the CUDA
+    /// tensor-core kernels' contract, see backend/precision.rs); f32 is the exact oracle.
+    precision: Precision,
+}
 
 impl CpuBackend {
     pub fn new() -> CpuBackend {
-        CpuBackend
+        CpuBackend::default()
+    }
+    /// The oracle with convolution inputs rounded to `precision` (f32: unchanged).
+    pub fn with_precision(precision: Precision) -> CpuBackend {
+        CpuBackend { precision }
+    }
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 }
 
@@ -293,6 +305,9 @@ impl Backend for CpuBackend {
     fn name(&self) -> String {
         "cpu".into()
     }
+    fn precision(&self) -> Precision {
+        self.precision
+    }
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
@@ -319,7 +334,8 @@ impl Backend for CpuBackend {
             }
             None => None,
         };
-        let y = conv::forward(&g, x.cpu(OP)?, w.cpu(OP)?, bias);
+        let rnd = |v| self.precision.round_slice(v);
+        let y = conv::forward(&g, &rnd(x.cpu(OP)?), &rnd(w.cpu(OP)?), bias);
         Tensor::from_vec(&[g.n, g.k, g.p, g.q], y)
     }
 
@@ -345,7 +361,9 @@ impl Backend for CpuBackend {
         const OP: &str = "conv2d_backward";
         let g = conv_geom(OP, x, w, p)?;
         want_shape(OP, "dy", dy, &[g.n, g.k, g.p, g.q])?;
-        let (xs, ws, dys) = (x.cpu(OP)?, w.cpu(OP)?, dy.cpu(OP)?);
+        let rnd = |v| self.precision.round_slice(v);
+        let (xs, ws, dys) = (rnd(x.cpu(OP)?), rnd(w.cpu(OP)?), rnd(dy.cpu(OP)?));
+        let (xs, ws, dys) = (&*xs, &*ws, &*dys);
         let dx = if want_dx {
             Some(Tensor::from_vec(
                 x.shape(),
@@ -355,7 +373,8 @@ impl Backend for CpuBackend {
             None
         };
         let dw = Tensor::from_vec(w.shape(), conv::backward_filter(&g, xs, dys))?;
-        let db = Tensor::from_vec(&[g.k], conv::backward_bias(&g, dys))?;
+        // The bias gradient is a plain f32 sum of dy at every precision (no GEMM input).
+        let db = Tensor::from_vec(&[g.k], conv::backward_bias(&g, dy.cpu(OP)?))?;
         Ok(Conv2dGrads { dx, dw, db })
     }
 

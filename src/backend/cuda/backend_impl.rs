@@ -13,10 +13,14 @@ impl Backend for CudaBackend {
         format!("cuda:{}", self.dev.ordinal)
     }
     fn description(&self) -> String {
-        format!(
+        let d = format!(
             "cuda:{} ({}, {})",
             self.dev.ordinal, self.dev.name, self.dev.arch
-        )
+        );
+        crate::backend::with_precision_note(d, self.precision)
+    }
+    fn precision(&self) -> crate::backend::Precision {
+        self.precision
     }
     fn synchronize(&self) -> Result<()> {
         self.stream().synchronize().map_err(drv("synchronize"))

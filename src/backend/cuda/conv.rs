@@ -1,7 +1,8 @@
-//! Convolutions on the device: kernels/conv.cu (v1 direct, v2 implicit GEMM) and the bias
-//! gradient in kernels/reduce.cu.
+//! Convolutions on the device: kernels/conv.cu (v1 direct, v2 implicit GEMM, tensor-core
+//! `_tf32_v1` / `_bf16_v1` implicit GEMM) and the bias gradient in kernels/reduce.cu.
 use super::kernel_table::{self as kt, Kernel};
 use super::{as_i32, grid_1d, ConvVersion, CudaBackend};
+use crate::backend::precision::Precision;
 use crate::backend::{Conv2dGrads, Conv2dParams};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -56,6 +57,33 @@ impl Geom {
     }
 }
 
+/// The kernels of one conv pass, one per (precision, version); each set shares one signature.
+struct ConvKernels {
+    v1: Kernel,
+    v2: Kernel,
+    tf32: Kernel,
+    bf16: Kernel,
+}
+
+const FWD: ConvKernels = ConvKernels {
+    v1: kt::CONV_FWD_V1,
+    v2: kt::CONV_FWD_V2,
+    tf32: kt::CONV_FWD_TF32,
+    bf16: kt::CONV_FWD_BF16,
+};
+const BWD_DATA: ConvKernels = ConvKernels {
+    v1: kt::CONV_BWD_DATA_V1,
+    v2: kt::CONV_BWD_DATA_V2,
+    tf32: kt::CONV_BWD_DATA_TF32,
+    bf16: kt::CONV_BWD_DATA_BF16,
+};
+const BWD_FILTER: ConvKernels = ConvKernels {
+    v1: kt::CONV_BWD_FILTER_V1,
+    v2: kt::CONV_BWD_FILTER_V2,
+    tf32: kt::CONV_BWD_FILTER_TF32,
+    bf16: kt::CONV_BWD_FILTER_BF16,
+};
+
 /// Grid of the 64x64-tile GEMM kernels for an [m, n] output.
 pub(super) fn gemm_grid(m: usize, n: usize) -> LaunchConfig {
     LaunchConfig {
@@ -99,7 +127,7 @@ impl CudaBackend {
         let total = shape.iter().product::<usize>();
         let mut y = self.alloc(total, "conv2d output")?;
         if total > 0 {
-            let (kern, cfg) = self.pick(kt::CONV_FWD_V1, kt::CONV_FWD_V2, total, g.k);
+            let (kern, cfg) = self.pick(&FWD, total, g.k);
             let Geom {
                 n,
                 c,
@@ -112,10 +140,10 @@ impl CudaBackend {
                 stride,
                 pad,
             } = g;
-            // SAFETY: conv2d_fwd_f32_v1/_v2(const float* x, const float* w, const float* b,
+            // SAFETY: conv2d_fwd_{f32_v1,f32_v2,tf32_v1,bf16_v1}(const float* x, const float* w, const float* b,
             // float* y, int N, int C, int H, int W, int K, int R, int P, int Q, int stride,
             // int pad, int has_bias); x, w, b, y hold N*C*H*W, K*C*R*R, K, N*K*P*Q values
-            // (checked by Geom::new and the bias check above); v2 needs 256 threads (pick).
+            // (checked by Geom::new and the bias check above); block size from pick.
             unsafe {
                 launch!(
                     self,
@@ -223,8 +251,8 @@ impl CudaBackend {
         let total = x.numel();
         let mut dx = self.alloc(total, "conv2d dx")?;
         if total > 0 && dy.numel() > 0 {
-            let (kern, cfg) = self.pick(kt::CONV_BWD_DATA_V1, kt::CONV_BWD_DATA_V2, total, g.c);
-            // SAFETY: conv2d_bwd_data_f32_v1/_v2(const float* dy, const float* w, float* dx,
+            let (kern, cfg) = self.pick(&BWD_DATA, total, g.c);
+            // SAFETY: conv2d_bwd_data_{f32_v1,f32_v2,tf32_v1,bf16_v1}(const float* dy, const float* w, float* dx,
             // <geometry>); dy, w, dx hold N*K*P*Q, K*C*R*R, N*C*H*W values.
             unsafe { self.launch_bwd(kern, cfg, dys, ws, dx.slice_mut(), g) }?;
         } else if total > 0 {
@@ -242,24 +270,105 @@ impl CudaBackend {
         let dys = self.dev_slice(dy, OP)?;
         let wtotal = w.numel();
         let mut dw = self.alloc(wtotal, "conv2d dw")?;
-        if wtotal > 0 {
-            let (kern, cfg) =
-                self.pick(kt::CONV_BWD_FILTER_V1, kt::CONV_BWD_FILTER_V2, wtotal, g.k);
-            // SAFETY: conv2d_bwd_filter_f32_v1/_v2(const float* x, const float* dy, float* dw,
+        let split = match (self.precision, self.conv_version) {
+            (Precision::F32, ConvVersion::V3) => splitk_plan(g),
+            _ => None,
+        };
+        if let (true, Some(plan)) = (wtotal > 0, split) {
+            self.bwd_filter_splitk(xs, dys, &mut dw, g, plan)?;
+        } else if wtotal > 0 {
+            let (kern, cfg) = self.pick(&BWD_FILTER, wtotal, g.k);
+            // SAFETY: conv2d_bwd_filter_{f32_v1,f32_v2,tf32_v1,bf16_v1}(const float* x, const float* dy, float* dw,
             // <geometry>); x, dy, dw hold N*C*H*W, N*K*P*Q, K*C*R*R values.
             unsafe { self.launch_bwd(kern, cfg, xs, dys, dw.slice_mut(), g) }?;
         }
         Ok(self.tensor(w.shape(), dw))
     }
 
-    /// The selected version's kernel and launch: v1 a grid-stride loop over `total` outputs,
-    /// v2 a 64x64-tiled GEMM of `rows` x (total / rows) outputs with 256 threads.
-    fn pick(&self, v1: Kernel, v2: Kernel, total: usize, rows: i32) -> (Kernel, LaunchConfig) {
-        match self.conv_version {
-            ConvVersion::V1 => (v1, grid_1d(total)),
-            ConvVersion::V2 => {
-                let rows = rows.max(1) as usize;
-                (v2, gemm_grid(rows, total / rows))
+    /// v3 backward-filter: split-K partials into a workspace, then their fixed-order sum.
+    fn bwd_filter_splitk(
+        &self,
+        xs: &CudaSlice<f32>,
+        dys: &CudaSlice<f32>,
+        dw: &mut super::Block,
+        g: &Geom,
+        plan: SplitK,
+    ) -> Result<()> {
+        let crr = g.c as usize * (g.r * g.r) as usize;
+        let wtotal = g.k as usize * crr;
+        let mut ws = self.alloc(plan.splits * wtotal, "conv2d dw split-K workspace")?;
+        let mut cfg = gemm_grid(g.k as usize, crr);
+        cfg.grid_dim.2 = plan.splits as u32;
+        let Geom {
+            n,
+            c,
+            h,
+            w,
+            k,
+            r,
+            p,
+            q,
+            stride,
+            pad,
+        } = *g;
+        let chunk = plan.chunk;
+        // SAFETY: conv2d_bwd_filter_f32_v3(const float* x, const float* dy, float* ws, int N,
+        // int C, int H, int W, int K, int R, int P, int Q, int stride, int pad, int chunk); x, dy
+        // hold N*C*H*W, N*K*P*Q values, ws splits*K*C*R*R; grid.z = splits with
+        // (splits - 1) * chunk < N*P*Q (splitk_plan), 256 threads.
+        unsafe {
+            launch!(
+                self,
+                kt::CONV_BWD_FILTER_V3,
+                cfg,
+                [
+                    xs,
+                    dys,
+                    ws.slice_mut(),
+                    &n,
+                    &c,
+                    &h,
+                    &w,
+                    &k,
+                    &r,
+                    &p,
+                    &q,
+                    &stride,
+                    &pad,
+                    &chunk
+                ]
+            )
+        }?;
+        let (len, splits) = (wtotal as i64, plan.splits as i32);
+        // SAFETY: conv2d_splitk_sum_f32_v1(const float* ws, float* out, long long n,
+        // int splits); ws holds splits * n values, out n; grid-stride, any grid.
+        unsafe {
+            launch!(
+                self,
+                kt::CONV_SPLITK_SUM,
+                grid_1d(wtotal),
+                [ws.slice(), dw.slice_mut(), &len, &splits]
+            )
+        }
+    }
+
+    /// The kernel and launch for this backend's precision and version: f32 v1 a grid-stride
+    /// loop over `total` outputs; f32 v2 a 64x64-tiled GEMM of `rows` x (total / rows) outputs
+    /// with 256 threads; tf32/bf16 the tensor-core GEMM on the same 64x64 tiles with 128
+    /// threads (the conv version does not apply to them).
+    fn pick(&self, ks: &ConvKernels, total: usize, rows: i32) -> (Kernel, LaunchConfig) {
+        let rows = rows.max(1) as usize;
+        let tc = |k: Kernel| {
+            let mut cfg = gemm_grid(rows, total / rows);
+            cfg.block_dim = (128, 1, 1);
+            (k, cfg)
+        };
+        match (self.precision, self.conv_version) {
+            (Precision::Tf32, _) => tc(ks.tf32),
+            (Precision::Bf16, _) => tc(ks.bf16),
+            (Precision::F32, ConvVersion::V1) => (ks.v1, grid_1d(total)),
+            (Precision::F32, ConvVersion::V2 | ConvVersion::V3) => {
+                (ks.v2, gemm_grid(rows, total / rows))
             }
         }
     }
@@ -311,4 +420,82 @@ fn check_dy(op: &'static str, g: &Geom, dy: &Tensor) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// A split of the backward-filter reduction: `splits` slices of `chunk` (a multiple of 16).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct SplitK {
+    pub splits: usize,
+    pub chunk: i32,
+}
+
+/// The v3 heuristic of kernels/conv.cu: enough splits to fill two waves of an H100's 132 SMs,
+/// each split at least 4 K chunks (64) long, at most 64 splits and a 256 MiB workspace. None
+/// when one split is enough (then v2 writes dw directly).
+pub(super) fn splitk_plan(g: &Geom) -> Option<SplitK> {
+    const TARGET_BLOCKS: usize = 2 * 132;
+    const MAX_WS_BYTES: usize = 256 << 20;
+    let crr = g.c as usize * (g.r * g.r) as usize;
+    let tiles = (g.k as usize).div_ceil(64) * crr.div_ceil(64);
+    let red = g.n as usize * g.p as usize * g.q as usize;
+    let by_ws = MAX_WS_BYTES / (4 * g.k as usize * crr).max(1);
+    let want = TARGET_BLOCKS
+        .div_ceil(tiles.max(1))
+        .min(red / 64)
+        .min(64)
+        .min(by_ws);
+    if want < 2 {
+        return None;
+    }
+    let chunk = red.div_ceil(want).div_ceil(16) * 16;
+    let splits = red.div_ceil(chunk);
+    (splits >= 2).then_some(SplitK {
+        splits,
+        chunk: chunk as i32,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geom(n: i32, c: i32, hw: i32, k: i32, r: i32) -> Geom {
+        Geom {
+            n,
+            c,
+            h: hw,
+            w: hw,
+            k,
+            r,
+            p: hw,
+            q: hw,
+            stride: 1,
+            pad: r / 2,
+        }
+    }
+
+    #[test]
+    fn splitk_plan_covers_the_reduction_with_no_empty_split() {
+        // VGG conv1_2 at batch 32: 9 tiles, N*P*Q 1.6M -> many splits.
+        for g in [
+            geom(32, 64, 224, 64, 3),
+            geom(2, 3, 20, 5, 3),
+            geom(1, 512, 7, 512, 3),
+        ] {
+            let red = (g.n * g.p * g.q) as usize;
+            if let Some(s) = splitk_plan(&g) {
+                assert!(s.splits >= 2 && s.splits <= 64);
+                assert_eq!(s.chunk % 16, 0);
+                let c = s.chunk as usize;
+                assert!(
+                    (s.splits - 1) * c < red && s.splits * c >= red,
+                    "{s:?} {red}"
+                );
+            }
+        }
+        assert!(splitk_plan(&geom(32, 64, 224, 64, 3)).is_some());
+        assert!(splitk_plan(&geom(2, 3, 20, 5, 3)).is_some_and(|s| s.splits == 10));
+        // Wide and shallow: ResNet layer4 at batch 1 (N*P*Q 49) stays one split.
+        assert_eq!(splitk_plan(&geom(1, 512, 7, 512, 3)), None);
+    }
 }

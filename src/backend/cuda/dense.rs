@@ -42,11 +42,11 @@ impl CudaBackend {
         let (sam, sak, sbk, sbn) = (a.s0, a.s1, b.s0, b.s1);
         let cfg = match self.gemm_version {
             ConvVersion::V1 => grid_1d(m * n),
-            ConvVersion::V2 => gemm_grid(m, n),
+            ConvVersion::V2 | ConvVersion::V3 => gemm_grid(m, n),
         };
         let kern = match self.gemm_version {
             ConvVersion::V1 => kt::GEMM_V1,
-            ConvVersion::V2 => kt::GEMM_V2,
+            ConvVersion::V2 | ConvVersion::V3 => kt::GEMM_V2,
         };
         // SAFETY: gemm_f32_v1/_v2(const float* A, long long sam, long long sak, const float* B,
         // long long sbk, long long sbn, const float* bias, int has_bias, float* C, int M, int N,

@@ -38,6 +38,14 @@ kernel_table! {
     CONV_BWD_DATA_V2 = "conv", "conv2d_bwd_data_f32_v2";
     CONV_BWD_FILTER_V1 = "conv", "conv2d_bwd_filter_f32_v1";
     CONV_BWD_FILTER_V2 = "conv", "conv2d_bwd_filter_f32_v2";
+    CONV_BWD_FILTER_V3 = "conv", "conv2d_bwd_filter_f32_v3";
+    CONV_SPLITK_SUM = "conv", "conv2d_splitk_sum_f32_v1";
+    CONV_FWD_TF32 = "conv", "conv2d_fwd_tf32_v1";
+    CONV_FWD_BF16 = "conv", "conv2d_fwd_bf16_v1";
+    CONV_BWD_DATA_TF32 = "conv", "conv2d_bwd_data_tf32_v1";
+    CONV_BWD_DATA_BF16 = "conv", "conv2d_bwd_data_bf16_v1";
+    CONV_BWD_FILTER_TF32 = "conv", "conv2d_bwd_filter_tf32_v1";
+    CONV_BWD_FILTER_BF16 = "conv", "conv2d_bwd_filter_bf16_v1";
     RELU_FWD = "elementwise", "relu_fwd_f32_v1";
     RELU_BWD = "elementwise", "relu_bwd_f32_v1";
     DROPOUT_FWD = "elementwise", "dropout_fwd_f32_v1";
@@ -52,6 +60,8 @@ kernel_table! {
     SOFTMAX_XENT = "loss", "softmax_xent_f32_v1";
     FEATURE_MATCH_FWD = "loss", "feature_match_fwd_f32_v1";
     FEATURE_MATCH_BWD = "loss", "feature_match_bwd_f32_v1";
+    MMA_TF32 = "mma", "mma_m16n8k8_tf32_v1";
+    MMA_BF16 = "mma", "mma_m16n8k16_bf16_v1";
     SGD_STEP = "optim", "sgd_step_f32_v1";
     ADAM_STEP = "optim", "adam_step_f32_v1";
     MAXPOOL_FWD = "pool", "maxpool2d_fwd_f32_v1";
@@ -119,7 +129,9 @@ mod tests {
     fn names_follow_the_convention() {
         for k in ALL {
             assert!(
-                k.name.contains("_f32_v") || k.name.contains("_f64_v"),
+                ["_f32_v", "_f64_v", "_tf32_v", "_bf16_v"]
+                    .iter()
+                    .any(|d| k.name.contains(d)),
                 "{} does not follow <op>_<dtype>_vN",
                 k.name
             );

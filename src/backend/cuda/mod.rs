@@ -17,6 +17,7 @@ use cudarc::driver::{
     DriverError, LaunchConfig,
 };
 
+use crate::backend::precision::Precision;
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};
 
@@ -43,6 +44,7 @@ mod conv;
 #[cfg(feature = "cudnn")]
 pub mod cudnn;
 mod dense;
+mod mma;
 mod norm;
 mod pointwise;
 mod pool;
@@ -457,13 +459,16 @@ impl Device {
 // CudaBackend
 // ------------------------------------------------------------------------------------------------
 
-/// Which version of the convolution kernels to run (benchmarks compare them; `V2` is the default).
+/// Which version of the convolution kernels to run (benchmarks compare them; `V3` is the default).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvVersion {
     /// Direct kernels: the second oracle and the bench baseline.
     V1,
     /// Tiled implicit GEMM in shared memory.
     V2,
+    /// V2 with split-K backward-filter (partials reduced in a fixed order by a second kernel).
+    /// For linear GEMMs the same as V2.
+    V3,
 }
 
 /// Same choice for the linear-layer GEMM.
@@ -473,6 +478,8 @@ pub struct CudaBackend {
     dev: Arc<Device>,
     conv_version: ConvVersion,
     gemm_version: GemmVersion,
+    /// f32: the SIMT kernels of `conv_version`; tf32/bf16: the tensor-core kernels.
+    precision: Precision,
 }
 
 impl CudaBackend {
@@ -481,8 +488,9 @@ impl CudaBackend {
     pub fn new(ordinal: usize) -> Result<CudaBackend> {
         Ok(CudaBackend {
             dev: Device::open(ordinal)?,
-            conv_version: ConvVersion::V2,
+            conv_version: ConvVersion::V3,
             gemm_version: ConvVersion::V2,
+            precision: Precision::F32,
         })
     }
 
@@ -493,7 +501,22 @@ impl CudaBackend {
             dev: self.dev.clone(),
             conv_version: conv,
             gemm_version: gemm,
+            precision: self.precision,
         }
+    }
+
+    /// The same device with convolutions at `precision` (tf32/bf16: tensor-core kernels).
+    pub fn with_precision(&self, precision: Precision) -> CudaBackend {
+        CudaBackend {
+            dev: self.dev.clone(),
+            conv_version: self.conv_version,
+            gemm_version: self.gemm_version,
+            precision,
+        }
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Architecture the kernels are compiled for (e.g. "sm_90").
