@@ -7,7 +7,10 @@
 # sanitizer (-s none: needs no sanitizer-built std), debug assertions and overflow checks on (-a).
 # New inputs go to a temporary folder, never into the committed corpus; a crash input is kept
 # under fuzz/artifacts/NAME/ and fails the script.
-#   ADVLENS_FUZZ_REPLAY=0   skip the replay (scripts/test.sh already ran it in `cargo test`)
+#   ADVLENS_FUZZ_REPLAY=0     skip the replay (scripts/test.sh already ran it in `cargo test`)
+#   ADVLENS_FUZZ_LIBFUZZER=0  skip the libFuzzer runs even where cargo-fuzz is installed (the fuzz
+#                             crate's first build is about 10 CPU-minutes: advlens again, in
+#                             release with coverage instrumentation)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${ADVLENS_FUZZ_SECONDS:-5}
@@ -15,6 +18,10 @@ t0=$SECONDS
 
 if [[ "${ADVLENS_FUZZ_REPLAY:-1}" != 0 ]]; then
   cargo test --quiet --test fuzz_replay
+fi
+if [[ "${ADVLENS_FUZZ_LIBFUZZER:-1}" == 0 ]]; then
+  echo "fuzz-smoke: ADVLENS_FUZZ_LIBFUZZER=0: corpus replay only"
+  exit 0
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "fuzz-smoke: cargo-fuzz is not installed (cargo install cargo-fuzz): corpus replay only"

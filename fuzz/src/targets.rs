@@ -15,8 +15,11 @@ use advlens::analysis::wordnet::{parse_class_list, Hierarchy, WordNet};
 use advlens::attack::advset::{checksum64, shard_name, AdvSet};
 use advlens::data::Dataset;
 
+/// A target body: the fuzzer's bytes in, nothing out (it must return, never panic).
+pub type Target = fn(&[u8]);
+
 /// Every target, by name (the corpus folder and the `fuzz_targets/NAME.rs` file).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("checkpoint", checkpoint),
     ("split", split),
     ("idx", idx),

@@ -88,7 +88,7 @@ impl DivergenceGuard {
         step: usize,
         force: bool,
     ) -> Result<()> {
-        if !force && (step + 1) % PARAM_CHECK_EVERY != 0 {
+        if !force && !(step + 1).is_multiple_of(PARAM_CHECK_EVERY) {
             return Ok(());
         }
         match first_non_finite_sum(be, model)? {
