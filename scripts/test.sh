@@ -37,6 +37,9 @@ fi
 stamp "cargo test (all features; no driver here, so the CUDA tests are left to the emulated runs below)"
 ADVLENS_CUDA_DEFERRED=1 cargo test --all-features
 
+stamp "fuzz smoke: corpus replayed by cargo test above (tests/fuzz_replay.rs); 5 s of libFuzzer per target where cargo-fuzz is installed"
+ADVLENS_FUZZ_REPLAY=0 bash scripts/fuzz-smoke.sh
+
 stamp "build the emulated CUDA driver"
 bash tests/cuda-emu/build.sh target/cuda-emu
 

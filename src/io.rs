@@ -281,7 +281,6 @@ pub fn remove_stale_temps(dir: &Path, prefix: &str) {
     }
 }
 
-/// Serialize JSON to `path` atomically (pretty-printed).
 /// The names of the entries of `dir`, sorted; empty when `dir` does not exist.
 pub fn sorted_entry_names(dir: &Path) -> Result<Vec<String>> {
     let rd = match std::fs::read_dir(dir) {
@@ -297,6 +296,7 @@ pub fn sorted_entry_names(dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// Serialize JSON to `path` atomically (pretty-printed).
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::Json {
         path: path.to_path_buf(),

@@ -351,6 +351,105 @@ fn a_diverged_model_is_never_written_and_the_run_fails() {
     assert!(!bad.exists());
 }
 
+/// The step number in "diverged at epoch E step S" of a divergence error.
+fn diverged_step(e: &str, epoch: usize) -> usize {
+    let tag = format!("diverged at epoch {epoch} step ");
+    let at = e.find(&tag).unwrap_or_else(|| panic!("no '{tag}' in: {e}"));
+    let digits: String = e[at + tag.len()..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().unwrap()
+}
+
+/// Weights that go NaN while the loss stays finite (SGD at lr 1e30: the loss reads 0 behind dead
+/// ReLUs) are caught within `PARAM_CHECK_EVERY` steps, not at the end of the epoch (24 steps
+/// here); when an earlier epoch was good, its checkpoint is kept and named.
+#[test]
+fn divergence_stops_training_within_a_few_steps_and_keeps_the_last_good_checkpoint() {
+    let f = fixture();
+    let dir = scratch("diverge-steps");
+    let every = advlens::nn::diverge::PARAM_CHECK_EVERY;
+    let train = |out: &Path, extra: &[&str]| {
+        let mut c = bin();
+        c.args([
+            "train",
+            "--model",
+            "small-resnet18",
+            "--width",
+            "2",
+            "--data",
+        ])
+        .arg(&f.data)
+        .args(["--epochs", "2", "--batch", "2", "--optim", "sgd", "--out"])
+        .arg(out)
+        .args(extra);
+        c.output().unwrap()
+    };
+    let out = dir.join("first-epoch");
+    let o = train(&out, &["--lr", "1e30"]);
+    assert_refused(&o, &["diverged", "no checkpoint of this run was written"]);
+    let step = diverged_step(&stderr(&o), 1);
+    assert!(
+        step <= every,
+        "caught at step {step}, after {every}: {}",
+        stderr(&o)
+    );
+    assert!(!out.join("last.safetensors").exists());
+
+    // Epoch 1 trains at lr 0.01, epoch 2 at 0.01 * 1e32.
+    let out = dir.join("second-epoch");
+    let o = train(
+        &out,
+        &["--lr", "0.01", "--lr-milestones", "1", "--lr-gamma", "1e32"],
+    );
+    assert_refused(&o, &["diverged", "is the last good checkpoint, unchanged"]);
+    let step = diverged_step(&stderr(&o), 2);
+    assert!(
+        step <= every,
+        "caught at step {step}, after {every}: {}",
+        stderr(&o)
+    );
+    assert!(!out.join("epoch-002.safetensors").exists());
+    let last = advlens::nn::checkpoint::load(&out.join("last.safetensors")).unwrap();
+    assert_eq!(last.epoch, 1);
+}
+
+/// `advtrain` has the same guard: a diverging fine-tune stops at the step, saves nothing, fails.
+#[test]
+fn divergence_stops_advtrain_at_the_step() {
+    let f = fixture();
+    let out = scratch("diverge-adv").join("run");
+    let o = run(&[
+        &"advtrain",
+        &"--ckpt",
+        &f.ckpt,
+        &"--data",
+        &f.data,
+        &"--batch",
+        &"2",
+        &"--steps",
+        &"1",
+        &"--optim",
+        &"sgd",
+        &"--lr",
+        &"1e30",
+        &"--out",
+        &out,
+    ]);
+    assert_refused(
+        &o,
+        &["adversarial training diverged at epoch 1 step", "not saved"],
+    );
+    let step = diverged_step(&stderr(&o), 1);
+    assert!(
+        step <= advlens::nn::diverge::PARAM_CHECK_EVERY,
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.join("last.safetensors").exists());
+}
+
 #[test]
 fn resume_refuses_a_corrupt_optimiser_state() {
     let f = fixture();
@@ -797,6 +896,48 @@ fn ensemble_shards_of_replaced_data_are_never_reused_and_readers_verify_checksum
         &dir.join("ratios"),
     ]);
     assert_refused(&o, &["checksum"]);
+}
+
+/// A manifest names its shards by plain file name only: one naming `../x` (whose bytes and
+/// checksum match) makes neither a reader open nor `attack merge` write outside the set's folder.
+#[test]
+fn a_manifest_naming_a_path_outside_its_folder_is_refused() {
+    let f = fixture();
+    let dir = scratch("traversal");
+    let part = dir.join("part");
+    let o = run(&[
+        &"attack",
+        &"ensemble",
+        &"--models",
+        &f.ckpt,
+        &"--data",
+        &f.data,
+        &"--targets",
+        &"2",
+        &"--steps",
+        &"1",
+        &"--limit",
+        &"2",
+        &"--out",
+        &part,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let shard = advlens::attack::advset::shard_name(0);
+    // The shard moved next to the folder, the manifest pointing at it through `..`.
+    std::fs::rename(part.join(&shard), dir.join(&shard)).unwrap();
+    let mpath = part.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    m["shards"][0]["file"] = serde_json::json!(format!("../{shard}"));
+    std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
+    let e = advlens::attack::advset::AdvSet::open(&part)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("is not a shard name"), "{e}");
+    // merge --out merged/sub: the entry would be written to merged/<shard>, outside --out.
+    let merged = dir.join("merged");
+    let o = run(&[&"attack", &"merge", &"--out", &merged.join("sub"), &part]);
+    assert_refused(&o, &["is not a shard name"]);
+    assert!(!merged.join(&shard).exists(), "merge wrote outside --out");
 }
 
 // ---- 8. WordNet in polynomial time ------------------------------------------------------------

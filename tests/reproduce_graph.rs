@@ -184,3 +184,68 @@ fn a_stage_refuses_to_run_before_its_inputs() {
     assert!(r.status.success(), "{}", stderr(&r));
     assert!(out.join("hierarchy.json").is_file());
 }
+
+/// A stage folder left by a run with other settings is cleared before the stage runs again
+/// (never resumed, never mixed into the new outputs); one of the same settings is kept, so an
+/// interrupted stage resumes. Here: E1 trained with seed 3, then rerun with seed 4 (its train
+/// folder holds checkpoints of another configuration, which `train` alone would refuse).
+#[test]
+fn a_stage_folder_of_other_settings_is_cleared_before_the_stage_reruns() {
+    if !Path::new("/usr/share/wordnet/data.noun").exists() {
+        eprintln!("skipped: /usr/share/wordnet missing (apt-get install wordnet-base)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    tiny_split(&data.join("train.safetensors"), 20);
+    tiny_split(&data.join("test.safetensors"), 20);
+    let out = dir.path().join("run");
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let stage = |seed: &str, name: &str| {
+        advlens(&[
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--seed",
+            seed,
+            "reproduce",
+            "--profile",
+            "quick",
+            "--data",
+            d,
+            "--out",
+            o,
+            "--stage",
+            name,
+        ])
+    };
+    let r = stage("3", "prepare");
+    assert!(r.status.success(), "{}", stderr(&r));
+    let e1 = out.join("e1-small-alexnet");
+    let r = stage("3", "e1-small-alexnet");
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(e1.join("stage.json").is_file());
+    let seed_of = || {
+        let ck = advlens::nn::checkpoint::load(&e1.join("last.safetensors")).unwrap();
+        ck.metadata.get("seed").cloned()
+    };
+    let first_seed = seed_of();
+    // A file of that run (say a figure the new settings no longer make).
+    std::fs::write(e1.join("stale.txt"), b"seed 3").unwrap();
+    let r = stage("4", "e1-small-alexnet");
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(
+        stderr(&r).contains("holds files of other settings; clearing it"),
+        "{}",
+        stderr(&r)
+    );
+    assert!(!e1.join("stale.txt").exists(), "a file of seed 3 survived");
+    assert_ne!(seed_of(), first_seed, "the model of seed 3 was kept");
+    // The same settings again: cached, nothing cleared.
+    std::fs::write(e1.join("mine.txt"), b"seed 4").unwrap();
+    let r = stage("4", "e1-small-alexnet");
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(e1.join("mine.txt").exists());
+}

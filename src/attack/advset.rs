@@ -321,6 +321,33 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Read and check a manifest: the format, and every shard named `adv-NNNNN.safetensors`
+    /// (a plain file name: a manifest never makes a reader open, or `merge` write, a path
+    /// outside its folder, such as `../x` or `/dev/zero`).
+    pub fn read(path: &Path) -> Result<Manifest> {
+        let m: Manifest = crate::io::read_json(path)?;
+        if m.format != FORMAT {
+            return Err(Error::format(
+                path,
+                format!("format is '{}', expected {FORMAT}", m.format),
+            ));
+        }
+        if let Some(e) = m
+            .shards
+            .iter()
+            .find(|e| parse_shard_name(&e.file).is_none())
+        {
+            return Err(Error::format(
+                path,
+                format!(
+                    "shard file {:?} is not a shard name (adv-NNNNN.safetensors)",
+                    e.file
+                ),
+            ));
+        }
+        Ok(m)
+    }
+
     pub fn total_stats(&self, models: usize) -> Result<ShardStats> {
         let mut s = ShardStats::zeros(models);
         for e in &self.shards {
@@ -443,13 +470,7 @@ impl AdvSet {
 
     /// Open the set described by one manifest file (also a part manifest).
     pub fn open_manifest(path: &Path) -> Result<AdvSet> {
-        let manifest: Manifest = crate::io::read_json(path)?;
-        if manifest.format != FORMAT {
-            return Err(Error::format(
-                path,
-                format!("format is '{}', expected {FORMAT}", manifest.format),
-            ));
-        }
+        let manifest = Manifest::read(path)?;
         let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let [c, h, w] = manifest.shape;
         let k = manifest.classes.len();

@@ -639,13 +639,7 @@ fn part_manifests(parts: &[PathBuf]) -> Result<Vec<(PathBuf, Manifest)>> {
             vec![p.clone()]
         };
         for f in files {
-            let m: Manifest = crate::io::read_json(&f)?;
-            if m.format != FORMAT {
-                return Err(Error::format(
-                    &f,
-                    format!("format is '{}', expected {FORMAT}", m.format),
-                ));
-            }
+            let m = Manifest::read(&f)?;
             out.push((f, m));
         }
     }

@@ -32,6 +32,7 @@ use crate::backend::{Backend, Precision};
 use crate::data::{Batches, Dataset};
 use crate::error::{Error, Result};
 use crate::nn::checkpoint;
+use crate::nn::diverge::DivergenceGuard;
 use crate::nn::optim::{OptimConfig, Optimizer};
 use crate::nn::train::{epoch_batches, evaluate, save_epoch, topk_hits, EvalReport};
 use crate::nn::Model;
@@ -536,6 +537,7 @@ pub fn advtrain(
     model.to_backend(be)?;
     opt.set_lr(cfg.optim.lr());
     let mut last = out.join("last.safetensors");
+    let mut guard = DivergenceGuard::new("adversarial training", resume.map(Path::to_path_buf));
     for epoch in start..cfg.epochs {
         let t0 = Instant::now();
         let (batches, n_train) = epoch_batches(train_data, cfg.batch, cfg.seed, epoch, cfg.limit)?;
@@ -562,15 +564,9 @@ pub fn advtrain(
                 cfg.beta,
                 cfg.consistency,
             )?;
-            if !s.loss.is_finite() {
-                return Err(Error::Numeric(format!(
-                    "adversarial training diverged: loss {} at epoch {} step {}; lower --lr",
-                    s.loss,
-                    epoch + 1,
-                    step + 1
-                )));
-            }
+            guard.loss(s.loss, epoch, step, opt.lr())?;
             opt.step(be, &mut model)?;
+            guard.params(be, &model, epoch, step, false)?;
             let m = b.labels.len() as f64;
             acc.loss += s.loss * m;
             acc.ce_clean += s.ce_clean * m;
@@ -583,6 +579,8 @@ pub fn advtrain(
             pb.set_message(format!("loss {:.4}", acc.loss / seen as f64));
         }
         pb.finish_and_clear();
+        // Before validation (whose logits a diverged model would poison) and the checkpoint.
+        guard.before_save(&model, epoch)?;
         let secs = t0.elapsed().as_secs_f64();
         let val_report = match val {
             Some(v) => Some(evaluate_robust(
@@ -620,6 +618,7 @@ pub fn advtrain(
             "advtrain.json",
             &serde_json::json!({ "base": base, "config": cfg, "history": &history }),
         )?;
+        guard.saved(last.clone());
         on_epoch(&rep);
     }
     Ok(AdvTrainOutcome {

@@ -396,6 +396,45 @@ struct Walk<'e, 'a> {
     parts_here: bool,
 }
 
+/// Marks the key of the run in progress in a stage folder (written before the stage's work).
+const STAGE_KEY_FILE: &str = "stage-key.json";
+
+/// Make `OUT/<name>` the folder of a run of this stage with `key`, and return it. A folder that
+/// holds (part of) a run with another key, finished or interrupted, or files of unknown origin
+/// (no `stage-key.json`), is cleared first: it is reproduce's own cache, and its files must never
+/// be resumed or mixed into this run's outputs (nor make `train` or `attack ensemble` refuse a
+/// folder of another run). A folder marked with this key is kept, so an interrupted run
+/// resumes inside the stage. The check, clearing and marking happen under a flock on the folder,
+/// so parallel part jobs of one stage (`--stage e2 --shard K/N`) clear it at most once.
+pub fn claim_stage_dir(out: &Path, name: &str, key: &Value) -> Result<PathBuf> {
+    let dir = out.join(name);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    // The folder itself is locked and emptied, never removed, so every job locks the same inode.
+    let lock = std::fs::File::open(&dir).map_err(|e| Error::io(&dir, e))?;
+    lock.lock().map_err(|e| Error::io(&dir, e))?;
+    let marker = dir.join(STAGE_KEY_FILE);
+    if crate::io::read_json::<Value>(&marker).is_ok_and(|k| &k == key) {
+        return Ok(dir);
+    }
+    let entries: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| Error::io(&dir, e))?
+        .map(|e| e.map(|e| e.path()).map_err(|e| Error::io(&dir, e)))
+        .collect::<Result<_>>()?;
+    if !entries.is_empty() {
+        eprintln!("reproduce: {name}: its folder holds files of other settings; clearing it");
+    }
+    for p in entries {
+        let r = if p.is_dir() && !p.is_symlink() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        r.map_err(|e| Error::io(&p, e))?;
+    }
+    crate::io::write_json(&marker, key)?;
+    Ok(dir)
+}
+
 /// What `OUT/<name>/stage.json` says about a stage with this key.
 enum Cached {
     Hit(Value, f64),
@@ -462,10 +501,9 @@ impl Walk<'_, '_> {
             return Ok(());
         }
         let t0 = Instant::now();
+        let dir = claim_stage_dir(out, &st.name, &key)?;
         self.run_parts(st)?;
         eprintln!("reproduce: {} ...", st.name);
-        let dir = out.join(&st.name);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let result = (st.run)(self.env, st, &self.inputs(), &dir)?;
         let seconds = t0.elapsed().as_secs_f64();
         let doc = json!({ "key": key, "result": &result, "seconds": seconds });
@@ -580,7 +618,12 @@ pub fn reproduce_stage(
         walk.require(s, name)?;
     }
     match (part, st.part) {
-        (Some(p), Some(f)) => return f(&env, st, &walk.inputs(), p),
+        (Some(p), Some(f)) => {
+            if st.cached {
+                claim_stage_dir(&cfg.out, name, &walk.key(st)?)?;
+            }
+            return f(&env, st, &walk.inputs(), p);
+        }
         (Some(_), None) => {
             return Err(Error::InvalidArg(format!(
                 "--shard: stage '{name}' does not split (only e2 does)"
@@ -592,4 +635,40 @@ pub fn reproduce_stage(
     walk.results
         .remove(name)
         .ok_or_else(|| Error::InvalidArg(format!("internal: stage '{name}' left no result")))
+}
+
+#[cfg(test)]
+mod stage_dir_tests {
+    use super::*;
+
+    #[test]
+    fn a_stage_folder_is_kept_for_its_own_key_and_cleared_for_any_other() {
+        let out = tempfile::tempdir().unwrap();
+        let (a, b) = (json!({ "lr": 0.001 }), json!({ "lr": 0.002 }));
+        // Files of unknown origin (no stage-key.json), a subfolder, and a link out of the folder.
+        let d = out.path().join("e1");
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        std::fs::write(d.join("sub/old"), b"x").unwrap();
+        std::fs::write(d.join("stage.json"), b"{}").unwrap();
+        let outside = out.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("keep"), b"k").unwrap();
+        std::os::unix::fs::symlink(&outside, d.join("link")).unwrap();
+        let dir = claim_stage_dir(out.path(), "e1", &a).unwrap();
+        assert_eq!(dir, d);
+        assert_eq!(crate::io::sorted_entry_names(&d).unwrap(), [STAGE_KEY_FILE]);
+        assert!(
+            outside.join("keep").exists(),
+            "followed a link out of the folder"
+        );
+        // An interrupted run of key a resumes: its partial files stay.
+        std::fs::write(d.join("partial"), b"a").unwrap();
+        claim_stage_dir(out.path(), "e1", &a).unwrap();
+        assert!(d.join("partial").exists());
+        // Key b never sees them.
+        claim_stage_dir(out.path(), "e1", &b).unwrap();
+        assert!(!d.join("partial").exists());
+        let k: Value = crate::io::read_json(&d.join(STAGE_KEY_FILE)).unwrap();
+        assert_eq!(k, b);
+    }
 }

@@ -174,7 +174,8 @@ fn check_spec_against_tensors(f: &SafeFile, spec: &ModelSpec) -> Result<()> {
         return Err(Error::format(
             path,
             format!(
-                "metadata describes {} width {} with {} classes and input {c}x{h}x{w}, above the                  limits (width <= {}, classes <= {}, <= 4 channels, sides <= {})",
+                "metadata describes {} width {} with {} classes and input {c}x{h}x{w}, above the \
+                 limits (width <= {}, classes <= {}, <= 4 channels, sides <= {})",
                 spec.name,
                 spec.width,
                 spec.num_classes,

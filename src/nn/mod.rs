@@ -86,6 +86,7 @@
 
 pub mod arch;
 pub mod checkpoint;
+pub mod diverge;
 pub mod import;
 pub mod layers;
 pub mod model;

@@ -274,14 +274,17 @@ impl Optimizer {
             let v = t.to_vec()?;
             if let Some(i) = v.iter().position(|x| !x.is_finite()) {
                 return Err(Error::InvalidArg(format!(
-                    "optimiser tensor '{full}' holds {} at flat index {i}: the optimiser state is                      corrupt or the run diverged; it cannot resume",
+                    "optimiser tensor '{full}' holds {} at flat index {i}: the optimiser state is \
+                     corrupt or the run diverged; it cannot resume",
                     v[i]
                 )));
             }
             if slot == "exp_avg_sq" {
                 if let Some(i) = v.iter().position(|&x| x < 0.0) {
                     return Err(Error::InvalidArg(format!(
-                        "optimiser tensor '{full}' holds {} at flat index {i}: Adam's second                          moment is a running mean of squares and cannot be negative (corrupt                          state); it cannot resume",
+                        "optimiser tensor '{full}' holds {} at flat index {i}: Adam's second \
+                         moment is a running mean of squares and cannot be negative (corrupt \
+                         state); it cannot resume",
                         v[i]
                     )));
                 }

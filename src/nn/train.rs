@@ -19,6 +19,7 @@ use crate::data::{Batches, Dataset};
 use crate::error::{Error, Result};
 
 use super::checkpoint;
+use super::diverge::DivergenceGuard;
 use super::model::{Model, ModelSpec};
 use super::optim::{OptimConfig, Optimizer};
 
@@ -401,6 +402,7 @@ pub fn train(
             last_checkpoint: dirs.resume.clone().unwrap_or(last),
         });
     }
+    let mut guard = DivergenceGuard::new("training", dirs.resume.clone());
     for epoch in start..cfg.epochs {
         let lr = cfg.lr_at(epoch);
         opt.set_lr(lr);
@@ -415,14 +417,8 @@ pub fn train(
         for (step, b) in batches.enumerate() {
             let b = b?;
             let (l, h) = train_step(be, &mut model, &mut opt, &b.images, &b.labels)?;
-            if !l.is_finite() {
-                return Err(Error::Numeric(format!(
-                    "training diverged: the loss is {l} at epoch {} step {} (lr {lr}); lower --lr \
-                     or check the data",
-                    epoch + 1,
-                    step + 1
-                )));
-            }
+            guard.loss(l, epoch, step, lr)?;
+            guard.params(be, &model, epoch, step, false)?;
             loss_sum += l;
             hits += h;
             seen += b.labels.len();
@@ -430,6 +426,8 @@ pub fn train(
             pb.set_message(format!("loss {:.4}", loss_sum / seen as f64));
         }
         pb.finish_and_clear();
+        // Before validation (whose logits a diverged model would poison) and the checkpoint.
+        guard.before_save(&model, epoch)?;
         let train_secs = t0.elapsed().as_secs_f64();
         let val_report = match val {
             Some(v) => Some(evaluate(
@@ -450,20 +448,6 @@ pub fn train(
             seconds: train_secs,
             images_per_sec: seen as f64 / train_secs.max(1e-9),
         };
-        if let Some((name, v)) = checkpoint::first_non_finite(&model)? {
-            let kept = if epoch == 0 {
-                "no checkpoint was written".to_string()
-            } else {
-                format!(
-                    "{} (epoch {epoch}) is the last good checkpoint",
-                    last.display()
-                )
-            };
-            return Err(Error::Numeric(format!(
-                "training diverged at epoch {}: parameter '{name}' holds {v} although the loss                  stayed finite (lr {lr}); lower --lr. The diverged model was not saved; {kept}",
-                epoch + 1
-            )));
-        }
         history.push(rep.clone());
         last = save_epoch(
             &dirs.out,
@@ -475,6 +459,7 @@ pub fn train(
             &serde_json::json!({ "config": &cfg, "spec": model.spec(), "history": &history,
                 "data": { "file": train_data.path(), "checksum": &data_checksum } }),
         )?;
+        guard.saved(last.clone());
         on_epoch(&rep);
     }
     Ok(TrainOutcome {

@@ -1,0 +1,2 @@
+//! advlens fuzz targets: see `targets.rs`.
+pub mod targets;
