@@ -1,13 +1,21 @@
 //! Convolution on host slices: im2col + GEMM per image, parallel over images with rayon.
 //!
 //! Per image n, with col[C*R*R, P*Q] the unfolded input:
-//!   forward      y_n[K, PQ]    = w[K, CRR] . col
+//!   forward      y_n[K, PQ]    = w[K, CRR] . col, col packed straight from x_n into the GEMM's
+//!                B panels (`Im2col`: no column matrix is written)
 //!   backward dw  dw[K, CRR]   += dy_n[K, PQ] . col^T   (per-thread partials, reduced at the end)
-//!   backward dx  dcol[CRR, PQ] = w^T . dy_n, then col2im scatters dcol into dx_n.
+//!   backward dx  stride 1: the forward convolution of dy with the flipped, transposed weights
+//!                (`transposed`); otherwise dcol[CRR, PQ] = w^T . dy_n, then col2im scatters
+//!                dcol into dx_n.
+//! Column buffers are per-thread and reused across calls (no allocation in steady state).
+
+use std::cell::RefCell;
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 
 use super::gemm::{sgemm, Strides};
+use super::sgemm::{isa, sgemm_on, with_scratch, Mat, PackB};
 
 /// Geometry of one convolution, validated by the caller.
 #[derive(Clone, Copy, Debug)]
@@ -109,66 +117,152 @@ fn col2im(g: &Geom, col: &[f32], dx: &mut [f32]) {
     }
 }
 
-/// y[N,K,P,Q] = conv(x, w) + b.
-pub fn forward(g: &Geom, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
-    let (chw, crr, pq, k) = (g.chw(), g.crr(), g.pq(), g.k);
-    let mut y = vec![0.0f32; g.n * k * pq];
-    if y.is_empty() {
-        return y;
-    }
-    let direct = g.direct();
-    y.par_chunks_mut(k * pq)
-        .zip(x.par_chunks(chw))
-        .for_each_init(
-            || vec![0.0f32; if direct { 0 } else { crr * pq }],
-            |col, (yn, xn)| {
-                let cols: &[f32] = if direct {
-                    xn
+thread_local! {
+    /// The unfolded image (im2col) or its gradient (dcol) of the task on this thread.
+    static COL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Run `f` on this thread's column buffer of at least `len` floats (grown, never shrunk).
+fn with_col<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    with_scratch(&COL, |v: &mut Vec<f32>| {
+        if v.len() < len {
+            v.resize(len, 0.0);
+        }
+        f(&mut v[..len])
+    })
+}
+
+/// The im2col matrix col[C*R*R, P*Q] of one image as a GEMM B operand, packed straight from
+/// the image: row (ci, ki, kj), column (oi, oj) is x[ci, oi*s + ki - pad, oj*s + kj - pad] (0
+/// outside). No column matrix is written; each panel row is a few contiguous row copies.
+struct Im2col<'a> {
+    g: &'a Geom,
+    x: &'a [f32],
+}
+
+impl PackB for Im2col<'_> {
+    fn pack_panel(&self, p0: usize, j0: usize, w: usize, nr: usize, dst: &mut [f32]) {
+        let g = self.g;
+        for (p, grp) in dst.chunks_exact_mut(nr).enumerate() {
+            let row = p0 + p;
+            let (ci, ki, kj) = (row / (g.r * g.r), (row / g.r) % g.r, row % g.r);
+            let plane = &self.x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+            let (lo, hi) = g.valid_cols(kj);
+            let (mut oi, mut oj, mut jj) = (j0 / g.q, j0 % g.q, 0);
+            while jj < w {
+                let len = (g.q - oj).min(w - jj);
+                let seg = &mut grp[jj..jj + len];
+                let ih = (oi * g.stride + ki) as isize - g.pad as isize;
+                if ih < 0 || ih >= g.h as isize {
+                    seg.fill(0.0);
                 } else {
-                    im2col(g, xn, col);
-                    col
-                };
-                sgemm(
-                    k,
-                    crr,
-                    pq,
-                    w,
-                    Strides::row(crr),
-                    cols,
-                    Strides::row(pq),
-                    0.0,
-                    yn,
-                    Strides::row(pq),
-                );
-                if let Some(b) = b {
-                    for (row, &bk) in yn.chunks_exact_mut(pq).zip(b) {
-                        row.iter_mut().for_each(|v| *v += bk);
+                    let src = &plane[ih as usize * g.w..(ih as usize + 1) * g.w];
+                    // Valid output columns of this segment: [a, b) of oj..oj+len.
+                    let (a, b) = (lo.clamp(oj, oj + len), hi.clamp(oj, oj + len));
+                    seg[..a - oj].fill(0.0);
+                    seg[b - oj..].fill(0.0);
+                    if a < b {
+                        if g.stride == 1 {
+                            let s0 = a + kj - g.pad;
+                            seg[a - oj..b - oj].copy_from_slice(&src[s0..s0 + (b - a)]);
+                        } else {
+                            for (o, d) in (a..b).zip(&mut seg[a - oj..b - oj]) {
+                                *d = src[o * g.stride + kj - g.pad];
+                            }
+                        }
                     }
                 }
-            },
-        );
+                jj += len;
+                oi += 1;
+                oj = 0;
+            }
+            grp[w..].fill(0.0);
+        }
+    }
+}
+
+/// y_n[K, PQ] = w[K, CRR] . im2col(x_n), one image, on the calling thread's GEMM.
+fn forward_image(g: &Geom, xn: &[f32], w: &[f32], yn: &mut [f32]) {
+    let (crr, pq) = (g.crr(), g.pq());
+    let a = Mat {
+        data: w,
+        rs: crr,
+        cs: 1,
+    };
+    if g.direct() {
+        let b = Mat {
+            data: xn,
+            rs: pq,
+            cs: 1,
+        };
+        sgemm_on(isa(), g.k, crr, pq, a, &b, 0.0, yn, pq, 1);
+    } else {
+        let b = Im2col { g, x: xn };
+        sgemm_on(isa(), g.k, crr, pq, a, &b, 0.0, yn, pq, 1);
+    }
+}
+
+/// y[N,K,P,Q] = conv(x, w) + b.
+pub fn forward(g: &Geom, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
+    let (chw, pq, k) = (g.chw(), g.pq(), g.k);
+    let mut y = vec![0.0f32; g.n * k * pq];
+    if y.is_empty() || g.crr() == 0 {
+        return y;
+    }
+    y.par_chunks_mut(k * pq)
+        .zip(x.par_chunks(chw))
+        .for_each(|(yn, xn)| {
+            forward_image(g, xn, w, yn);
+            if let Some(b) = b {
+                for (row, &bk) in yn.chunks_exact_mut(pq).zip(b) {
+                    row.iter_mut().for_each(|v| *v += bk);
+                }
+            }
+        });
     y
+}
+
+/// Scratch buffers that outlive one task (the per-run dw partials), kept for the next call:
+/// fresh multi-MiB allocations cost more in page faults than the GEMMs that fill them.
+static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+
+/// A zeroed buffer of `len` floats from the pool.
+fn pooled(len: usize) -> Vec<f32> {
+    let mut v = POOL
+        .lock()
+        .map(|mut p| p.pop().unwrap_or_default())
+        .unwrap_or_default();
+    v.clear();
+    v.resize(len, 0.0);
+    v
+}
+
+fn unpool(v: Vec<f32>) {
+    if let Ok(mut p) = POOL.lock() {
+        if p.len() < 64 {
+            p.push(v);
+        }
+    }
 }
 
 /// dw[K, C*R*R], summed over the batch.
 ///
 /// The images are split into one contiguous run per rayon thread; the first run accumulates
-/// straight into the output and the others into partials added at the end. (A rayon fold/reduce
-/// allocated two extra K*C*R*R buffers per call: for ResNet-18's 512x4608 layers at batch 1 the
-/// fresh 9 MiB allocations and their page faults cost 14x the GEMM itself, measured with
-/// `advlens bench conv`.)
+/// straight into the output and the others into partials (from `POOL`) added at the end in run
+/// order, so the sum is the same for a given thread count. (A rayon fold/reduce allocated two
+/// extra K*C*R*R buffers per call: for ResNet-18's 512x4608 layers at batch 1 the fresh 9 MiB
+/// allocations and their page faults cost 14x the GEMM itself, measured with `advlens bench
+/// conv`.)
 pub fn backward_filter(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (chw, crr, pq, k) = (g.chw(), g.crr(), g.pq(), g.k);
     let mut dw = vec![0.0f32; k * crr];
-    if g.n == 0 || pq == 0 {
+    if g.n == 0 || pq == 0 || crr == 0 {
         return dw;
     }
     let direct = g.direct();
     let runs = rayon::current_num_threads().clamp(1, g.n);
     let per = g.n.div_ceil(runs);
-    let mut partials: Vec<Vec<f32>> = (1..g.n.div_ceil(per))
-        .map(|_| vec![0.0f32; k * crr])
-        .collect();
+    let mut partials: Vec<Vec<f32>> = (1..g.n.div_ceil(per)).map(|_| pooled(k * crr)).collect();
     let bufs: Vec<&mut Vec<f32>> = std::iter::once(&mut dw)
         .chain(partials.iter_mut())
         .collect();
@@ -176,38 +270,81 @@ pub fn backward_filter(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         .zip(x.par_chunks(per * chw))
         .zip(dy.par_chunks(per * k * pq))
         .for_each(|((acc, xs), dys)| {
-            let mut col = vec![0.0f32; if direct { 0 } else { crr * pq }];
-            for (xn, dyn_) in xs.chunks(chw).zip(dys.chunks(k * pq)) {
-                let cols: &[f32] = if direct {
-                    xn
-                } else {
-                    im2col(g, xn, &mut col);
-                    &col
-                };
-                // acc += dy_n . col^T
-                sgemm(
-                    k,
-                    pq,
-                    crr,
-                    dyn_,
-                    Strides::row(pq),
-                    cols,
-                    Strides::trans(pq),
-                    1.0,
-                    acc,
-                    Strides::row(crr),
-                );
-            }
+            with_col(if direct { 0 } else { crr * pq }, |col| {
+                for (xn, dyn_) in xs.chunks(chw).zip(dys.chunks(k * pq)) {
+                    let cols: &[f32] = if direct {
+                        xn
+                    } else {
+                        im2col(g, xn, col);
+                        col
+                    };
+                    // acc += dy_n . col^T
+                    sgemm(
+                        k,
+                        pq,
+                        crr,
+                        dyn_,
+                        Strides::row(pq),
+                        cols,
+                        Strides::trans(pq),
+                        1.0,
+                        acc,
+                        Strides::row(crr),
+                    );
+                }
+            })
         });
-    for p in &partials {
-        dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+    for p in partials {
+        dw.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+        unpool(p);
     }
     dw
+}
+
+/// The geometry and weights of dx as a forward convolution, for stride 1: dx = conv(dy, w')
+/// with w'[c, k, r, s] = w[k, c, R-1-r, R-1-s] and pad R-1-pad (the transposed convolution),
+/// which needs no column buffer and no scatter. None when that does not apply.
+fn transposed(g: &Geom, w: &[f32]) -> Option<(Geom, Vec<f32>)> {
+    if g.stride != 1 || g.pad + 1 > g.r {
+        return None;
+    }
+    let t = Geom {
+        n: g.n,
+        c: g.k,
+        h: g.p,
+        w: g.q,
+        k: g.c,
+        r: g.r,
+        stride: 1,
+        pad: g.r - 1 - g.pad,
+        p: g.h,
+        q: g.w,
+    };
+    // Stride 1 always gives back H x W; checked so a geometry bug can never index out of range.
+    let out = |len: usize| (len + 2 * t.pad + 1).checked_sub(t.r);
+    if out(t.h) != Some(t.p) || out(t.w) != Some(t.q) {
+        return None;
+    }
+    let rr = g.r * g.r;
+    let mut wt = vec![0.0f32; w.len()];
+    for ki in 0..g.k {
+        for ci in 0..g.c {
+            let src = &w[(ki * g.c + ci) * rr..][..rr];
+            let dst = &mut wt[(ci * g.k + ki) * rr..][..rr];
+            for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                *d = *s;
+            }
+        }
+    }
+    Some((t, wt))
 }
 
 /// dx[N,C,H,W].
 pub fn backward_data(g: &Geom, w: &[f32], dy: &[f32]) -> Vec<f32> {
     let (chw, crr, pq, k) = (g.chw(), g.crr(), g.pq(), g.k);
+    if let Some((t, wt)) = transposed(g, w) {
+        return forward(&t, dy, &wt, None);
+    }
     let mut dx = vec![0.0f32; g.n * chw];
     if dx.is_empty() || pq == 0 {
         return dx;
@@ -215,23 +352,22 @@ pub fn backward_data(g: &Geom, w: &[f32], dy: &[f32]) -> Vec<f32> {
     let direct = g.direct();
     dx.par_chunks_mut(chw)
         .zip(dy.par_chunks(k * pq))
-        .for_each_init(
-            || vec![0.0f32; if direct { 0 } else { crr * pq }],
-            |dcol, (dxn, dyn_)| {
-                if direct {
-                    sgemm(
-                        crr,
-                        k,
-                        pq,
-                        w,
-                        Strides::trans(crr),
-                        dyn_,
-                        Strides::row(pq),
-                        0.0,
-                        dxn,
-                        Strides::row(pq),
-                    );
-                } else {
+        .for_each(|(dxn, dyn_)| {
+            if direct {
+                sgemm(
+                    crr,
+                    k,
+                    pq,
+                    w,
+                    Strides::trans(crr),
+                    dyn_,
+                    Strides::row(pq),
+                    0.0,
+                    dxn,
+                    Strides::row(pq),
+                );
+            } else {
+                with_col(crr * pq, |dcol| {
                     sgemm(
                         crr,
                         k,
@@ -245,9 +381,9 @@ pub fn backward_data(g: &Geom, w: &[f32], dy: &[f32]) -> Vec<f32> {
                         Strides::row(pq),
                     );
                     col2im(g, dcol, dxn);
-                }
-            },
-        );
+                })
+            }
+        });
     dx
 }
 

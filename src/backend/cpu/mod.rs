@@ -7,13 +7,19 @@
 
 mod conv;
 mod gemm;
+pub mod sgemm;
 
 use rayon::prelude::*;
 
 use super::*;
 use crate::error::Error;
 
-pub use gemm::{dgemm, sgemm, Strides};
+pub use gemm::{dgemm, sgemm, sgemm_isa, Strides};
+
+/// The instruction set the CPU GEMM runs on (reported beside every benchmark figure).
+pub fn isa_name() -> String {
+    sgemm::isa().name().into()
+}
 
 /// Elements per rayon task for pointwise ops: large enough that task overhead is negligible.
 const CHUNK: usize = 1 << 14;
