@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use super::gemm::{sgemm, Strides};
-use super::sgemm::{isa, sgemm_on, with_scratch, Mat, PackB};
+use super::sgemm::{dot_nt_acc, isa, sgemm_on, with_scratch, Mat, PackB};
 
 /// Geometry of one convolution, validated by the caller.
 #[derive(Clone, Copy, Debug)]
@@ -245,6 +245,14 @@ fn unpool(v: Vec<f32>) {
     }
 }
 
+/// Whether dw += dy_n . col^T runs as row dot products (`dot_nt_acc`) rather than a GEMM.
+/// The GEMM must transpose col into panels element by element, a cost that only many output
+/// channels amortise; the dot products read both rows as they lie but reduce their vector
+/// lanes once per output element and image, a cost that only many pixels amortise.
+fn use_dot(g: &Geom) -> bool {
+    g.pq() >= 128 || g.k <= 16
+}
+
 /// dw[K, C*R*R], summed over the batch.
 ///
 /// The images are split into one contiguous run per rayon thread; the first run accumulates
@@ -260,6 +268,7 @@ pub fn backward_filter(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         return dw;
     }
     let direct = g.direct();
+    let dot = use_dot(g);
     let runs = rayon::current_num_threads().clamp(1, g.n);
     let per = g.n.div_ceil(runs);
     let mut partials: Vec<Vec<f32>> = (1..g.n.div_ceil(per)).map(|_| pooled(k * crr)).collect();
@@ -279,18 +288,22 @@ pub fn backward_filter(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                         col
                     };
                     // acc += dy_n . col^T
-                    sgemm(
-                        k,
-                        pq,
-                        crr,
-                        dyn_,
-                        Strides::row(pq),
-                        cols,
-                        Strides::trans(pq),
-                        1.0,
-                        acc,
-                        Strides::row(crr),
-                    );
+                    if dot {
+                        dot_nt_acc(isa(), k, crr, pq, dyn_, pq, cols, pq, acc, crr);
+                    } else {
+                        sgemm(
+                            k,
+                            pq,
+                            crr,
+                            dyn_,
+                            Strides::row(pq),
+                            cols,
+                            Strides::trans(pq),
+                            1.0,
+                            acc,
+                            Strides::row(crr),
+                        );
+                    }
                 }
             })
         });

@@ -8,7 +8,10 @@
 //! Results therefore do not depend on the thread count. `ADVLENS_CPU_ISA=avx512|avx2|portable`
 //! forces a path (an ISA the CPU lacks falls back to the best one it has, said once on stderr).
 
+mod dot;
 mod kernels;
+
+pub use dot::dot_nt_acc;
 
 use std::cell::RefCell;
 use std::sync::OnceLock;

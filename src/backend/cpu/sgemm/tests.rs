@@ -155,3 +155,49 @@ fn isa_names_parse() {
     assert_eq!(Isa::parse("sse"), None);
     assert!(isa().supported());
 }
+
+#[test]
+fn dot_nt_every_isa_matches_f64_reference() {
+    for (si, &(m, n, len)) in [
+        (1, 1, 1),
+        (3, 7, 15),
+        (4, 6, 16),
+        (5, 13, 17),
+        (8, 72, 49),
+        (9, 11, 784),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut rng = Rng::new(100 + si as u64);
+        let (lda, ldb, ldc) = (len + 3, len + 1, n + 2);
+        let a: Vec<f32> = (0..m * lda).map(|_| rng.normal() as f32).collect();
+        let b: Vec<f32> = (0..n * ldb).map(|_| rng.normal() as f32).collect();
+        let c0: Vec<f32> = (0..m * ldc).map(|_| rng.normal() as f32).collect();
+        for isa in supported_isas() {
+            let mut c = c0.clone();
+            dot_nt_acc(isa, m, n, len, &a, lda, &b, ldb, &mut c, ldc);
+            for i in 0..m {
+                for j in 0..ldc {
+                    let got = c[i * ldc + j] as f64;
+                    if j >= n {
+                        assert_eq!(got, c0[i * ldc + j] as f64, "padding column written");
+                        continue;
+                    }
+                    let (mut s, mut abs) = (c0[i * ldc + j] as f64, c0[i * ldc + j].abs() as f64);
+                    for p in 0..len {
+                        let t = a[i * lda + p] as f64 * b[j * ldb + p] as f64;
+                        s += t;
+                        abs += t.abs();
+                    }
+                    let tol = 1e-6 + 4.0 * f32::EPSILON as f64 * abs;
+                    assert!(
+                        (got - s).abs() <= tol,
+                        "{} m{m} n{n} len{len}: c[{i},{j}] = {got} vs {s}",
+                        isa.name()
+                    );
+                }
+            }
+        }
+    }
+}
