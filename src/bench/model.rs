@@ -248,3 +248,61 @@ pub fn render(r: &ModelBenchReport) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(model: &str, batch: usize, iters: usize) -> ModelBenchConfig {
+        ModelBenchConfig {
+            model: model.into(),
+            width: 4,
+            batch,
+            warmup: 0,
+            iters,
+            workloads: WORKLOADS.iter().map(|s| s.to_string()).collect(),
+            ifgs_steps: 2,
+            sources: 2,
+            targets: 3,
+            seed: 1,
+        }
+    }
+
+    #[test]
+    fn every_workload_reports_its_rows_and_samples() {
+        let be = crate::backend::cpu::CpuBackend::new();
+        let r = run(&cfg("small-resnet18", 3, 2), &be).unwrap();
+        let got: Vec<_> = r.workloads.iter().map(|w| w.workload.as_str()).collect();
+        assert_eq!(got, WORKLOADS);
+        for w in &r.workloads {
+            assert_eq!(w.samples_s.len(), 2);
+            assert!(w.median_s > 0.0 && w.rows_per_s > 0.0);
+        }
+        assert_eq!(r.workloads[2].rows, 6);
+        let mut bad = cfg("small-vgg16", 3, 1);
+        bad.targets = 10;
+        assert!(run(&bad, &be).is_err());
+        bad.targets = 3;
+        bad.workloads = vec!["nope".into()];
+        assert!(run(&bad, &be).is_err());
+    }
+
+    /// Not a test: a profiling entry (`perf record <test binary> --ignored profile_workloads`);
+    /// ADVLENS_PROFILE_MODEL / _WIDTH pick the model.
+    #[test]
+    #[ignore]
+    fn profile_workloads() {
+        let be = crate::backend::cpu::CpuBackend::new();
+        let model = std::env::var("ADVLENS_PROFILE_MODEL").unwrap_or("small-vgg16".into());
+        let mut c = cfg(&model, 128, 5);
+        c.width = std::env::var("ADVLENS_PROFILE_WIDTH")
+            .ok()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(8);
+        c.ifgs_steps = 10;
+        c.sources = 32;
+        c.targets = 9;
+        c.warmup = 1;
+        eprintln!("{}", render(&run(&c, &be).unwrap()));
+    }
+}

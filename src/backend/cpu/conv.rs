@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use super::gemm::{sgemm, Strides};
-use super::sgemm::{dot_nt_acc, isa, sgemm_on, with_scratch, Mat, PackB};
+use super::sgemm::{copy_row, dot_nt_acc, isa, sgemm_on, with_scratch, ASrc, Mat, PackB, PackedA};
 
 /// Geometry of one convolution, validated by the caller.
 #[derive(Clone, Copy, Debug)]
@@ -124,12 +124,7 @@ thread_local! {
 
 /// Run `f` on this thread's column buffer of at least `len` floats (grown, never shrunk).
 fn with_col<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    with_scratch(&COL, |v: &mut Vec<f32>| {
-        if v.len() < len {
-            v.resize(len, 0.0);
-        }
-        f(&mut v[..len])
-    })
+    with_buf(&COL, len, f)
 }
 
 /// The im2col matrix col[C*R*R, P*Q] of one image as a GEMM B operand, packed straight from
@@ -181,44 +176,136 @@ impl PackB for Im2col<'_> {
     }
 }
 
-/// y_n[K, PQ] = w[K, CRR] . im2col(x_n), one image, on the calling thread's GEMM.
-fn forward_image(g: &Geom, xn: &[f32], w: &[f32], yn: &mut [f32]) {
-    let (crr, pq) = (g.crr(), g.pq());
-    let a = Mat {
-        data: w,
-        rs: crr,
-        cs: 1,
+thread_local! {
+    /// The zero-padded image of the stride-1 path.
+    static XPAD: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The stride-1 path's output on the padded grid, before the crop.
+    static YPAD: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Grow-only scratch from `slot`, at least `len` floats.
+fn with_buf<R>(
+    slot: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    with_scratch(slot, |v: &mut Vec<f32>| {
+        if v.len() < len {
+            v.resize(len, 0.0);
+        }
+        f(&mut v[..len])
+    })
+}
+
+/// The im2col of a stride-1 conv computed on the padded grid: with xp the image zero-padded
+/// to Hp x Wp, output pixel j = oi*Wp + oj (oj < Wp, the columns oj >= Q are computed and
+/// dropped) reads xp[ci, oi + ki, oj + kj] = xp_flat[ci*Hp*Wp + ki*Wp + kj + j], so every row
+/// of B is one contiguous run of xp and a panel row is one copy, with no bounds to test.
+struct PaddedIm2col<'a> {
+    xp: &'a [f32],
+    hp: usize,
+    wp: usize,
+    r: usize,
+}
+
+impl PackB for PaddedIm2col<'_> {
+    fn pack_panel(&self, p0: usize, j0: usize, w: usize, nr: usize, dst: &mut [f32]) {
+        let rr = self.r * self.r;
+        let (mut ci, mut ki, mut kj) = (p0 / rr, (p0 / self.r) % self.r, p0 % self.r);
+        for grp in dst.chunks_exact_mut(nr) {
+            let base = (ci * self.hp + ki) * self.wp + kj + j0;
+            copy_row(grp, &self.xp[base..base + w]);
+            kj += 1;
+            if kj == self.r {
+                kj = 0;
+                ki += 1;
+                if ki == self.r {
+                    ki = 0;
+                    ci += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Copy x[C, H, W] into xp[C, H + 2 pad, W + 2 pad] with zero borders.
+fn pad_image(g: &Geom, x: &[f32], xp: &mut [f32]) {
+    let (hp, wp, pad) = (g.h + 2 * g.pad, g.w + 2 * g.pad, g.pad);
+    for (plane, src) in xp.chunks_exact_mut(hp * wp).zip(x.chunks_exact(g.h * g.w)) {
+        plane[..pad * wp].fill(0.0);
+        plane[(pad + g.h) * wp..].fill(0.0);
+        for (row, s) in plane[pad * wp..(pad + g.h) * wp]
+            .chunks_exact_mut(wp)
+            .zip(src.chunks_exact(g.w))
+        {
+            row[..pad].fill(0.0);
+            row[pad..pad + g.w].copy_from_slice(s);
+            row[pad + g.w..].fill(0.0);
+        }
+    }
+}
+
+/// y_n[K, PQ] = w[K, CRR] . im2col(x_n) (+ b), one image, on the calling thread's GEMM.
+fn forward_image(g: &Geom, a: &PackedA, xn: &[f32], yn: &mut [f32], b: Option<&[f32]>) {
+    let (crr, pq, k) = (g.crr(), g.pq(), g.k);
+    let add_bias = |yn: &mut [f32]| {
+        if let Some(b) = b {
+            for (row, &bk) in yn.chunks_exact_mut(pq).zip(b) {
+                row.iter_mut().for_each(|v| *v += bk);
+            }
+        }
     };
+    let a = ASrc::Packed(a);
     if g.direct() {
         let b = Mat {
             data: xn,
             rs: pq,
             cs: 1,
         };
-        sgemm_on(isa(), g.k, crr, pq, a, &b, 0.0, yn, pq, 1);
+        sgemm_on(isa(), k, crr, pq, a, &b, 0.0, yn, pq, 1);
+        add_bias(yn);
+    } else if g.stride == 1 && g.p > 0 && g.q > 0 {
+        let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
+        let ncols = (g.p - 1) * wp + g.q;
+        with_buf(&XPAD, g.c * hp * wp, |xp| {
+            pad_image(g, xn, xp);
+            with_buf(&YPAD, k * ncols, |yp| {
+                let src = PaddedIm2col { xp, hp, wp, r: g.r };
+                sgemm_on(isa(), k, crr, ncols, a, &src, 0.0, yp, ncols, 1);
+                for ki in 0..k {
+                    let bk = b.map_or(0.0, |b| b[ki]);
+                    for oi in 0..g.p {
+                        let d = &mut yn[ki * pq + oi * g.q..][..g.q];
+                        let s = &yp[ki * ncols + oi * wp..][..g.q];
+                        d.iter_mut().zip(s).for_each(|(d, &s)| *d = s + bk);
+                    }
+                }
+            })
+        });
     } else {
-        let b = Im2col { g, x: xn };
-        sgemm_on(isa(), g.k, crr, pq, a, &b, 0.0, yn, pq, 1);
+        let src = Im2col { g, x: xn };
+        sgemm_on(isa(), k, crr, pq, a, &src, 0.0, yn, pq, 1);
+        add_bias(yn);
     }
 }
 
 /// y[N,K,P,Q] = conv(x, w) + b.
 pub fn forward(g: &Geom, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
-    let (chw, pq, k) = (g.chw(), g.pq(), g.k);
+    let (chw, crr, pq, k) = (g.chw(), g.crr(), g.pq(), g.k);
     let mut y = vec![0.0f32; g.n * k * pq];
-    if y.is_empty() || g.crr() == 0 {
+    if y.is_empty() || crr == 0 {
         return y;
     }
+    // The weights are packed once for all images.
+    let wa = Mat {
+        data: w,
+        rs: crr,
+        cs: 1,
+    };
+    let a = PackedA::new(isa(), k, crr, wa);
     y.par_chunks_mut(k * pq)
         .zip(x.par_chunks(chw))
-        .for_each(|(yn, xn)| {
-            forward_image(g, xn, w, yn);
-            if let Some(b) = b {
-                for (row, &bk) in yn.chunks_exact_mut(pq).zip(b) {
-                    row.iter_mut().for_each(|v| *v += bk);
-                }
-            }
-        });
+        .for_each(|(yn, xn)| forward_image(g, &a, xn, yn, b));
     y
 }
 

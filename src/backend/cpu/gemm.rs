@@ -77,7 +77,7 @@ pub fn sgemm_isa(
         isa.name()
     );
     // The extents proven above are what `sgemm_on` relies on for its unchecked tile stores.
-    use super::sgemm::Mat;
+    use super::sgemm::{ASrc, Mat};
     let ma = Mat {
         data: a,
         rs: sa.rs,
@@ -88,7 +88,7 @@ pub fn sgemm_isa(
         rs: sb.rs,
         cs: sb.cs,
     };
-    super::sgemm::sgemm_on(isa, m, k, n, ma, &mb, beta, c, sc.rs, sc.cs);
+    super::sgemm::sgemm_on(isa, m, k, n, ASrc::Mat(ma), &mb, beta, c, sc.rs, sc.cs);
 }
 
 /// The f64 twin of [`sgemm`] (used where f32 accumulation is not accurate enough).

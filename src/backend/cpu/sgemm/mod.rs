@@ -171,7 +171,7 @@ pub fn sgemm_on(
     m: usize,
     k: usize,
     n: usize,
-    a: Mat,
+    a: ASrc,
     b: &impl PackB,
     beta: f32,
     c: &mut [f32],
@@ -187,6 +187,12 @@ pub fn sgemm_on(
         m > 0 && n > 0 && (m - 1) * rs_c + (n - 1) * cs_c < c.len(),
         "sgemm: c too small"
     );
+    if let ASrc::Packed(pk) = a {
+        assert!(
+            pk.isa == isa && pk.m == m && pk.k == k,
+            "sgemm: A was packed for another product"
+        );
+    }
     let spec = isa.spec();
     let cp = CPtr(c.as_mut_ptr());
     let (mb, nb) = (m.div_ceil(MC), n.div_ceil(NC));
@@ -224,7 +230,7 @@ fn block_task(
     (i0, mc): (usize, usize),
     (j0, nc): (usize, usize),
     k: usize,
-    a: Mat,
+    a: ASrc,
     b: &impl PackB,
     beta: f32,
     (cp, rs_c, cs_c): (CPtr, usize, usize),
@@ -234,7 +240,13 @@ fn block_task(
     let (mp, np) = (mc.div_ceil(mr), nc.div_ceil(nr));
     for p0 in (0..k).step_by(KC) {
         let kc = KC.min(k - p0);
-        pack_a(a, i0, mc, p0, kc, mr, pa);
+        let pa: &[f32] = match a {
+            ASrc::Mat(a) => {
+                pack_a(a, i0, mc, p0, kc, mr, pa);
+                pa
+            }
+            ASrc::Packed(pk) => &pk.data[pk.offset(p0, kc, i0)..][..mp * kc * mr],
+        };
         pack_b(b, p0, kc, j0, nc, nr, pb);
         let beta = if p0 == 0 { beta } else { 1.0 };
         for jp in 0..np {
@@ -257,6 +269,44 @@ fn block_task(
                 unsafe { kernel(kc, ap.as_ptr(), bp.as_ptr(), o) };
             }
         }
+    }
+}
+
+/// The A operand of a product: a matrix packed block by block as the tasks need it, or packed
+/// once (`PackedA`) for many products with the same A (a conv's weights, image after image).
+#[derive(Clone, Copy)]
+pub enum ASrc<'a> {
+    Mat(Mat<'a>),
+    Packed(&'a PackedA),
+}
+
+/// All of A[m, k] in the panel layout of `isa`: k-block after k-block, each holding every MR-row
+/// panel of that block (so the block of any MC rows is one contiguous run).
+pub struct PackedA {
+    isa: Isa,
+    m: usize,
+    k: usize,
+    data: Vec<f32>,
+}
+
+impl PackedA {
+    pub fn new(isa: Isa, m: usize, k: usize, a: Mat) -> PackedA {
+        let mr = isa.spec().0;
+        let panels = m.div_ceil(mr);
+        let mut data = vec![0.0f32; panels * mr * k];
+        let mut buf = Vec::new();
+        for p0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - p0);
+            pack_a(a, 0, m, p0, kc, mr, &mut buf);
+            data[p0 * panels * mr..][..panels * kc * mr].copy_from_slice(&buf[..panels * kc * mr]);
+        }
+        PackedA { isa, m, k, data }
+    }
+
+    /// Start of the panels of rows i0.. (a multiple of MR) in k-block p0 (of depth kc).
+    fn offset(&self, p0: usize, kc: usize, i0: usize) -> usize {
+        let mr = self.isa.spec().0;
+        p0 * self.m.div_ceil(mr) * mr + (i0 / mr) * kc * mr
     }
 }
 
@@ -303,6 +353,30 @@ fn pack_b(
     }
 }
 
+/// dst[..src.len()] = src, zeros after. Full panel rows of 16 or 32 floats are copied as
+/// fixed-size arrays, which the compiler turns into a few vector moves: a `memcpy` call per
+/// panel row (plus a `memset` call for an empty tail) cost more than the copy itself.
+#[inline]
+pub fn copy_row(dst: &mut [f32], src: &[f32]) {
+    let w = src.len();
+    match (dst.len(), w) {
+        (32, 32) => {
+            if let (Ok(d), Ok(s)) = (<&mut [f32; 32]>::try_from(dst), <&[f32; 32]>::try_from(src)) {
+                *d = *s;
+            }
+        }
+        (16, 16) => {
+            if let (Ok(d), Ok(s)) = (<&mut [f32; 16]>::try_from(dst), <&[f32; 16]>::try_from(src)) {
+                *d = *s;
+            }
+        }
+        _ => {
+            dst[..w].copy_from_slice(src);
+            dst[w..].fill(0.0);
+        }
+    }
+}
+
 /// A source of B panels: a plain matrix, or a matrix that is never materialised (the im2col
 /// of an image, packed straight from the image by `conv`).
 pub trait PackB: Sync {
@@ -316,13 +390,13 @@ impl PackB for Mat<'_> {
         for (p, g) in dst.chunks_exact_mut(nr).enumerate() {
             let src = (p0 + p) * self.rs + j0 * self.cs;
             if self.cs == 1 {
-                g[..w].copy_from_slice(&self.data[src..src + w]);
+                copy_row(g, &self.data[src..src + w]);
             } else {
                 for (jj, e) in g[..w].iter_mut().enumerate() {
                     *e = self.data[src + jj * self.cs];
                 }
+                g[w..].fill(0.0);
             }
-            g[w..].fill(0.0);
         }
     }
 }
