@@ -201,3 +201,34 @@ fn dot_nt_every_isa_matches_f64_reference() {
         }
     }
 }
+
+#[test]
+fn packed_a_gives_the_same_bits_as_packing_per_block() {
+    // m past MC, k past KC: several blocks and k-blocks read out of one PackedA.
+    let (m, k, n) = (MC + 7, KC + 45, 70);
+    let mut rng = Rng::new(9);
+    let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
+    let b: Vec<f32> = (0..k * n).map(|_| rng.normal() as f32).collect();
+    let am = Mat {
+        data: &a,
+        rs: k,
+        cs: 1,
+    };
+    let bm = Mat {
+        data: &b,
+        rs: n,
+        cs: 1,
+    };
+    for isa in supported_isas() {
+        let mut c1 = vec![0.0f32; m * n];
+        let mut c2 = vec![0.0f32; m * n];
+        sgemm_on(isa, m, k, n, ASrc::Mat(am), &bm, 0.0, &mut c1, n, 1);
+        let pk = PackedA::new(isa, m, k, am);
+        sgemm_on(isa, m, k, n, ASrc::Packed(&pk), &bm, 0.0, &mut c2, n, 1);
+        assert!(
+            c1.iter().zip(&c2).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{}",
+            isa.name()
+        );
+    }
+}
