@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use super::Ctx;
 use crate::backend::DeviceRequest;
 use crate::bench::conv::{self, ConvBenchConfig, NETS};
+use crate::bench::model::{self, ModelBenchConfig};
 use crate::error::{Error, Result};
 
 #[derive(clap::Subcommand, Debug)]
@@ -16,6 +17,43 @@ pub enum BenchCommand {
         after_help = "Examples:\n  advlens --device cuda bench conv --net resnet18 --batch 32 --json\n  advlens --device cuda --precision tf32 bench conv --net vgg16 --batch 64\n  advlens --device cpu bench conv --net vgg16 --batch 1 --layers features.0,features.2"
     )]
     Conv(ConvArgs),
+    /// Time whole-model workloads of a small model in-process (training step, targeted I-FGS,
+    /// one ensemble-attack step), the same units `benches/peer_cpu.py` times in PyTorch.
+    #[command(
+        after_help = "Examples:\n  advlens --device cpu --threads 2 bench model --model small-vgg16 --width 8 --batch 128 --json\n  advlens --device cpu bench model --model small-resnet18 --width 16 --workloads train,ifgs"
+    )]
+    Model(ModelArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ModelArgs {
+    /// small-alexnet, small-vgg16 or small-resnet18 (1x28x28 inputs, 10 classes).
+    #[arg(long)]
+    pub model: String,
+    /// Width knob (channels of the first conv).
+    #[arg(long, default_value_t = 8)]
+    pub width: usize,
+    /// Batch of the train and ifgs workloads.
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    /// Comma-separated workloads: train, ifgs, ensemble.
+    #[arg(long, value_delimiter = ',', default_value = "train,ifgs,ensemble")]
+    pub workloads: Vec<String>,
+    /// I-FGS steps T.
+    #[arg(long, default_value_t = 10)]
+    pub ifgs_steps: usize,
+    /// Source images of the ensemble workload (each replicated once per target).
+    #[arg(long, default_value_t = 32)]
+    pub sources: usize,
+    /// Targets per source image of the ensemble workload.
+    #[arg(long, default_value_t = 9)]
+    pub targets: usize,
+    /// Unmeasured runs per workload before timing.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Measured runs per workload; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -54,7 +92,28 @@ pub struct ConvArgs {
 pub fn run(ctx: &Ctx, c: &BenchCommand) -> Result<()> {
     match c {
         BenchCommand::Conv(a) => run_conv(ctx, a),
+        BenchCommand::Model(a) => run_model(ctx, a),
     }
+}
+
+fn run_model(ctx: &Ctx, a: &ModelArgs) -> Result<()> {
+    let cfg = ModelBenchConfig {
+        model: a.model.clone(),
+        width: a.width,
+        batch: a.batch,
+        warmup: a.warmup,
+        iters: a.iters,
+        workloads: a.workloads.clone(),
+        ifgs_steps: a.ifgs_steps,
+        sources: a.sources,
+        targets: a.targets,
+        seed: ctx.seed,
+    };
+    cfg.validate()?;
+    let be = ctx.backend()?;
+    let report = model::run(&cfg, be.as_ref())?;
+    super::emit(ctx, &report, || model::render(&report));
+    Ok(())
 }
 
 fn run_conv(ctx: &Ctx, a: &ConvArgs) -> Result<()> {

@@ -1,13 +1,21 @@
 //! Convolution on host slices: im2col + GEMM per image, parallel over images with rayon.
 //!
 //! Per image n, with col[C*R*R, P*Q] the unfolded input:
-//!   forward      y_n[K, PQ]    = w[K, CRR] . col
+//!   forward      y_n[K, PQ]    = w[K, CRR] . col, col packed straight from x_n into the GEMM's
+//!                B panels (`Im2col`: no column matrix is written)
 //!   backward dw  dw[K, CRR]   += dy_n[K, PQ] . col^T   (per-thread partials, reduced at the end)
-//!   backward dx  dcol[CRR, PQ] = w^T . dy_n, then col2im scatters dcol into dx_n.
+//!   backward dx  stride 1: the forward convolution of dy with the flipped, transposed weights
+//!                (`transposed`); otherwise dcol[CRR, PQ] = w^T . dy_n, then col2im scatters
+//!                dcol into dx_n.
+//! Column buffers are per-thread and reused across calls (no allocation in steady state).
+
+use std::cell::RefCell;
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 
 use super::gemm::{sgemm, Strides};
+use super::sgemm::{copy_row, dot_nt_acc, isa, sgemm_on, with_scratch, ASrc, Mat, PackB, PackedA};
 
 /// Geometry of one convolution, validated by the caller.
 #[derive(Clone, Copy, Debug)]
@@ -109,66 +117,248 @@ fn col2im(g: &Geom, col: &[f32], dx: &mut [f32]) {
     }
 }
 
+thread_local! {
+    /// The unfolded image (im2col) or its gradient (dcol) of the task on this thread.
+    static COL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Run `f` on this thread's column buffer of at least `len` floats (grown, never shrunk).
+fn with_col<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    with_buf(&COL, len, f)
+}
+
+/// The im2col matrix col[C*R*R, P*Q] of one image as a GEMM B operand, packed straight from
+/// the image: row (ci, ki, kj), column (oi, oj) is x[ci, oi*s + ki - pad, oj*s + kj - pad] (0
+/// outside). No column matrix is written; each panel row is a few contiguous row copies.
+struct Im2col<'a> {
+    g: &'a Geom,
+    x: &'a [f32],
+}
+
+impl PackB for Im2col<'_> {
+    fn pack_panel(&self, p0: usize, j0: usize, w: usize, nr: usize, dst: &mut [f32]) {
+        let g = self.g;
+        for (p, grp) in dst.chunks_exact_mut(nr).enumerate() {
+            let row = p0 + p;
+            let (ci, ki, kj) = (row / (g.r * g.r), (row / g.r) % g.r, row % g.r);
+            let plane = &self.x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+            let (lo, hi) = g.valid_cols(kj);
+            let (mut oi, mut oj, mut jj) = (j0 / g.q, j0 % g.q, 0);
+            while jj < w {
+                let len = (g.q - oj).min(w - jj);
+                let seg = &mut grp[jj..jj + len];
+                let ih = (oi * g.stride + ki) as isize - g.pad as isize;
+                if ih < 0 || ih >= g.h as isize {
+                    seg.fill(0.0);
+                } else {
+                    let src = &plane[ih as usize * g.w..(ih as usize + 1) * g.w];
+                    // Valid output columns of this segment: [a, b) of oj..oj+len.
+                    let (a, b) = (lo.clamp(oj, oj + len), hi.clamp(oj, oj + len));
+                    seg[..a - oj].fill(0.0);
+                    seg[b - oj..].fill(0.0);
+                    if a < b {
+                        if g.stride == 1 {
+                            let s0 = a + kj - g.pad;
+                            seg[a - oj..b - oj].copy_from_slice(&src[s0..s0 + (b - a)]);
+                        } else {
+                            for (o, d) in (a..b).zip(&mut seg[a - oj..b - oj]) {
+                                *d = src[o * g.stride + kj - g.pad];
+                            }
+                        }
+                    }
+                }
+                jj += len;
+                oi += 1;
+                oj = 0;
+            }
+            grp[w..].fill(0.0);
+        }
+    }
+}
+
+thread_local! {
+    /// The zero-padded image of the stride-1 path.
+    static XPAD: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The stride-1 path's output on the padded grid, before the crop.
+    static YPAD: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Grow-only scratch from `slot`, at least `len` floats.
+fn with_buf<R>(
+    slot: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    with_scratch(slot, |v: &mut Vec<f32>| {
+        if v.len() < len {
+            v.resize(len, 0.0);
+        }
+        f(&mut v[..len])
+    })
+}
+
+/// The im2col of a stride-1 conv computed on the padded grid: with xp the image zero-padded
+/// to Hp x Wp, output pixel j = oi*Wp + oj (oj < Wp, the columns oj >= Q are computed and
+/// dropped) reads xp[ci, oi + ki, oj + kj] = xp_flat[ci*Hp*Wp + ki*Wp + kj + j], so every row
+/// of B is one contiguous run of xp and a panel row is one copy, with no bounds to test.
+struct PaddedIm2col<'a> {
+    xp: &'a [f32],
+    hp: usize,
+    wp: usize,
+    r: usize,
+}
+
+impl PackB for PaddedIm2col<'_> {
+    fn pack_panel(&self, p0: usize, j0: usize, w: usize, nr: usize, dst: &mut [f32]) {
+        let rr = self.r * self.r;
+        let (mut ci, mut ki, mut kj) = (p0 / rr, (p0 / self.r) % self.r, p0 % self.r);
+        for grp in dst.chunks_exact_mut(nr) {
+            let base = (ci * self.hp + ki) * self.wp + kj + j0;
+            copy_row(grp, &self.xp[base..base + w]);
+            kj += 1;
+            if kj == self.r {
+                kj = 0;
+                ki += 1;
+                if ki == self.r {
+                    ki = 0;
+                    ci += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Copy x[C, H, W] into xp[C, H + 2 pad, W + 2 pad] with zero borders.
+fn pad_image(g: &Geom, x: &[f32], xp: &mut [f32]) {
+    let (hp, wp, pad) = (g.h + 2 * g.pad, g.w + 2 * g.pad, g.pad);
+    for (plane, src) in xp.chunks_exact_mut(hp * wp).zip(x.chunks_exact(g.h * g.w)) {
+        plane[..pad * wp].fill(0.0);
+        plane[(pad + g.h) * wp..].fill(0.0);
+        for (row, s) in plane[pad * wp..(pad + g.h) * wp]
+            .chunks_exact_mut(wp)
+            .zip(src.chunks_exact(g.w))
+        {
+            row[..pad].fill(0.0);
+            row[pad..pad + g.w].copy_from_slice(s);
+            row[pad + g.w..].fill(0.0);
+        }
+    }
+}
+
+/// y_n[K, PQ] = w[K, CRR] . im2col(x_n) (+ b), one image, on the calling thread's GEMM.
+fn forward_image(g: &Geom, a: &PackedA, xn: &[f32], yn: &mut [f32], b: Option<&[f32]>) {
+    let (crr, pq, k) = (g.crr(), g.pq(), g.k);
+    let add_bias = |yn: &mut [f32]| {
+        if let Some(b) = b {
+            for (row, &bk) in yn.chunks_exact_mut(pq).zip(b) {
+                row.iter_mut().for_each(|v| *v += bk);
+            }
+        }
+    };
+    let a = ASrc::Packed(a);
+    if g.direct() {
+        let b = Mat {
+            data: xn,
+            rs: pq,
+            cs: 1,
+        };
+        sgemm_on(isa(), k, crr, pq, a, &b, 0.0, yn, pq, 1);
+        add_bias(yn);
+    } else if g.stride == 1 && g.p > 0 && g.q > 0 {
+        let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
+        let ncols = (g.p - 1) * wp + g.q;
+        with_buf(&XPAD, g.c * hp * wp, |xp| {
+            pad_image(g, xn, xp);
+            with_buf(&YPAD, k * ncols, |yp| {
+                let src = PaddedIm2col { xp, hp, wp, r: g.r };
+                sgemm_on(isa(), k, crr, ncols, a, &src, 0.0, yp, ncols, 1);
+                for ki in 0..k {
+                    let bk = b.map_or(0.0, |b| b[ki]);
+                    for oi in 0..g.p {
+                        let d = &mut yn[ki * pq + oi * g.q..][..g.q];
+                        let s = &yp[ki * ncols + oi * wp..][..g.q];
+                        d.iter_mut().zip(s).for_each(|(d, &s)| *d = s + bk);
+                    }
+                }
+            })
+        });
+    } else {
+        let src = Im2col { g, x: xn };
+        sgemm_on(isa(), k, crr, pq, a, &src, 0.0, yn, pq, 1);
+        add_bias(yn);
+    }
+}
+
 /// y[N,K,P,Q] = conv(x, w) + b.
 pub fn forward(g: &Geom, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
     let (chw, crr, pq, k) = (g.chw(), g.crr(), g.pq(), g.k);
     let mut y = vec![0.0f32; g.n * k * pq];
-    if y.is_empty() {
+    if y.is_empty() || crr == 0 {
         return y;
     }
-    let direct = g.direct();
+    // The weights are packed once for all images.
+    let wa = Mat {
+        data: w,
+        rs: crr,
+        cs: 1,
+    };
+    let a = PackedA::new(isa(), k, crr, wa);
     y.par_chunks_mut(k * pq)
         .zip(x.par_chunks(chw))
-        .for_each_init(
-            || vec![0.0f32; if direct { 0 } else { crr * pq }],
-            |col, (yn, xn)| {
-                let cols: &[f32] = if direct {
-                    xn
-                } else {
-                    im2col(g, xn, col);
-                    col
-                };
-                sgemm(
-                    k,
-                    crr,
-                    pq,
-                    w,
-                    Strides::row(crr),
-                    cols,
-                    Strides::row(pq),
-                    0.0,
-                    yn,
-                    Strides::row(pq),
-                );
-                if let Some(b) = b {
-                    for (row, &bk) in yn.chunks_exact_mut(pq).zip(b) {
-                        row.iter_mut().for_each(|v| *v += bk);
-                    }
-                }
-            },
-        );
+        .for_each(|(yn, xn)| forward_image(g, &a, xn, yn, b));
     y
+}
+
+/// Scratch buffers that outlive one task (the per-run dw partials), kept for the next call:
+/// fresh multi-MiB allocations cost more in page faults than the GEMMs that fill them.
+static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+
+/// A zeroed buffer of `len` floats from the pool.
+fn pooled(len: usize) -> Vec<f32> {
+    let mut v = POOL
+        .lock()
+        .map(|mut p| p.pop().unwrap_or_default())
+        .unwrap_or_default();
+    v.clear();
+    v.resize(len, 0.0);
+    v
+}
+
+fn unpool(v: Vec<f32>) {
+    if let Ok(mut p) = POOL.lock() {
+        if p.len() < 64 {
+            p.push(v);
+        }
+    }
+}
+
+/// Whether dw += dy_n . col^T runs as row dot products (`dot_nt_acc`) rather than a GEMM.
+/// The GEMM must transpose col into panels element by element, a cost that only many output
+/// channels amortise; the dot products read both rows as they lie but reduce their vector
+/// lanes once per output element and image, a cost that only many pixels amortise.
+fn use_dot(g: &Geom) -> bool {
+    g.pq() >= 128 || g.k <= 16
 }
 
 /// dw[K, C*R*R], summed over the batch.
 ///
 /// The images are split into one contiguous run per rayon thread; the first run accumulates
-/// straight into the output and the others into partials added at the end. (A rayon fold/reduce
-/// allocated two extra K*C*R*R buffers per call: for ResNet-18's 512x4608 layers at batch 1 the
-/// fresh 9 MiB allocations and their page faults cost 14x the GEMM itself, measured with
-/// `advlens bench conv`.)
+/// straight into the output and the others into partials (from `POOL`) added at the end in run
+/// order, so the sum is the same for a given thread count. (A rayon fold/reduce allocated two
+/// extra K*C*R*R buffers per call: for ResNet-18's 512x4608 layers at batch 1 the fresh 9 MiB
+/// allocations and their page faults cost 14x the GEMM itself, measured with `advlens bench
+/// conv`.)
 pub fn backward_filter(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (chw, crr, pq, k) = (g.chw(), g.crr(), g.pq(), g.k);
     let mut dw = vec![0.0f32; k * crr];
-    if g.n == 0 || pq == 0 {
+    if g.n == 0 || pq == 0 || crr == 0 {
         return dw;
     }
     let direct = g.direct();
+    let dot = use_dot(g);
     let runs = rayon::current_num_threads().clamp(1, g.n);
     let per = g.n.div_ceil(runs);
-    let mut partials: Vec<Vec<f32>> = (1..g.n.div_ceil(per))
-        .map(|_| vec![0.0f32; k * crr])
-        .collect();
+    let mut partials: Vec<Vec<f32>> = (1..g.n.div_ceil(per)).map(|_| pooled(k * crr)).collect();
     let bufs: Vec<&mut Vec<f32>> = std::iter::once(&mut dw)
         .chain(partials.iter_mut())
         .collect();
@@ -176,38 +366,85 @@ pub fn backward_filter(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         .zip(x.par_chunks(per * chw))
         .zip(dy.par_chunks(per * k * pq))
         .for_each(|((acc, xs), dys)| {
-            let mut col = vec![0.0f32; if direct { 0 } else { crr * pq }];
-            for (xn, dyn_) in xs.chunks(chw).zip(dys.chunks(k * pq)) {
-                let cols: &[f32] = if direct {
-                    xn
-                } else {
-                    im2col(g, xn, &mut col);
-                    &col
-                };
-                // acc += dy_n . col^T
-                sgemm(
-                    k,
-                    pq,
-                    crr,
-                    dyn_,
-                    Strides::row(pq),
-                    cols,
-                    Strides::trans(pq),
-                    1.0,
-                    acc,
-                    Strides::row(crr),
-                );
-            }
+            with_col(if direct { 0 } else { crr * pq }, |col| {
+                for (xn, dyn_) in xs.chunks(chw).zip(dys.chunks(k * pq)) {
+                    let cols: &[f32] = if direct {
+                        xn
+                    } else {
+                        im2col(g, xn, col);
+                        col
+                    };
+                    // acc += dy_n . col^T
+                    if dot {
+                        dot_nt_acc(isa(), k, crr, pq, dyn_, pq, cols, pq, acc, crr);
+                    } else {
+                        sgemm(
+                            k,
+                            pq,
+                            crr,
+                            dyn_,
+                            Strides::row(pq),
+                            cols,
+                            Strides::trans(pq),
+                            1.0,
+                            acc,
+                            Strides::row(crr),
+                        );
+                    }
+                }
+            })
         });
-    for p in &partials {
-        dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+    for p in partials {
+        dw.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+        unpool(p);
     }
     dw
+}
+
+/// The geometry and weights of dx as a forward convolution, for stride 1: dx = conv(dy, w')
+/// with w'[c, k, r, s] = w[k, c, R-1-r, R-1-s] and pad R-1-pad (the transposed convolution),
+/// which needs no column buffer and no scatter. None when that does not apply.
+fn transposed(g: &Geom, w: &[f32]) -> Option<(Geom, Vec<f32>)> {
+    if g.stride != 1 || g.pad + 1 > g.r {
+        return None;
+    }
+    let t = Geom {
+        n: g.n,
+        c: g.k,
+        h: g.p,
+        w: g.q,
+        k: g.c,
+        r: g.r,
+        stride: 1,
+        pad: g.r - 1 - g.pad,
+        p: g.h,
+        q: g.w,
+    };
+    // Stride 1 always gives back H x W; checked so a geometry bug can never index out of range.
+    let out = |len: usize| (len + 2 * t.pad + 1).checked_sub(t.r);
+    if out(t.h) != Some(t.p) || out(t.w) != Some(t.q) {
+        return None;
+    }
+    let rr = g.r * g.r;
+    let mut wt = vec![0.0f32; w.len()];
+    for ki in 0..g.k {
+        for ci in 0..g.c {
+            let src = &w[(ki * g.c + ci) * rr..][..rr];
+            let dst = &mut wt[(ci * g.k + ki) * rr..][..rr];
+            for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                *d = *s;
+            }
+        }
+    }
+    Some((t, wt))
 }
 
 /// dx[N,C,H,W].
 pub fn backward_data(g: &Geom, w: &[f32], dy: &[f32]) -> Vec<f32> {
     let (chw, crr, pq, k) = (g.chw(), g.crr(), g.pq(), g.k);
+    if let Some((t, wt)) = transposed(g, w) {
+        return forward(&t, dy, &wt, None);
+    }
     let mut dx = vec![0.0f32; g.n * chw];
     if dx.is_empty() || pq == 0 {
         return dx;
@@ -215,23 +452,22 @@ pub fn backward_data(g: &Geom, w: &[f32], dy: &[f32]) -> Vec<f32> {
     let direct = g.direct();
     dx.par_chunks_mut(chw)
         .zip(dy.par_chunks(k * pq))
-        .for_each_init(
-            || vec![0.0f32; if direct { 0 } else { crr * pq }],
-            |dcol, (dxn, dyn_)| {
-                if direct {
-                    sgemm(
-                        crr,
-                        k,
-                        pq,
-                        w,
-                        Strides::trans(crr),
-                        dyn_,
-                        Strides::row(pq),
-                        0.0,
-                        dxn,
-                        Strides::row(pq),
-                    );
-                } else {
+        .for_each(|(dxn, dyn_)| {
+            if direct {
+                sgemm(
+                    crr,
+                    k,
+                    pq,
+                    w,
+                    Strides::trans(crr),
+                    dyn_,
+                    Strides::row(pq),
+                    0.0,
+                    dxn,
+                    Strides::row(pq),
+                );
+            } else {
+                with_col(crr * pq, |dcol| {
                     sgemm(
                         crr,
                         k,
@@ -245,9 +481,9 @@ pub fn backward_data(g: &Geom, w: &[f32], dy: &[f32]) -> Vec<f32> {
                         Strides::row(pq),
                     );
                     col2im(g, dcol, dxn);
-                }
-            },
-        );
+                })
+            }
+        });
     dx
 }
 

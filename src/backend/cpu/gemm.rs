@@ -1,4 +1,5 @@
-//! Safe wrappers over `matrixmultiply`'s strided GEMMs. Every call checks that the strided
+//! Safe wrappers over the strided GEMMs (f32: our packed kernels in `super::sgemm`; f64:
+//! `matrixmultiply`). Every call checks that the strided
 //! extents fit the slices, so the `unsafe` blocks below rest on a proven bound.
 
 /// A strided row-major view description: element (i, j) lives at `i * rs + j * cs`.
@@ -22,10 +23,28 @@ impl Strides {
     }
 }
 
-/// c[m,n] = a[m,k] b[k,n] + beta * c[m,n] in f32. Panics only on an internal size bug (the
-/// callers validate user shapes before they get here).
+/// c[m,n] = a[m,k] b[k,n] + beta * c[m,n] in f32, on the ISA `super::sgemm::isa()` chose.
+/// Panics only on an internal size bug (the callers validate user shapes before they get here).
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    sa: Strides,
+    b: &[f32],
+    sb: Strides,
+    beta: f32,
+    c: &mut [f32],
+    sc: Strides,
+) {
+    sgemm_isa(super::sgemm::isa(), m, k, n, a, sa, b, sb, beta, c, sc)
+}
+
+/// [`sgemm`] on a given ISA (tests run every supported one). Panics if the CPU lacks `isa`.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_isa(
+    isa: super::sgemm::Isa,
     m: usize,
     k: usize,
     n: usize,
@@ -52,26 +71,24 @@ pub fn sgemm(
     }
     assert!(sa.extent(m, k) <= a.len(), "sgemm: a too small");
     assert!(sb.extent(k, n) <= b.len(), "sgemm: b too small");
-    // SAFETY: the asserts above prove every index the GEMM touches lies inside the slices, and
-    // `c` is borrowed mutably so it cannot alias `a` or `b`.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.as_ptr(),
-            sa.rs as isize,
-            sa.cs as isize,
-            b.as_ptr(),
-            sb.rs as isize,
-            sb.cs as isize,
-            beta,
-            c.as_mut_ptr(),
-            sc.rs as isize,
-            sc.cs as isize,
-        );
-    }
+    assert!(
+        isa.supported(),
+        "sgemm: {} is not supported here",
+        isa.name()
+    );
+    // The extents proven above are what `sgemm_on` relies on for its unchecked tile stores.
+    use super::sgemm::{ASrc, Mat};
+    let ma = Mat {
+        data: a,
+        rs: sa.rs,
+        cs: sa.cs,
+    };
+    let mb = Mat {
+        data: b,
+        rs: sb.rs,
+        cs: sb.cs,
+    };
+    super::sgemm::sgemm_on(isa, m, k, n, ASrc::Mat(ma), &mb, beta, c, sc.rs, sc.cs);
 }
 
 /// The f64 twin of [`sgemm`] (used where f32 accumulation is not accurate enough).

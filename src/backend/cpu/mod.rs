@@ -7,6 +7,7 @@
 
 mod conv;
 mod gemm;
+pub mod sgemm;
 
 use rayon::prelude::*;
 
@@ -14,7 +15,12 @@ use super::*;
 use crate::backend::precision::Precision;
 use crate::error::Error;
 
-pub use gemm::{dgemm, sgemm, Strides};
+pub use gemm::{dgemm, sgemm, sgemm_isa, Strides};
+
+/// The instruction set the CPU GEMM runs on (reported beside every benchmark figure).
+pub fn isa_name() -> String {
+    sgemm::isa().name().into()
+}
 
 /// Elements per rayon task for pointwise ops: large enough that task overhead is negligible.
 const CHUNK: usize = 1 << 14;
@@ -268,7 +274,10 @@ fn check_output_elems(op: &'static str, dims: &[usize]) -> Result<()> {
 }
 
 /// Flat index (within the H*W plane) of the first maximum of output cell (oi, oj), or None when
-/// the window holds only padding (impossible once `pool_geom` accepted the geometry).
+/// the window holds only padding (impossible once `pool_geom` accepted the geometry). The
+/// window is clipped to the plane once (no test per element): this runs for every pooled value
+/// of every forward and backward pass.
+#[inline]
 fn pool_argmax(
     plane: &[f32],
     h: usize,
@@ -277,24 +286,29 @@ fn pool_argmax(
     oi: usize,
     oj: usize,
 ) -> Option<usize> {
+    let (i0, j0) = (oi * p.stride, oj * p.stride);
+    // Input rows/cols i0 - pad + ki for ki in [klo, khi) that lie inside [0, h) / [0, w).
+    let (ilo, ihi) = (
+        p.pad.saturating_sub(i0),
+        (h + p.pad - i0.min(h + p.pad)).min(p.kernel),
+    );
+    let (jlo, jhi) = (
+        p.pad.saturating_sub(j0),
+        (w + p.pad - j0.min(w + p.pad)).min(p.kernel),
+    );
     let mut best = f32::NEG_INFINITY;
     let mut arg = None;
-    for ki in 0..p.kernel {
-        let ih = (oi * p.stride + ki) as isize - p.pad as isize;
-        if ih < 0 || ih >= h as isize {
-            continue;
-        }
-        for kj in 0..p.kernel {
-            let iw = (oj * p.stride + kj) as isize - p.pad as isize;
-            if iw < 0 || iw >= w as isize {
-                continue;
-            }
-            let idx = ih as usize * w + iw as usize;
-            let v = plane[idx];
+    if jlo >= jhi {
+        return None;
+    }
+    for ki in ilo..ihi {
+        // First input column of the clipped window: j0 + jlo - pad >= 0 by the choice of jlo.
+        let first = (i0 + ki - p.pad) * w + j0 + jlo - p.pad;
+        for (t, &v) in plane[first..first + (jhi - jlo)].iter().enumerate() {
             // Strict `>` keeps the first maximum; a NaN wins (once) so it propagates like torch.
             if arg.is_none() || v > best || (v.is_nan() && !best.is_nan()) {
                 best = v;
-                arg = Some(idx);
+                arg = Some(first + t);
             }
         }
     }

@@ -194,3 +194,79 @@ fn batchnorm_train_normalises_with_biased_variance() {
     let y = r.y.as_cpu().unwrap();
     assert!((y[0] as f64 - (2.0 * -2.0 / 3.5f64.sqrt() + 0.5)).abs() < 1e-6);
 }
+
+/// dx and dw of a conv by the direct loops in f64 (the adjoint of `conv::naive_forward`).
+fn naive_backward(g: &conv::Geom, x: &[f32], w: &[f32], dy: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    let mut dx = vec![0.0f64; g.n * g.c * g.h * g.w];
+    let mut dw = vec![0.0f64; g.k * g.c * g.r * g.r];
+    for ni in 0..g.n {
+        for ki in 0..g.k {
+            for oi in 0..g.p {
+                for oj in 0..g.q {
+                    let d = dy[((ni * g.k + ki) * g.p + oi) * g.q + oj] as f64;
+                    for ci in 0..g.c {
+                        for a in 0..g.r {
+                            for b in 0..g.r {
+                                let ih = (oi * g.stride + a) as isize - g.pad as isize;
+                                let iw = (oj * g.stride + b) as isize - g.pad as isize;
+                                if ih < 0 || iw < 0 || ih >= g.h as isize || iw >= g.w as isize {
+                                    continue;
+                                }
+                                let xi = ((ni * g.c + ci) * g.h + ih as usize) * g.w + iw as usize;
+                                let wi = ((ki * g.c + ci) * g.r + a) * g.r + b;
+                                dx[xi] += d * w[wi] as f64;
+                                dw[wi] += d * x[xi] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (dx, dw)
+}
+
+#[test]
+fn conv_backward_matches_direct_loops_on_every_path() {
+    // Each case picks a path: stride 1 (dx as the transposed forward conv), stride 2 (dcol +
+    // col2im), 1x1 (no column matrix); dw by row dot products (many pixels or few channels) or
+    // by the GEMM (more than 16 output channels on fewer than 128 pixels).
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(13);
+    for &(n, c, h, w, k, r, s, p) in &[
+        (2, 3, 13, 12, 5, 3, 1, 1),
+        (3, 2, 9, 11, 17, 3, 1, 1),
+        (2, 4, 9, 7, 19, 3, 2, 1),
+        (1, 3, 16, 16, 6, 5, 1, 2),
+        (2, 5, 6, 7, 23, 1, 1, 0),
+        (2, 5, 6, 7, 3, 1, 2, 0),
+        (1, 2, 5, 5, 3, 3, 1, 0),
+    ] {
+        let x = rand_t(&mut rng, &[n, c, h, w]);
+        let wt = rand_t(&mut rng, &[k, c, r, r]);
+        let prm = Conv2dParams { stride: s, pad: p };
+        let g = conv_geom("t", &x, &wt, prm).unwrap();
+        let dy = rand_t(&mut rng, &[n, k, g.p, g.q]);
+        let gr = be.conv2d_backward(&x, &wt, &dy, prm, true).unwrap();
+        let (dx_ref, dw_ref) = naive_backward(
+            &g,
+            x.as_cpu().unwrap(),
+            wt.as_cpu().unwrap(),
+            dy.as_cpu().unwrap(),
+        );
+        let case = (n, c, h, w, k, r, s, p);
+        // atol 1e-5 of the largest magnitude (sums of up to ~600 f32 products) + rtol 1e-4.
+        let check = |what: &str, got: &[f32], want: &[f64]| {
+            let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let (i, e) = got
+                .iter()
+                .zip(want)
+                .map(|(&g, &w)| ((g as f64 - w).abs() / (1e-5 * scale + 1e-4 * w.abs())))
+                .enumerate()
+                .fold((0, 0.0), |a, b| if b.1 > a.1 { b } else { a });
+            assert!(e <= 1.0, "{what} {case:?}: worst index {i}, err/tol {e}");
+        };
+        check("dx", gr.dx.unwrap().as_cpu().unwrap(), &dx_ref);
+        check("dw", gr.dw.as_cpu().unwrap(), &dw_ref);
+    }
+}

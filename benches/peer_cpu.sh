@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# advlens vs PyTorch on the CPU, alternately, in one sitting (issue 12).
+#
+# For each (model, width) and each repeat it runs `advlens bench model` and then
+# `benches/peer_cpu.py` (the same workloads in PyTorch) pinned to the same cores with the same
+# thread count, and prints per workload the median over repeats of each side's rows/s and the
+# ratio advlens / PyTorch. The ensemble workload (three models) is run once per width.
+#
+# Usage: benches/peer_cpu.sh [ADVLENS_BIN] [PYTHON]
+#   env: THREADS (2), CPUS (0-1, for taskset), REPEATS (3), WIDTHS ("8 16"),
+#        MODELS ("small-vgg16 small-alexnet small-resnet18"), ITERS (5), OUT (dir for raw JSON)
+# PyTorch is installed by hand for this (plain `pip install torch`), never by CI.
+set -euo pipefail
+BIN=${1:-target/release/advlens}
+PY=${2:-python3}
+THREADS=${THREADS:-2}
+CPUS=${CPUS:-0-$((THREADS - 1))}
+REPEATS=${REPEATS:-3}
+WIDTHS=${WIDTHS:-"8 16"}
+MODELS=${MODELS:-"small-vgg16 small-alexnet small-resnet18"}
+ITERS=${ITERS:-5}
+OUT=${OUT:-$(mktemp -d)}
+HERE=$(cd "$(dirname "$0")" && pwd)
+mkdir -p "$OUT"
+echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), threads $THREADS, cpus $CPUS"
+echo "# advlens $("$BIN" --version 2>/dev/null || echo "$BIN") commit $(git -C "$HERE" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
+echo "# torch $("$PY" -c 'import torch; print(torch.__version__)')"
+echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+for w in $WIDTHS; do
+  for m in $MODELS; do
+    wl=train,ifgs
+    [ "$m" = small-vgg16 ] && wl=train,ifgs,ensemble
+    for r in $(seq 1 "$REPEATS"); do
+      taskset -c "$CPUS" "$BIN" --device cpu --threads "$THREADS" --json bench model \
+        --model "$m" --width "$w" --workloads "$wl" --iters "$ITERS" \
+        > "$OUT/advlens-$m-w$w-r$r.json"
+      taskset -c "$CPUS" "$PY" "$HERE/peer_cpu.py" --model "$m" --width "$w" \
+        --workloads "$wl" --iters "$ITERS" --threads "$THREADS" \
+        > "$OUT/torch-$m-w$w-r$r.jsonl"
+    done
+  done
+done
+echo "# load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+"$PY" - "$OUT" <<'EOF'
+import glob, json, os, statistics, sys
+out = sys.argv[1]
+rows = {}
+for f in glob.glob(os.path.join(out, "advlens-*.json")):
+    r = json.load(open(f))
+    for w in r["workloads"]:
+        key = (r["model"] if w["workload"] != "ensemble" else "ensemble(3)", r["width"], w["workload"])
+        rows.setdefault(key, ([], []))[0].append(w["rows_per_s"])
+for f in glob.glob(os.path.join(out, "torch-*.jsonl")):
+    for line in open(f):
+        w = json.loads(line)
+        key = (w["model"] if w["workload"] != "ensemble" else "ensemble(3)", w["width"], w["workload"])
+        rows.setdefault(key, ([], []))[1].append(w["rows_per_s"])
+print("| model | width | workload | advlens rows/s | PyTorch rows/s | advlens/PyTorch |")
+print("|---|---:|---|---:|---:|---:|")
+for key in sorted(rows):
+    a, t = rows[key]
+    if a and t:
+        ma, mt = statistics.median(a), statistics.median(t)
+        print(f"| {key[0]} | {key[1]} | {key[2]} | {ma:,.0f} | {mt:,.0f} | {ma / mt:.2f} |")
+print(f"(medians over {len(a)} repeats; raw JSON in {out})")
+EOF

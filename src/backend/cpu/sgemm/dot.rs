@@ -1,0 +1,184 @@
+//! C[m, n] += A[m, len] . B[n, len]^T with both operands read along their contiguous rows (the
+//! backward-filter product dw += dy_n . col_n^T, whose reduction runs along pixels). A GEMM
+//! would have to transpose B into panels element by element; here each C element is a dot
+//! product of two contiguous rows, kept in vector lanes and reduced once at the end.
+//!
+//! Order of summation per C element (fixed for a given ISA, whatever the thread count): lane l
+//! sums p = l, l + L, l + 2L, ... in order (L = 16 on AVX-512, 16 in the generic code), then
+//! the lanes are added in a fixed tree, then the result is added to C.
+
+use super::Isa;
+
+/// Checked entry: panics (an internal size bug) if a row of A, B or C lies outside its slice.
+#[allow(clippy::too_many_arguments)]
+pub fn dot_nt_acc(
+    isa: Isa,
+    m: usize,
+    n: usize,
+    len: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    if m == 0 || n == 0 || len == 0 {
+        return;
+    }
+    assert!((m - 1) * lda + len <= a.len(), "dot_nt: a too small");
+    assert!((n - 1) * ldb + len <= b.len(), "dot_nt: b too small");
+    assert!((m - 1) * ldc + n <= c.len(), "dot_nt: c too small");
+    assert!(
+        isa.supported(),
+        "dot_nt: {} is not supported here",
+        isa.name()
+    );
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the asserts above bound every row read and written; AVX-512F is present.
+        Isa::Avx512 => unsafe { avx512::run(m, n, len, a, lda, b, ldb, c, ldc) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA are present (checked above).
+        Isa::Avx2 => unsafe { generic_avx2(m, n, len, a, lda, b, ldb, c, ldc) },
+        _ => generic(m, n, len, a, lda, b, ldb, c, ldc),
+    }
+}
+
+const LANES: usize = 16;
+
+/// The portable code: 16 independent partial sums per element that the compiler vectorises.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn generic(
+    m: usize,
+    n: usize,
+    len: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    for i in 0..m {
+        let ar = &a[i * lda..i * lda + len];
+        for j in 0..n {
+            let br = &b[j * ldb..j * ldb + len];
+            let mut acc = [0.0f32; LANES];
+            let (ac, bc) = (ar.chunks_exact(LANES), br.chunks_exact(LANES));
+            let (at, bt) = (ac.remainder(), bc.remainder());
+            for (x, y) in ac.zip(bc) {
+                for l in 0..LANES {
+                    acc[l] += x[l] * y[l];
+                }
+            }
+            for (l, (x, y)) in at.iter().zip(bt).enumerate() {
+                acc[l] += x * y;
+            }
+            c[i * ldc + j] += tree(acc);
+        }
+    }
+}
+
+/// The fixed reduction tree of the lanes (pairs at distance 8, 4, 2, 1).
+#[inline(always)]
+fn tree(mut acc: [f32; LANES]) -> f32 {
+    let mut w = LANES / 2;
+    while w > 0 {
+        for l in 0..w {
+            acc[l] += acc[l + w];
+        }
+        w /= 2;
+    }
+    acc[0]
+}
+
+/// The generic code compiled for AVX2 (8-wide vectors; separate multiply and add as written).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn generic_avx2(
+    m: usize,
+    n: usize,
+    len: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    generic(m, n, len, a, lda, b, ldb, c, ldc)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+    /// Rows of A and rows of B per register tile (RI x RJ accumulators of 16 lanes).
+    const RI: usize = 4;
+    const RJ: usize = 6;
+
+    /// # Safety
+    /// AVX-512F present; rows i < m of A (stride lda), j < n of B (stride ldb) hold `len`
+    /// values and rows of C (stride ldc) hold n values.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn run(
+        m: usize,
+        n: usize,
+        len: usize,
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        ldb: usize,
+        c: &mut [f32],
+        ldc: usize,
+    ) {
+        let tail = len % 16;
+        let mask: __mmask16 = ((1u32 << tail) - 1) as __mmask16;
+        for i0 in (0..m).step_by(RI) {
+            // Rows past the edge re-read the last row; their sums are dropped.
+            let ar: [*const f32; RI] =
+                std::array::from_fn(|r| a.as_ptr().wrapping_add((i0 + r).min(m - 1) * lda));
+            for j0 in (0..n).step_by(RJ) {
+                let br: [*const f32; RJ] =
+                    std::array::from_fn(|r| b.as_ptr().wrapping_add((j0 + r).min(n - 1) * ldb));
+                let mut acc = [[_mm512_setzero_ps(); RJ]; RI];
+                let mut p = 0;
+                while p + 16 <= len {
+                    // SAFETY: p + 16 <= len and every row pointer starts a row of `len` values.
+                    unsafe {
+                        let bv: [__m512; RJ] =
+                            std::array::from_fn(|r| _mm512_loadu_ps(br[r].add(p)));
+                        for (ri, row) in acc.iter_mut().enumerate() {
+                            let av = _mm512_loadu_ps(ar[ri].add(p));
+                            for (cj, &bj) in row.iter_mut().zip(&bv) {
+                                *cj = _mm512_fmadd_ps(av, bj, *cj);
+                            }
+                        }
+                    }
+                    p += 16;
+                }
+                if tail > 0 {
+                    // SAFETY: the mask limits the loads to the `tail` values left in each row.
+                    unsafe {
+                        let bv: [__m512; RJ] =
+                            std::array::from_fn(|r| _mm512_maskz_loadu_ps(mask, br[r].add(p)));
+                        for (ri, row) in acc.iter_mut().enumerate() {
+                            let av = _mm512_maskz_loadu_ps(mask, ar[ri].add(p));
+                            for (cj, &bj) in row.iter_mut().zip(&bv) {
+                                *cj = _mm512_fmadd_ps(av, bj, *cj);
+                            }
+                        }
+                    }
+                }
+                for (ri, row) in acc.iter().enumerate().take(m - i0) {
+                    for (cj, v) in row.iter().enumerate().take(n - j0) {
+                        c[(i0 + ri) * ldc + j0 + cj] += _mm512_reduce_add_ps(*v);
+                    }
+                }
+            }
+        }
+    }
+}

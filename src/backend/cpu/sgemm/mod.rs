@@ -1,0 +1,405 @@
+//! Our f32 GEMM: packed panels, cache blocking and one register-tile micro-kernel per ISA
+//! (AVX-512 -> AVX2+FMA -> portable), chosen at run time (issue 12).
+//!
+//! C[m, n] = A[m, k] B[k, n] + beta C, all three strided. The k dimension is cut into blocks of
+//! `KC`, which every C element sums in the same order whatever thread computes it; m and n are
+//! cut into `MC x NC` blocks that rayon runs in parallel, each packing its own A and B blocks
+//! into per-thread buffers that live as long as the thread (no allocation in steady state).
+//! Results therefore do not depend on the thread count. `ADVLENS_CPU_ISA=avx512|avx2|portable`
+//! forces a path (an ISA the CPU lacks falls back to the best one it has, said once on stderr).
+
+mod dot;
+mod kernels;
+
+pub use dot::dot_nt_acc;
+
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use kernels::TileOut;
+
+/// k-block: the depth of one packed panel pass.
+const KC: usize = 256;
+/// Rows of C per block (a multiple of every MR).
+const MC: usize = 96;
+/// Columns of C per block (a multiple of every NR).
+const NC: usize = 512;
+/// Below this many multiply-adds a GEMM runs on the calling thread.
+const PAR_MIN_FMAS: usize = 1 << 20;
+
+/// The instruction sets with a micro-kernel, best first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+impl Isa {
+    pub const ALL: [Isa; 3] = [Isa::Avx512, Isa::Avx2, Isa::Portable];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2",
+            Isa::Portable => "portable",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Isa> {
+        Isa::ALL
+            .into_iter()
+            .find(|i| i.name().eq_ignore_ascii_case(s.trim()))
+    }
+
+    /// Whether this CPU can run the path.
+    pub fn supported(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            Isa::Portable => true,
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// (MR, NR, kernel) of the path; only called for a supported ISA.
+    fn spec(self) -> (usize, usize, KernelFn) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => (
+                kernels::avx512::MR,
+                kernels::avx512::NR,
+                kernels::avx512::kernel,
+            ),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => (kernels::avx2::MR, kernels::avx2::NR, kernels::avx2::kernel),
+            _ => (
+                kernels::portable::MR,
+                kernels::portable::NR,
+                kernels::portable::kernel,
+            ),
+        }
+    }
+}
+
+type KernelFn = unsafe fn(usize, *const f32, *const f32, TileOut);
+
+/// The ISAs this machine supports, best first (tests run each of them).
+pub fn supported_isas() -> Vec<Isa> {
+    Isa::ALL.into_iter().filter(|i| i.supported()).collect()
+}
+
+/// The path every GEMM of this process uses: `ADVLENS_CPU_ISA` if set and supported, else the
+/// best the CPU has.
+pub fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        let best = supported_isas().first().copied().unwrap_or(Isa::Portable);
+        let Ok(want) = std::env::var("ADVLENS_CPU_ISA") else {
+            return best;
+        };
+        match Isa::parse(&want) {
+            Some(i) if i.supported() => i,
+            Some(i) => {
+                eprintln!(
+                    "advlens: ADVLENS_CPU_ISA={} is not supported by this CPU; using {}",
+                    i.name(),
+                    best.name()
+                );
+                best
+            }
+            None => {
+                eprintln!(
+                    "advlens: ADVLENS_CPU_ISA={want:?} is not one of avx512, avx2, portable; \
+                     using {}",
+                    best.name()
+                );
+                best
+            }
+        }
+    })
+}
+
+/// A matrix operand: element (i, j) at `i * rs + j * cs`.
+#[derive(Clone, Copy)]
+pub struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// C's base pointer, shared by the block tasks, which write disjoint tiles.
+#[derive(Clone, Copy)]
+struct CPtr(*mut f32);
+// SAFETY: every task writes a disjoint set of C elements (its own MC x NC block), and the
+// borrow of C outlives the parallel loop that uses the pointer.
+unsafe impl Send for CPtr {}
+// SAFETY: as above.
+unsafe impl Sync for CPtr {}
+
+thread_local! {
+    /// Packed A block and packed B block of the task running on this thread.
+    static PACK: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Run `f` on this thread's grow-only scratch `slot`, taken out for the duration: a task that
+/// rayon runs on the same thread while `f` waits (work stealing) finds the slot empty and
+/// grows its own, so a buffer is never borrowed twice.
+pub(super) fn with_scratch<T: Default, R>(
+    slot: &'static std::thread::LocalKey<RefCell<T>>,
+    f: impl FnOnce(&mut T) -> R,
+) -> R {
+    let mut buf = slot.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    let r = f(&mut buf);
+    slot.with(|s| *s.borrow_mut() = buf);
+    r
+}
+
+/// C = A B + beta C on `isa`, for m, n, k > 0. Panics if the CPU lacks `isa` or `c` does not
+/// span the `m x n` extent at (`rs_c`, `cs_c`) (A and B are read with checked indexing).
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_on(
+    isa: Isa,
+    m: usize,
+    k: usize,
+    n: usize,
+    a: ASrc,
+    b: &impl PackB,
+    beta: f32,
+    c: &mut [f32],
+    rs_c: usize,
+    cs_c: usize,
+) {
+    assert!(
+        isa.supported(),
+        "sgemm: {} is not supported here",
+        isa.name()
+    );
+    assert!(
+        m > 0 && n > 0 && (m - 1) * rs_c + (n - 1) * cs_c < c.len(),
+        "sgemm: c too small"
+    );
+    if let ASrc::Packed(pk) = a {
+        assert!(
+            pk.isa == isa && pk.m == m && pk.k == k,
+            "sgemm: A was packed for another product"
+        );
+    }
+    let spec = isa.spec();
+    let cp = CPtr(c.as_mut_ptr());
+    let (mb, nb) = (m.div_ceil(MC), n.div_ceil(NC));
+    let block = |t: usize| {
+        let (ib, jb) = (t / nb, t % nb);
+        let (i0, j0) = (ib * MC, jb * NC);
+        let (mc, nc) = (MC.min(m - i0), NC.min(n - j0));
+        with_scratch(&PACK, |(pa, pb)| {
+            block_task(
+                spec,
+                (i0, mc),
+                (j0, nc),
+                k,
+                a,
+                b,
+                beta,
+                (cp, rs_c, cs_c),
+                pa,
+                pb,
+            );
+        });
+    };
+    let fmas = m.saturating_mul(n).saturating_mul(k);
+    if mb * nb == 1 || fmas < PAR_MIN_FMAS || rayon::current_num_threads() == 1 {
+        (0..mb * nb).for_each(block);
+    } else {
+        (0..mb * nb).into_par_iter().for_each(block);
+    }
+}
+
+/// One MC x NC block of C over all of k.
+#[allow(clippy::too_many_arguments)]
+fn block_task(
+    (mr, nr, kernel): (usize, usize, KernelFn),
+    (i0, mc): (usize, usize),
+    (j0, nc): (usize, usize),
+    k: usize,
+    a: ASrc,
+    b: &impl PackB,
+    beta: f32,
+    (cp, rs_c, cs_c): (CPtr, usize, usize),
+    pa: &mut Vec<f32>,
+    pb: &mut Vec<f32>,
+) {
+    let (mp, np) = (mc.div_ceil(mr), nc.div_ceil(nr));
+    for p0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - p0);
+        let pa: &[f32] = match a {
+            ASrc::Mat(a) => {
+                pack_a(a, i0, mc, p0, kc, mr, pa);
+                pa
+            }
+            ASrc::Packed(pk) => &pk.data[pk.offset(p0, kc, i0)..][..mp * kc * mr],
+        };
+        pack_b(b, p0, kc, j0, nc, nr, pb);
+        let beta = if p0 == 0 { beta } else { 1.0 };
+        for jp in 0..np {
+            let bp = &pb[jp * kc * nr..(jp + 1) * kc * nr];
+            for ip in 0..mp {
+                let ap = &pa[ip * kc * mr..(ip + 1) * kc * mr];
+                let (ti, tj) = (i0 + ip * mr, j0 + jp * nr);
+                let o = TileOut {
+                    c: cp.0.wrapping_add(ti * rs_c + tj * cs_c),
+                    rs: rs_c,
+                    cs: cs_c,
+                    mr: mr.min(i0 + mc - ti),
+                    nr: nr.min(j0 + nc - tj),
+                    beta,
+                };
+                // SAFETY: `ap` and `bp` hold exactly kc*MR and kc*NR packed values; the tile
+                // (ti.., tj..) of o.mr x o.nr lies inside C's m x n extent, which the caller
+                // proved `c` spans, and no other task writes it (blocks are disjoint). The
+                // kernel matches `isa`, which the caller checked is supported.
+                unsafe { kernel(kc, ap.as_ptr(), bp.as_ptr(), o) };
+            }
+        }
+    }
+}
+
+/// The A operand of a product: a matrix packed block by block as the tasks need it, or packed
+/// once (`PackedA`) for many products with the same A (a conv's weights, image after image).
+#[derive(Clone, Copy)]
+pub enum ASrc<'a> {
+    Mat(Mat<'a>),
+    Packed(&'a PackedA),
+}
+
+/// All of A[m, k] in the panel layout of `isa`: k-block after k-block, each holding every MR-row
+/// panel of that block (so the block of any MC rows is one contiguous run).
+pub struct PackedA {
+    isa: Isa,
+    m: usize,
+    k: usize,
+    data: Vec<f32>,
+}
+
+impl PackedA {
+    pub fn new(isa: Isa, m: usize, k: usize, a: Mat) -> PackedA {
+        let mr = isa.spec().0;
+        let panels = m.div_ceil(mr);
+        let mut data = vec![0.0f32; panels * mr * k];
+        let mut buf = Vec::new();
+        for p0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - p0);
+            pack_a(a, 0, m, p0, kc, mr, &mut buf);
+            data[p0 * panels * mr..][..panels * kc * mr].copy_from_slice(&buf[..panels * kc * mr]);
+        }
+        PackedA { isa, m, k, data }
+    }
+
+    /// Start of the panels of rows i0.. (a multiple of MR) in k-block p0 (of depth kc).
+    fn offset(&self, p0: usize, kc: usize, i0: usize) -> usize {
+        let mr = self.isa.spec().0;
+        p0 * self.m.div_ceil(mr) * mr + (i0 / mr) * kc * mr
+    }
+}
+
+/// Pack rows i0..i0+mc, k-steps p0..p0+kc of A into MR-row panels (zero rows past the edge).
+/// The buffer is only grown, never cleared: every element of the packed extent is written.
+fn pack_a(a: Mat, i0: usize, mc: usize, p0: usize, kc: usize, mr: usize, dst: &mut Vec<f32>) {
+    let panels = mc.div_ceil(mr);
+    if dst.len() < panels * kc * mr {
+        dst.resize(panels * kc * mr, 0.0);
+    }
+    for ip in 0..panels {
+        let panel = &mut dst[ip * kc * mr..(ip + 1) * kc * mr];
+        let rows = mr.min(mc - ip * mr);
+        let base = (i0 + ip * mr) * a.rs + p0 * a.cs;
+        for (p, g) in panel.chunks_exact_mut(mr).enumerate() {
+            let src = base + p * a.cs;
+            for (i, e) in g[..rows].iter_mut().enumerate() {
+                *e = a.data[src + i * a.rs];
+            }
+            g[rows..].fill(0.0);
+        }
+    }
+}
+
+/// Pack k-steps p0..p0+kc, columns j0..j0+nc of B into NR-column panels. The buffer is only
+/// grown, never cleared: `PackB` writes every element of the packed extent.
+fn pack_b(
+    b: &impl PackB,
+    p0: usize,
+    kc: usize,
+    j0: usize,
+    nc: usize,
+    nr: usize,
+    dst: &mut Vec<f32>,
+) {
+    let panels = nc.div_ceil(nr);
+    if dst.len() < panels * kc * nr {
+        dst.resize(panels * kc * nr, 0.0);
+    }
+    for jp in 0..panels {
+        let panel = &mut dst[jp * kc * nr..(jp + 1) * kc * nr];
+        let (j, w) = (j0 + jp * nr, nr.min(nc - jp * nr));
+        b.pack_panel(p0, j, w, nr, panel);
+    }
+}
+
+/// dst[..src.len()] = src, zeros after. Full panel rows of 16 or 32 floats are copied as
+/// fixed-size arrays, which the compiler turns into a few vector moves: a `memcpy` call per
+/// panel row (plus a `memset` call for an empty tail) cost more than the copy itself.
+#[inline]
+pub fn copy_row(dst: &mut [f32], src: &[f32]) {
+    let w = src.len();
+    match (dst.len(), w) {
+        (32, 32) => {
+            if let (Ok(d), Ok(s)) = (<&mut [f32; 32]>::try_from(dst), <&[f32; 32]>::try_from(src)) {
+                *d = *s;
+            }
+        }
+        (16, 16) => {
+            if let (Ok(d), Ok(s)) = (<&mut [f32; 16]>::try_from(dst), <&[f32; 16]>::try_from(src)) {
+                *d = *s;
+            }
+        }
+        _ => {
+            dst[..w].copy_from_slice(src);
+            dst[w..].fill(0.0);
+        }
+    }
+}
+
+/// A source of B panels: a plain matrix, or a matrix that is never materialised (the im2col
+/// of an image, packed straight from the image by `conv`).
+pub trait PackB: Sync {
+    /// Write B[p0 + p, j0 + jj] to `dst[p * nr + jj]` for p < dst.len() / nr and jj < w, and
+    /// zero for w <= jj < nr.
+    fn pack_panel(&self, p0: usize, j0: usize, w: usize, nr: usize, dst: &mut [f32]);
+}
+
+impl PackB for Mat<'_> {
+    fn pack_panel(&self, p0: usize, j0: usize, w: usize, nr: usize, dst: &mut [f32]) {
+        for (p, g) in dst.chunks_exact_mut(nr).enumerate() {
+            let src = (p0 + p) * self.rs + j0 * self.cs;
+            if self.cs == 1 {
+                copy_row(g, &self.data[src..src + w]);
+            } else {
+                for (jj, e) in g[..w].iter_mut().enumerate() {
+                    *e = self.data[src + jj * self.cs];
+                }
+                g[w..].fill(0.0);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

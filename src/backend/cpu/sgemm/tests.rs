@@ -1,0 +1,234 @@
+//! Every supported micro-kernel path against a float64 reference, on awkward sizes (1, primes,
+//! sizes just past MR / NR / KC / MC / NC), every stride layout the backend uses and beta 0, 1
+//! and 0.5; plus bit-identical results across thread counts.
+
+use super::super::gemm::{sgemm_isa, Strides};
+use super::*;
+use crate::rng::Rng;
+
+/// Tolerance of an f32 GEMM against f64: atol + rtol * sum_k |a||b| (the error bound of a
+/// k-term f32 dot product grows with k * eps times the absolute sum).
+fn check(isa: Isa, m: usize, k: usize, n: usize, ta: bool, tb: bool, beta: f32, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let mut rand = |len: usize| -> Vec<f32> {
+        (0..len)
+            .map(|_| (rng.uniform() * 2.0 - 1.0) as f32)
+            .collect()
+    };
+    let a = rand(m * k);
+    let b = rand(k * n);
+    let c0 = rand(m * n);
+    let sa = if ta {
+        Strides::trans(m)
+    } else {
+        Strides::row(k)
+    };
+    let sb = if tb {
+        Strides::trans(k)
+    } else {
+        Strides::row(n)
+    };
+    let at = |i: usize, p: usize| a[i * sa.rs + p * sa.cs] as f64;
+    let bt = |p: usize, j: usize| b[p * sb.rs + j * sb.cs] as f64;
+    let mut c = if beta == 0.0 {
+        vec![f32::NAN; m * n] // beta 0 must never read C
+    } else {
+        c0.clone()
+    };
+    sgemm_isa(isa, m, k, n, &a, sa, &b, sb, beta, &mut c, Strides::row(n));
+    let mut worst = (0.0f64, 0usize);
+    for i in 0..m {
+        for j in 0..n {
+            let (mut s, mut abs) = (0.0f64, 0.0f64);
+            for p in 0..k {
+                s += at(i, p) * bt(p, j);
+                abs += (at(i, p) * bt(p, j)).abs();
+            }
+            if beta != 0.0 {
+                s += beta as f64 * c0[i * n + j] as f64;
+                abs += (beta as f64 * c0[i * n + j] as f64).abs();
+            }
+            let err = (c[i * n + j] as f64 - s).abs();
+            let tol = 1e-6 + 4.0 * f32::EPSILON as f64 * abs;
+            if !(err <= tol) {
+                panic!(
+                    "{} m{m} k{k} n{n} ta{ta} tb{tb} beta{beta}: c[{i},{j}] = {} vs {s} \
+                     (err {err:e} > tol {tol:e})",
+                    isa.name(),
+                    c[i * n + j]
+                );
+            }
+            if err / tol > worst.0 {
+                worst = (err / tol, i * n + j);
+            }
+        }
+    }
+    eprintln!(
+        "{} m{m} k{k} n{n}: worst err/tol {:.3} at {}",
+        isa.name(),
+        worst.0,
+        worst.1
+    );
+}
+
+#[test]
+fn every_isa_matches_f64_reference() {
+    let isas = supported_isas();
+    assert!(isas.contains(&Isa::Portable));
+    let shapes = [
+        (1, 1, 1),
+        (1, 7, 1),
+        (5, 3, 2),
+        (13, 17, 33),
+        (12, 257, 32),
+        (7, 72, 49),
+        (97, 31, 513),
+        (8, 300, 19),
+        (29, 5, 130),
+    ];
+    for (si, &(m, k, n)) in shapes.iter().enumerate() {
+        for isa in &isas {
+            for (ci, &(ta, tb, beta)) in [
+                (false, false, 0.0),
+                (true, false, 1.0),
+                (false, true, 0.5),
+                (true, true, 0.0),
+            ]
+            .iter()
+            .enumerate()
+            {
+                check(*isa, m, k, n, ta, tb, beta, (si * 4 + ci) as u64);
+            }
+        }
+    }
+}
+
+#[test]
+fn same_bits_for_any_thread_count() {
+    // Large enough to be split into blocks and run in parallel.
+    let (m, k, n) = (200, 300, 1100);
+    let mut rng = Rng::new(7);
+    let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
+    let b: Vec<f32> = (0..k * n).map(|_| rng.normal() as f32).collect();
+    for isa in supported_isas() {
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("thread pool");
+            let mut c = vec![0.0f32; m * n];
+            pool.install(|| {
+                sgemm_isa(
+                    isa,
+                    m,
+                    k,
+                    n,
+                    &a,
+                    Strides::row(k),
+                    &b,
+                    Strides::row(n),
+                    0.0,
+                    &mut c,
+                    Strides::row(n),
+                )
+            });
+            c
+        };
+        let one = run(1);
+        for t in [2, 3] {
+            let other = run(t);
+            let same = one
+                .iter()
+                .zip(&other)
+                .all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same, "{}: 1 vs {t} threads differ", isa.name());
+        }
+    }
+}
+
+#[test]
+fn isa_names_parse() {
+    for i in Isa::ALL {
+        assert_eq!(Isa::parse(i.name()), Some(i));
+    }
+    assert_eq!(Isa::parse(" AVX2 "), Some(Isa::Avx2));
+    assert_eq!(Isa::parse("sse"), None);
+    assert!(isa().supported());
+}
+
+#[test]
+fn dot_nt_every_isa_matches_f64_reference() {
+    for (si, &(m, n, len)) in [
+        (1, 1, 1),
+        (3, 7, 15),
+        (4, 6, 16),
+        (5, 13, 17),
+        (8, 72, 49),
+        (9, 11, 784),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut rng = Rng::new(100 + si as u64);
+        let (lda, ldb, ldc) = (len + 3, len + 1, n + 2);
+        let a: Vec<f32> = (0..m * lda).map(|_| rng.normal() as f32).collect();
+        let b: Vec<f32> = (0..n * ldb).map(|_| rng.normal() as f32).collect();
+        let c0: Vec<f32> = (0..m * ldc).map(|_| rng.normal() as f32).collect();
+        for isa in supported_isas() {
+            let mut c = c0.clone();
+            dot_nt_acc(isa, m, n, len, &a, lda, &b, ldb, &mut c, ldc);
+            for i in 0..m {
+                for j in 0..ldc {
+                    let got = c[i * ldc + j] as f64;
+                    if j >= n {
+                        assert_eq!(got, c0[i * ldc + j] as f64, "padding column written");
+                        continue;
+                    }
+                    let (mut s, mut abs) = (c0[i * ldc + j] as f64, c0[i * ldc + j].abs() as f64);
+                    for p in 0..len {
+                        let t = a[i * lda + p] as f64 * b[j * ldb + p] as f64;
+                        s += t;
+                        abs += t.abs();
+                    }
+                    let tol = 1e-6 + 4.0 * f32::EPSILON as f64 * abs;
+                    assert!(
+                        (got - s).abs() <= tol,
+                        "{} m{m} n{n} len{len}: c[{i},{j}] = {got} vs {s}",
+                        isa.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn packed_a_gives_the_same_bits_as_packing_per_block() {
+    // m past MC, k past KC: several blocks and k-blocks read out of one PackedA.
+    let (m, k, n) = (MC + 7, KC + 45, 70);
+    let mut rng = Rng::new(9);
+    let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
+    let b: Vec<f32> = (0..k * n).map(|_| rng.normal() as f32).collect();
+    let am = Mat {
+        data: &a,
+        rs: k,
+        cs: 1,
+    };
+    let bm = Mat {
+        data: &b,
+        rs: n,
+        cs: 1,
+    };
+    for isa in supported_isas() {
+        let mut c1 = vec![0.0f32; m * n];
+        let mut c2 = vec![0.0f32; m * n];
+        sgemm_on(isa, m, k, n, ASrc::Mat(am), &bm, 0.0, &mut c1, n, 1);
+        let pk = PackedA::new(isa, m, k, am);
+        sgemm_on(isa, m, k, n, ASrc::Packed(&pk), &bm, 0.0, &mut c2, n, 1);
+        assert!(
+            c1.iter().zip(&c2).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{}",
+            isa.name()
+        );
+    }
+}
