@@ -45,25 +45,31 @@ bash tests/cuda-emu/build.sh target/cuda-emu
 
 # The CUDA tests: whole files that only test CUDA, and the cuda twins of backend_test! in the
 # others (named <test>::cuda).
-cuda_files=(--test cuda_emu --test cuda_ops --test cuda_tc --test golden_cuda --test bench_cli --test cuda_e2e)
+# Every file runs under the round-robin schedule; the kernel-level files (where a race between
+# threads of a block would show) run again under a seeded random one. The end-to-end files
+# (bench_cli, cuda_e2e) only repeat those kernels at scale, so a second schedule adds minutes and
+# no coverage.
+kernel_files=(--test cuda_emu --test cuda_ops --test cuda_tc --test golden_cuda)
+e2e_files=(--test bench_cli --test cuda_e2e)
 twin_files=(--test nn --test gradcheck)
 total=0
-run_cuda() {  # schedule
+run_cuda() {  # schedule, then the whole-file tests to run
+  local sched=$1; shift
   local log; log=$(mktemp)
-  stamp "CUDA tests on the emulated driver, schedule $1 (ADVLENS_REQUIRE_GPU=1: a skip fails)"
-  ADVLENS_REQUIRE_GPU=1 ADVLENS_EMU_SCHEDULE="$1" scripts/cuda-emu.sh \
-    cargo test --all-features "${cuda_files[@]}" 2>&1 | tee "$log"
-  ADVLENS_REQUIRE_GPU=1 ADVLENS_EMU_SCHEDULE="$1" scripts/cuda-emu.sh \
+  stamp "CUDA tests on the emulated driver, schedule $sched (ADVLENS_REQUIRE_GPU=1: a skip fails)"
+  ADVLENS_REQUIRE_GPU=1 ADVLENS_EMU_SCHEDULE="$sched" scripts/cuda-emu.sh \
+    cargo test --all-features "$@" 2>&1 | tee "$log"
+  ADVLENS_REQUIRE_GPU=1 ADVLENS_EMU_SCHEDULE="$sched" scripts/cuda-emu.sh \
     cargo test --all-features "${twin_files[@]}" -- ::cuda 2>&1 | tee -a "$log"
   if grep -q "test result: FAILED\|error: test failed" "$log"; then rm -f "$log"; exit 1; fi
   local n; n=$(grep -o "test result: ok. [0-9]* passed" "$log" | awk '{s += $4} END {print s + 0}')
   if grep -q "skipped:" "$log"; then echo "a CUDA test skipped under the emulator" >&2; exit 1; fi
-  echo "CUDA tests run against the emulated device (schedule $1): $n passed, 0 skipped"
+  echo "CUDA tests run against the emulated device (schedule $sched): $n passed, 0 skipped"
   total=$((total + n))
   rm -f "$log"
 }
-run_cuda rr
-run_cuda random:20261201
+run_cuda rr "${kernel_files[@]}" "${e2e_files[@]}"
+run_cuda random:20261201 "${kernel_files[@]}"
 
 stamp "CPU-only build (--no-default-features): library unit tests"
 cargo test --no-default-features --lib --quiet
