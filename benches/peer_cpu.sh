@@ -8,7 +8,9 @@
 #
 # Usage: benches/peer_cpu.sh [ADVLENS_BIN] [PYTHON]
 #   env: THREADS (2), CPUS (0-1, for taskset), REPEATS (3), WIDTHS ("8 16"),
-#        MODELS ("small-vgg16 small-alexnet small-resnet18"), ITERS (5), OUT (dir for raw JSON)
+#        MODELS ("small-vgg16 small-alexnet small-resnet18"), ITERS (5), WARMUP (2),
+#        OUT (dir for raw JSON), BEFORE (a second advlens binary, e.g. an older commit: it is
+#        run in the same alternation and gets its own column and an after/before ratio)
 # PyTorch is installed by hand for this (plain `pip install torch`), never by CI.
 set -euo pipefail
 BIN=${1:-target/release/advlens}
@@ -19,6 +21,8 @@ REPEATS=${REPEATS:-3}
 WIDTHS=${WIDTHS:-"8 16"}
 MODELS=${MODELS:-"small-vgg16 small-alexnet small-resnet18"}
 ITERS=${ITERS:-5}
+WARMUP=${WARMUP:-2}
+BEFORE=${BEFORE:-}
 OUT=${OUT:-$(mktemp -d)}
 HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$OUT"
@@ -32,11 +36,16 @@ for w in $WIDTHS; do
     [ "$m" = small-vgg16 ] && wl=train,ifgs,ensemble
     for r in $(seq 1 "$REPEATS"); do
       taskset -c "$CPUS" "$BIN" --device cpu --threads "$THREADS" --json bench model \
-        --model "$m" --width "$w" --workloads "$wl" --iters "$ITERS" \
+        --model "$m" --width "$w" --workloads "$wl" --iters "$ITERS" --warmup "$WARMUP" \
         > "$OUT/advlens-$m-w$w-r$r.json"
-      taskset -c "$CPUS" "$PY" "$HERE/peer_cpu.py" --model "$m" --width "$w" \
-        --workloads "$wl" --iters "$ITERS" --threads "$THREADS" \
+      taskset -c "$CPUS" "$PY" -W ignore "$HERE/peer_cpu.py" --model "$m" --width "$w" \
+        --workloads "$wl" --iters "$ITERS" --warmup "$WARMUP" --threads "$THREADS" \
         > "$OUT/torch-$m-w$w-r$r.jsonl"
+      if [ -n "$BEFORE" ]; then
+        taskset -c "$CPUS" "$BEFORE" --device cpu --threads "$THREADS" --json bench model \
+          --model "$m" --width "$w" --workloads "$wl" --iters "$ITERS" --warmup "$WARMUP" \
+          > "$OUT/before-$m-w$w-r$r.json"
+      fi
     done
   done
 done
@@ -45,22 +54,29 @@ echo "# load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 import glob, json, os, statistics, sys
 out = sys.argv[1]
 rows = {}
-for f in glob.glob(os.path.join(out, "advlens-*.json")):
-    r = json.load(open(f))
-    for w in r["workloads"]:
-        key = (r["model"] if w["workload"] != "ensemble" else "ensemble(3)", r["width"], w["workload"])
-        rows.setdefault(key, ([], []))[0].append(w["rows_per_s"])
+def key(model, width, workload):
+    return (model if workload != "ensemble" else "ensemble(3)", width, workload)
+for side, pat in ((0, "advlens-*.json"), (2, "before-*.json")):
+    for f in glob.glob(os.path.join(out, pat)):
+        r = json.load(open(f))
+        for w in r["workloads"]:
+            rows.setdefault(key(r["model"], r["width"], w["workload"]), ([], [], []))[side].append(w["rows_per_s"])
 for f in glob.glob(os.path.join(out, "torch-*.jsonl")):
     for line in open(f):
         w = json.loads(line)
-        key = (w["model"] if w["workload"] != "ensemble" else "ensemble(3)", w["width"], w["workload"])
-        rows.setdefault(key, ([], []))[1].append(w["rows_per_s"])
-print("| model | width | workload | advlens rows/s | PyTorch rows/s | advlens/PyTorch |")
-print("|---|---:|---|---:|---:|---:|")
-for key in sorted(rows):
-    a, t = rows[key]
-    if a and t:
-        ma, mt = statistics.median(a), statistics.median(t)
-        print(f"| {key[0]} | {key[1]} | {key[2]} | {ma:,.0f} | {mt:,.0f} | {ma / mt:.2f} |")
-print(f"(medians over {len(a)} repeats; raw JSON in {out})")
+        rows.setdefault(key(w["model"], w["width"], w["workload"]), ([], [], []))[1].append(w["rows_per_s"])
+before = any(v[2] for v in rows.values())
+head = "| model | width | workload | advlens rows/s | PyTorch rows/s | advlens/PyTorch |"
+if before:
+    head += " before rows/s | after/before |"
+print(head)
+print("|---|---:|---|---:|---:|---:|" + ("---:|---:|" if before else ""))
+med = lambda v: statistics.median(v) if v else float("nan")
+for k in sorted(rows):
+    a, t, b = (med(v) for v in rows[k])
+    line = f"| {k[0]} | {k[1]} | {k[2]} | {a:,.0f} | {t:,.0f} | {a / t:.2f} |"
+    if before:
+        line += f" {b:,.0f} | {a / b:.2f} |"
+    print(line)
+print(f"(rows/s: medians over repeats of each run's median; raw JSON in {out})")
 EOF

@@ -261,7 +261,7 @@ fn conv_backward_matches_direct_loops_on_every_path() {
             let (i, e) = got
                 .iter()
                 .zip(want)
-                .map(|(&g, &w)| ((g as f64 - w).abs() / (1e-5 * scale + 1e-4 * w.abs())))
+                .map(|(&g, &w)| (g as f64 - w).abs() / (1e-5 * scale + 1e-4 * w.abs()))
                 .enumerate()
                 .fold((0, 0.0), |a, b| if b.1 > a.1 { b } else { a });
             assert!(e <= 1.0, "{what} {case:?}: worst index {i}, err/tol {e}");

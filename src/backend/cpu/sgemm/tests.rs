@@ -8,6 +8,7 @@ use crate::rng::Rng;
 
 /// Tolerance of an f32 GEMM against f64: atol + rtol * sum_k |a||b| (the error bound of a
 /// k-term f32 dot product grows with k * eps times the absolute sum).
+#[allow(clippy::too_many_arguments)]
 fn check(isa: Isa, m: usize, k: usize, n: usize, ta: bool, tb: bool, beta: f32, seed: u64) {
     let mut rng = Rng::new(seed);
     let mut rand = |len: usize| -> Vec<f32> {
@@ -50,7 +51,7 @@ fn check(isa: Isa, m: usize, k: usize, n: usize, ta: bool, tb: bool, beta: f32, 
             }
             let err = (c[i * n + j] as f64 - s).abs();
             let tol = 1e-6 + 4.0 * f32::EPSILON as f64 * abs;
-            if !(err <= tol) {
+            if err.is_nan() || err > tol {
                 panic!(
                     "{} m{m} k{k} n{n} ta{ta} tb{tb} beta{beta}: c[{i},{j}] = {} vs {s} \
                      (err {err:e} > tol {tol:e})",
