@@ -233,3 +233,81 @@ fn packed_a_gives_the_same_bits_as_packing_per_block() {
         );
     }
 }
+
+/// Not a test: GFLOP/s of every supported path and of `matrixmultiply` (the previous GEMM) on
+/// 2048^3 and on conv-shaped products, medians of 5 (`cargo test --release --lib
+/// sgemm_speed -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn sgemm_speed() {
+    let shapes = [
+        (2048, 2048, 2048, "2048^3"),
+        (64, 576, 3136, "vgg conv3 fwd/image (K64 CRR576 PQ3136)"),
+        (8, 72, 840, "small-vgg16 w8 conv2 fwd/image (padded grid)"),
+        (32, 288, 61, "small-vgg16 w8 conv6 fwd/image (padded grid)"),
+    ];
+    for &(m, k, n, what) in &shapes {
+        let mut rng = Rng::new(1);
+        let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
+        let b: Vec<f32> = (0..k * n).map(|_| rng.normal() as f32).collect();
+        let mut c = vec![0.0f32; m * n];
+        let reps = (2e9 / (2.0 * (m * n * k) as f64)).clamp(1.0, 2000.0) as usize;
+        let mut time = |f: &mut dyn FnMut(&mut [f32])| {
+            let mut t: Vec<f64> = (0..5)
+                .map(|_| {
+                    let s = std::time::Instant::now();
+                    for _ in 0..reps {
+                        f(&mut c);
+                    }
+                    s.elapsed().as_secs_f64() / reps as f64
+                })
+                .collect();
+            t.sort_by(|x, y| x.total_cmp(y));
+            2.0 * (m * n * k) as f64 / t[2] / 1e9
+        };
+        let mut line = format!("{what}:");
+        for isa in supported_isas() {
+            let g = time(&mut |c| {
+                sgemm_isa(
+                    isa,
+                    m,
+                    k,
+                    n,
+                    &a,
+                    Strides::row(k),
+                    &b,
+                    Strides::row(n),
+                    0.0,
+                    c,
+                    Strides::row(n),
+                )
+            });
+            line += &format!(" {} {g:.1}", isa.name());
+        }
+        let g = time(&mut |c| {
+            // SAFETY: a, b and c are m*k, k*n and m*n row-major slices.
+            unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    a.as_ptr(),
+                    k as isize,
+                    1,
+                    b.as_ptr(),
+                    n as isize,
+                    1,
+                    0.0,
+                    c.as_mut_ptr(),
+                    n as isize,
+                    1,
+                )
+            }
+        });
+        eprintln!(
+            "{line} matrixmultiply {g:.1} GFLOP/s ({} threads)",
+            rayon::current_num_threads()
+        );
+    }
+}
