@@ -37,6 +37,14 @@ fi
 stamp "cargo test (all features; no driver here, so the CUDA tests are left to the emulated runs below)"
 ADVLENS_CUDA_DEFERRED=1 cargo test --all-features
 
+# The CPU GEMM picks AVX-512, AVX2+FMA or portable code at run time; the run above took the best
+# this machine has. Force the other paths through the golden files and the gradient checks (the
+# same binaries: seconds each). A path the CPU lacks falls back to the best one and says so.
+for isa in avx2 portable; do
+  stamp "CPU GEMM path forced: ADVLENS_CPU_ISA=$isa (golden_ops, gradcheck)"
+  ADVLENS_CUDA_DEFERRED=1 ADVLENS_CPU_ISA=$isa cargo test --all-features --quiet --test golden_ops --test gradcheck
+done
+
 # The fuzz smoke in CI is the corpus replay through the fuzz targets' own bodies, which cargo test
 # ran above (tests/fuzz_replay.rs). Real libFuzzer runs (5 s per target) need the fuzz crate
 # built, about 10 CPU-minutes from scratch, which the 15-minute suite cannot afford: opt in with
