@@ -38,16 +38,27 @@ impl Part {
         json!({ "model": self.model, "statistic": self.what, "ci": self.ci,
             "threshold": self.threshold,
             "paper_side": match self.side { Side::Above => "above", Side::Below => "below" },
-            "paper": self.paper, "verdict": self.verdict() })
+            "paper": self.paper, "verdict": self.verdict(),
+            "scale": self.scale, "digits": self.digits })
     }
 
     fn show(&self) -> String {
-        let ci = self
-            .ci
-            .map_or("n/a".into(), |c| c.scaled(self.scale).show(self.digits));
+        let ci = show_ci(self.ci.as_ref(), self.scale, self.digits);
         let paper = self.paper.map_or(String::new(), |p| format!(", paper {p}"));
         format!("{} {} {ci}{paper}", self.model, self.what)
     }
+}
+
+/// An interval as the reports show it: scaled (100 for accuracies, shown in points) and rounded.
+pub fn show_ci(ci: Option<&Ci>, scale: f64, digits: usize) -> String {
+    ci.map_or("n/a".into(), |c| c.scaled(scale).show(digits))
+}
+
+/// The display rule a part's JSON carries (`scale`, `digits`; 1 and 3 when absent).
+pub fn display_of(part: &Value) -> (f64, usize) {
+    let scale = part["scale"].as_f64().unwrap_or(1.0);
+    let digits = part["digits"].as_u64().map_or(3, |d| d as usize);
+    (scale, digits)
 }
 
 /// Everything the findings read, by model position.
@@ -157,6 +168,15 @@ impl Inputs<'_> {
         f64s(&list.get(i)?["e4"]["units"][r])
     }
 
+    /// Model `i`'s ratio `r` before and after, over the adversarial images defined in both.
+    fn ratio_pairs(&self, i: usize, r: &str) -> Option<(Vec<f64>, Vec<f64>)> {
+        let (b, a) = (
+            self.ratio(self.before, i, r)?,
+            self.ratio(self.after, i, r)?,
+        );
+        both(&b, &a)
+    }
+
     fn mean_ratio(&self, id: &str, r: &str, thr_side: Side) -> Vec<Part> {
         (0..self.names.len())
             .map(|i| {
@@ -204,10 +224,7 @@ impl Inputs<'_> {
     fn r1_toward_one(&self) -> Vec<Part> {
         (0..self.names.len())
             .map(|i| {
-                let pairs = self
-                    .ratio(self.before, i, "r1")
-                    .zip(self.ratio(self.after, i, "r1"))
-                    .and_then(|(b, a)| both(&b, &a));
+                let pairs = self.ratio_pairs(i, "r1");
                 let ci = pairs.and_then(|(b, a)| {
                     crate::analysis::stats::bootstrap(
                         &[b.len()],
@@ -229,10 +246,7 @@ impl Inputs<'_> {
     fn r2_rises(&self) -> Vec<Part> {
         (0..self.names.len())
             .map(|i| {
-                let pairs = self
-                    .ratio(self.before, i, "r2")
-                    .zip(self.ratio(self.after, i, "r2"))
-                    .and_then(|(b, a)| both(&b, &a));
+                let pairs = self.ratio_pairs(i, "r2");
                 let ci = pairs
                     .and_then(|(b, a)| paired_diff_ci(&b, &a, &self.boot, &self.label("r2", i)));
                 self.part(i, "mean r2 after - before", ci, 0.0, Side::Above)

@@ -319,17 +319,9 @@ fn scoreboard_md(md: &mut String, r: &Value) {
 }
 
 fn part_cell(p: &Value) -> String {
-    let pct = p["statistic"]
-        .as_str()
-        .is_some_and(|s| s.contains("points"));
     let ci = serde_json::from_value::<crate::analysis::stats::Ci>(p["ci"].clone()).ok();
-    ci.map_or("n/a".into(), |c| {
-        if pct {
-            c.scaled(100.0).show(2)
-        } else {
-            c.show(3)
-        }
-    })
+    let (scale, digits) = super::findings::display_of(p);
+    super::findings::show_ci(ci.as_ref(), scale, digits)
 }
 
 fn findings_md(md: &mut String, r: &Value) {

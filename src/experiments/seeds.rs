@@ -20,6 +20,7 @@ use crate::analysis::stats::{all_of, decide, Ci, Side, Verdict};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 
+use super::findings::{display_of, show_ci};
 use super::reproduce::{reproduce, ReproduceConfig};
 
 /// Parse `--seeds 0,1,2`: distinct non-negative integers, at most 32.
@@ -110,7 +111,8 @@ fn combine_part(parts: &[&Value]) -> Value {
     let v = decide(combined.as_ref(), thr, side_of(first));
     json!({ "model": first["model"], "statistic": first["statistic"], "threshold": thr,
         "paper_side": first["paper_side"], "paper": first["paper"], "per_seed": cis,
-        "seed_sd": sd, "ci": combined, "verdict": v })
+        "seed_sd": sd, "ci": combined, "verdict": v,
+        "scale": first["scale"], "digits": first["digits"] })
 }
 
 /// The findings of several runs (same profile, different seeds) combined part by part.
@@ -139,16 +141,6 @@ pub fn combine_findings(runs: &[Value]) -> Result<Vec<Value>> {
     Ok(out)
 }
 
-fn show(c: &Option<Ci>, pct: bool) -> String {
-    c.map_or("n/a".into(), |c| {
-        if pct {
-            c.scaled(100.0).show(2)
-        } else {
-            c.show(3)
-        }
-    })
-}
-
 fn report_md(seeds: &[u64], findings: &[Value], dirs: &[PathBuf], secs: f64) -> String {
     let mut md = String::new();
     let _ = writeln!(
@@ -171,17 +163,15 @@ fn report_md(seeds: &[u64], findings: &[Value], dirs: &[PathBuf], secs: f64) -> 
             .unwrap_or_default()
             .iter()
             .map(|p| {
-                let pct = p["statistic"]
-                    .as_str()
-                    .is_some_and(|s| s.contains("points"));
-                let sd = p["seed_sd"].as_f64().map_or("n/a".into(), |s| {
-                    format!("{:.3}", if pct { 100.0 * s } else { s })
-                });
+                let (scale, digits) = display_of(p);
+                let sd = p["seed_sd"]
+                    .as_f64()
+                    .map_or("n/a".into(), |s| format!("{:.3}", scale * s));
                 format!(
                     "{} {}: {} (sd {sd})",
                     p["model"].as_str().unwrap_or("?"),
                     p["statistic"].as_str().unwrap_or("?"),
-                    show(&ci_of(&p["ci"]), pct)
+                    show_ci(ci_of(&p["ci"]).as_ref(), scale, digits)
                 )
             })
             .collect();
