@@ -118,32 +118,28 @@ pub struct TrainOutcome {
 pub fn topk_hits(logits: &[f32], k: usize, labels: &[u32]) -> (usize, usize) {
     let (mut t1, mut t5) = (0, 0);
     for (row, &y) in logits.chunks_exact(k).zip(labels) {
-        let v = row[y as usize];
-        // Rank = number of classes scoring strictly higher (ties count in the label's favour,
-        // except that a NaN row never counts as a hit).
-        if v.is_nan() {
-            continue;
-        }
-        let higher = row.iter().filter(|&&x| x > v).count();
-        if higher == 0 {
-            t1 += 1;
-        }
-        if higher < 5 {
-            t5 += 1;
+        match label_rank(row, y) {
+            Some(0) => (t1, t5) = (t1 + 1, t5 + 1),
+            Some(r) if r < 5 => t5 += 1,
+            _ => {}
         }
     }
     (t1, t5)
 }
 
-/// Per row: is the label's score the highest (the top-1 rule of `topk_hits`, one flag a row).
+/// Rank of the label's score in its row: the number of classes scoring strictly higher (ties
+/// count in the label's favour), or None when the label's score is NaN (never a hit).
+fn label_rank(row: &[f32], y: u32) -> Option<usize> {
+    let v = row[y as usize];
+    (!v.is_nan()).then(|| row.iter().filter(|&&x| x > v).count())
+}
+
+/// Per row: a top-1 hit under the rule of `topk_hits` (one flag a row).
 pub fn top1_flags(logits: &[f32], k: usize, labels: &[u32]) -> Vec<bool> {
     logits
         .chunks_exact(k)
         .zip(labels)
-        .map(|(row, &y)| {
-            let v = row[y as usize];
-            !v.is_nan() && row.iter().all(|&x| x <= v)
-        })
+        .map(|(row, &y)| label_rank(row, y) == Some(0))
         .collect()
 }
 
@@ -590,4 +586,34 @@ fn resume_state(path: &Path, cfg: &TrainConfig, data_checksum: &str) -> Result<R
     let mut run = stored;
     run.epochs = cfg.epochs;
     Ok((ck.model, opt, run, history, ck.epoch))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hit_counts_and_flags_follow_one_rank_rule() {
+        // Rows of K = 6: a clear hit, a tie (the label's favour), third place, sixth place (no top-5 hit),
+        // a NaN label score (never a hit) and a NaN elsewhere (not higher than the label).
+        let k = 6;
+        let logits = [
+            [9.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+            [5.0, 5.0, 1.0, 0.0, 0.0, 0.0],
+            [0.0, 4.0, 3.0, 2.0, 1.0, 5.0],
+            [0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+            [f32::NAN, 1.0, 2.0, 3.0, 4.0, 5.0],
+            [7.0, f32::NAN, 2.0, 3.0, 4.0, 5.0],
+        ]
+        .concat();
+        let labels = [0u32, 1, 2, 0, 0, 0];
+        assert_eq!(topk_hits(&logits, k, &labels), (3, 4));
+        let flags = top1_flags(&logits, k, &labels);
+        assert_eq!(flags, [true, true, false, false, false, true]);
+        assert_eq!(
+            flags.iter().filter(|&&f| f).count(),
+            3,
+            "flags agree with the count"
+        );
+    }
 }
