@@ -2,13 +2,10 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 
 use advlens::backend::cpu::CpuBackend;
 use advlens::backend::Backend;
-use advlens::data::Dataset;
 use advlens::io::{save_safetensors, OwnedTensor, SafeFile};
 use advlens::nn::layers::{BatchNorm2d, FwdMode, Layer, LayerKind};
 use advlens::nn::optim::{OptimConfig, Optimizer};
@@ -16,7 +13,7 @@ use advlens::nn::train::{self, RunDirs, TrainConfig};
 use advlens::nn::{checkpoint, Model, ModelSpec};
 use advlens::rng::Rng;
 use advlens::Tensor;
-use common::{assert_close, assert_close32, host};
+use common::{assert_close, assert_close32, host, tiny_dataset};
 
 const SMALL: [&str; 3] = ["small-alexnet", "small-vgg16", "small-resnet18"];
 
@@ -412,32 +409,6 @@ fn batchnorm_running_statistics_follow_torch() {
     );
     assert_close(&host(&bn.running_var.value), &rv, 1e-5, 1e-4, "running_var");
     assert_eq!(bn.num_batches_tracked, 2);
-}
-
-/// A tiny random dataset file (u8 images, i64 labels, class names).
-fn tiny_dataset(path: &Path, n: usize, k: usize, seed: u64) -> Arc<Dataset> {
-    let mut rng = Rng::new(seed);
-    let px: Vec<u8> = (0..n * 12 * 12).map(|_| rng.below(256) as u8).collect();
-    let labels: Vec<i64> = (0..n).map(|_| rng.below(k) as i64).collect();
-    let classes: Vec<String> = (0..k).map(|i| format!("c{i}")).collect();
-    let meta: HashMap<String, String> = [
-        (
-            "classes".to_string(),
-            serde_json::to_string(&classes).unwrap(),
-        ),
-        ("layout".to_string(), "NCHW".to_string()),
-    ]
-    .into();
-    save_safetensors(
-        path,
-        &[
-            ("images".into(), OwnedTensor::u8(&[n, 1, 12, 12], px)),
-            ("labels".into(), OwnedTensor::i64(&[n], &labels)),
-        ],
-        Some(meta),
-    )
-    .unwrap();
-    Arc::new(Dataset::open(path).unwrap())
 }
 
 fn cfg(model: &str, epochs: usize, optim: OptimConfig) -> TrainConfig {

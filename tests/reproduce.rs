@@ -101,6 +101,41 @@ fn units_moved_out(r: &Value, out: &Path) {
     );
 }
 
+/// The three forms of the fine-tune are decided side by side, the matched one at the beta the
+/// scale probe measured, and the report says which findings turn on the choice.
+fn variants_side_by_side(r: &Value, md: &str) {
+    let vs = r["E6_variants"].as_array().expect("E6_variants");
+    let names: Vec<&str> = vs.iter().map(|v| v["variant"].as_str().unwrap()).collect();
+    assert_eq!(names, ["paper", "relative", "matched"]);
+    for v in vs {
+        assert_eq!(
+            v["findings"].as_array().map(Vec::len),
+            Some(6),
+            "{}",
+            v["variant"]
+        );
+        assert_eq!(v["e6"].as_array().map(Vec::len), Some(3));
+    }
+    let scale = r["consistency_scale"]
+        .as_array()
+        .expect("consistency_scale");
+    assert_eq!(scale.len(), 3);
+    for (i, s) in scale.iter().enumerate() {
+        let matched = vs[2]["e6"][i]["config"]["beta"].as_f64().unwrap();
+        let probe = s["beta_match"].as_f64().expect("a matched beta");
+        assert!(
+            probe > 0.0 && ((matched - probe) / probe).abs() < 1e-6,
+            "{matched} vs {probe}"
+        );
+        assert_eq!(vs[1]["e6"][i]["config"]["consistency"], "relative");
+        assert!(s["term"].as_f64().unwrap() > 0.0 && s["phi_values"].as_u64().unwrap() > 0);
+    }
+    assert_eq!(scale[2]["batchnorm"], true, "small-resnet18 has BatchNorm");
+    assert_eq!(scale[1]["batchnorm"], false, "small-vgg16 has none");
+    assert!(md.contains("## The consistency term and its weight (E6 variants)"));
+    assert!(md.contains("**Depends on how the consistency term is weighed:**"));
+}
+
 #[test]
 fn quick_profile_end_to_end() {
     if !Path::new(FMNIST).exists() {
@@ -158,6 +193,7 @@ fn quick_profile_end_to_end() {
         !md.contains("commit `unknown`"),
         "the report names its commit"
     );
+    variants_side_by_side(&r, &md);
     let auc = r["E5"]["before"][0]["result"]["auc"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&auc));
     let html = std::fs::read_to_string(out.join("index.html")).unwrap();

@@ -121,3 +121,84 @@ pub fn run(ctx: &Ctx, a: &AdvTrainArgs) -> Result<()> {
     });
     Ok(())
 }
+
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Example:\n  advlens consistency-scale --ckpt runs/vgg/last.safetensors --data data/fmnist/train.safetensors\n  \
+    advlens consistency-scale --init small-vgg16 --widths 4,8,16 --data data/fmnist/train.safetensors"
+)]
+pub struct ScaleArgs {
+    /// Trained checkpoints to probe (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub ckpt: Vec<PathBuf>,
+    /// Probe freshly initialised models of this architecture instead (with --widths), to see how
+    /// the term grows with the size of phi before training changes its scale.
+    #[arg(long)]
+    pub init: Option<String>,
+    /// Widths of the --init models.
+    #[arg(long, value_delimiter = ',', default_value = "8")]
+    pub widths: Vec<usize>,
+    /// Training split (the fine-tune's data).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Images to probe (the first ones of the fine-tune's first epoch).
+    #[arg(long, default_value_t = 512)]
+    pub images: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 0.5)]
+    pub alpha: f32,
+    /// Iterative-FGS steps T of G(x, y*).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Iterative-FGS step size on the 0..255 pixel scale.
+    #[arg(long, default_value_t = 2.0)]
+    pub eps: f32,
+}
+
+/// `advlens consistency-scale`: the size of Eq. 8's consistency term against its cross-entropies.
+pub fn run_scale(ctx: &Ctx, a: &ScaleArgs) -> Result<()> {
+    use crate::experiments::scale::probe;
+    use crate::nn::{Model, ModelSpec};
+    if a.ckpt.is_empty() == a.init.is_none() {
+        return Err(crate::error::Error::InvalidArg(
+            "consistency-scale: give either --ckpt or --init".into(),
+        ));
+    }
+    let cfg = AdvTrainConfig {
+        alpha: a.alpha,
+        steps: a.steps,
+        eps: a.eps,
+        batch: a.batch,
+        seed: ctx.seed,
+        precision: ctx.precision,
+        ..AdvTrainConfig::default()
+    };
+    cfg.validate()?;
+    let data = Arc::new(Dataset::open(&a.data)?);
+    let be = ctx.backend()?;
+    let mut models = Vec::new();
+    for p in &a.ckpt {
+        models.push(Model::load(p)?);
+    }
+    if let Some(name) = &a.init {
+        for &w in &a.widths {
+            let mut spec = ModelSpec::new(name, data.num_classes(), data.shape());
+            spec.width = w;
+            models.push(Model::from_spec(&spec, ctx.seed)?);
+        }
+    }
+    let mut out = Vec::new();
+    for mut m in models {
+        m.to_backend(be.as_ref())?;
+        let r = probe(be.as_ref(), &mut m, &data, a.images, &cfg)?;
+        if !ctx.json {
+            super::say(&r.line());
+        }
+        out.push(r);
+    }
+    if ctx.json {
+        emit(ctx, &out, String::new);
+    }
+    Ok(())
+}

@@ -64,6 +64,9 @@ pub enum Command {
     Attack(attack::AttackCommand),
     /// Adversarial fine-tuning with the consistency loss (paper Eq. 8, experiment E6).
     Advtrain(advtrain::AdvTrainArgs),
+    /// How large Eq. 8's consistency term is against its cross-entropies on given models, and
+    /// the beta that balances them.
+    ConsistencyScale(advtrain::ScaleArgs),
     /// Every experiment of the paper (E1-E8), one command, one report.
     Reproduce(reproduce::ReproduceArgs),
     /// Bring outside weights in: `weights import` turns a torchvision state_dict into a
@@ -153,6 +156,7 @@ pub fn main() -> i32 {
         Command::Eval(a) => train::run_eval(&ctx, a),
         Command::Attack(c) => attack::run(&ctx, c),
         Command::Advtrain(a) => advtrain::run(&ctx, a),
+        Command::ConsistencyScale(a) => advtrain::run_scale(&ctx, a),
         Command::Reproduce(a) => reproduce::run(&ctx, a),
         Command::Op(a) => op::run(&ctx, a),
         Command::Weights(c) => weights::run(&ctx, c),

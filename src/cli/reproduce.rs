@@ -241,12 +241,7 @@ fn emit_graph(ctx: &Ctx, a: &ReproduceArgs, cfg: &ReproduceConfig, e: &[String])
         extra: s.sbatch_arg.clone(),
         shards: a.shards,
     };
-    let files = emit_slurm(
-        &cfg.profile.models,
-        &job_command(ctx, a)?,
-        &opts,
-        dir.as_ref(),
-    )?;
+    let files = emit_slurm(&cfg.profile, &job_command(ctx, a)?, &opts, dir.as_ref())?;
     let submit = files.last().cloned().unwrap_or_default();
     emit(ctx, &files, || {
         format!(

@@ -304,7 +304,7 @@ pub struct StepStats {
 }
 
 /// Stack two host-readable batches [N, ...] into one [2N, ...] on `be`.
-fn stack(be: &dyn Backend, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+pub(crate) fn stack(be: &dyn Backend, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if a.shape() != b.shape() || a.rank() == 0 {
         return Err(Error::shape(
             "advtrain.stack",

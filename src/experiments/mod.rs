@@ -7,6 +7,8 @@ pub mod neurons;
 pub mod ratios;
 pub mod report;
 pub mod reproduce;
+pub mod scale;
 pub mod seeds;
 pub mod slurm;
 pub mod stages;
+pub mod variants;

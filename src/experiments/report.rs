@@ -53,7 +53,15 @@ fn fgs_at(e7: &Value, eps: f64) -> (Option<f64>, Option<f64>) {
         .map_or((None, None), |r| (f(&r["top1"]), f(&r["top5"])))
 }
 
+/// What the report reads besides the paper variant's pipeline: the other E6 variants (each
+/// `{variant, e6, after}`) and the consistency-scale probe of each model.
+pub struct Extra {
+    pub variants: Vec<Value>,
+    pub scale: Vec<Value>,
+}
+
 /// Build the results document from the stage results.
+#[allow(clippy::too_many_arguments)]
 pub fn assemble(
     env: &Value,
     e1: &[Value],
@@ -61,6 +69,7 @@ pub fn assemble(
     before: &Value,
     e6: &[Value],
     after: &Value,
+    extra: &Extra,
     boot: BootConfig,
 ) -> Result<Value> {
     let b = before.as_array().cloned().unwrap_or_default();
@@ -98,6 +107,7 @@ pub fn assemble(
         paper: &paper,
         boot,
     });
+    let variants = super::variants::assemble(&names, e1, &b, e6, &findings, &extra.variants, boot);
 
     Ok(json!({
         "format": "advlens.results.v1",
@@ -113,6 +123,8 @@ pub fn assemble(
         "paper": paper,
         "bootstrap": boot,
         "findings": findings,
+        "E6_variants": variants,
+        "consistency_scale": extra.scale,
     }))
 }
 
@@ -233,6 +245,7 @@ pub fn write_report(out: &Path, r: &Value) -> Result<()> {
     scoreboard_md(&mut md, r);
     tables_md(&mut md, r);
     findings_md(&mut md, r);
+    super::variants::variants_md(&mut md, r);
     crate::io::write_atomic(&out.join("report.md"), |w| {
         let mut all = md.clone();
         stages_md(&mut all, r);

@@ -194,7 +194,7 @@ fn submit_script(jobs: &[Job], logs: &Path) -> String {
 /// (binary, global options, `reproduce` and its settings), already quoted for sh. Returns the
 /// files written, `submit.sh` last.
 pub fn emit_slurm(
-    models: &[String],
+    profile: &super::reproduce::Profile,
     cmd: &str,
     opts: &SlurmOptions,
     dir: &Path,
@@ -203,7 +203,7 @@ pub fn emit_slurm(
     let dir = std::path::absolute(dir).map_err(|e| Error::io(dir, e))?;
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| Error::io(&logs, e))?;
-    let jobs = jobs(&table(models), opts.shards)?;
+    let jobs = jobs(&table(profile), opts.shards)?;
     let mut written = Vec::new();
     for j in &jobs {
         written.push(write_script(

@@ -23,12 +23,13 @@ use crate::nn::optim::OptimConfig;
 use crate::nn::train::{evaluate, train, RunDirs, TrainConfig};
 use crate::nn::{Model, ModelSpec};
 
-use super::advtrain::{advtrain, AdvTrainConfig};
+use super::advtrain::{advtrain, AdvTrainConfig, Consistency};
 use super::detect::{detect, DetectConfig};
 use super::explain::{explain, ExplainConfig, ExplainImage, NeuronsFile};
 use super::neurons::{neurons, NeuronsConfig, NeuronsResult};
 use super::ratios::{ratios, RatiosConfig};
 use super::reproduce::{eval_on_advset, Env, StageTime};
+use super::scale::{probe_checkpoint, ScaleReport};
 
 /// What a stage function is given besides the environment: the results of the stages run or
 /// found cached so far (a superset of the stage's inputs), their timings and the run's start.
@@ -52,22 +53,6 @@ pub type RunFn = fn(&Env, &Stage, &Inputs, &Path) -> Result<Value>;
 /// Runs part K of N of a stage that splits (its result is joined by the stage's own run).
 pub type PartFn = fn(&Env, &Stage, &Inputs, (usize, usize)) -> Result<Value>;
 
-/// Before or after adversarial training (E6): which checkpoints the analyses read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    Before,
-    After,
-}
-
-impl Phase {
-    pub fn tag(self) -> &'static str {
-        match self {
-            Phase::Before => "before",
-            Phase::After => "after",
-        }
-    }
-}
-
 /// One named stage of the pipeline.
 pub struct Stage {
     pub name: String,
@@ -75,7 +60,8 @@ pub struct Stage {
     pub inputs: Vec<String>,
     /// Index into the profile's models for per-model stages.
     pub model: Option<usize>,
-    pub phase: Option<Phase>,
+    /// The E6 form of E6 stages (`Paper` elsewhere).
+    pub variant: E6Variant,
     /// Cached in `OUT/<name>/stage.json` (false: runs every time, untimed).
     pub cached: bool,
     pub key: KeyFn,
@@ -90,7 +76,7 @@ impl Stage {
             name,
             inputs,
             model: None,
-            phase: None,
+            variant: E6Variant::Paper,
             cached: true,
             key,
             run,
@@ -103,8 +89,68 @@ fn no_key(_: &Env, _: &Stage, _: &Inputs) -> Result<Value> {
     Ok(Value::Null)
 }
 
-/// The pipeline for `models`, in run order.
-pub fn table(models: &[String]) -> Vec<Stage> {
+/// A form of the E6 fine-tune (issue 14, item 5). `Paper` is Eq. 8 as written (beta = 0.1 on the
+/// unnormalised term) and feeds the report's findings; the others are run beside it so the report
+/// can say which findings depend on how the consistency term is weighed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum E6Variant {
+    /// The paper's form and beta.
+    Paper,
+    /// `--consistency relative` at the paper's beta: the term divided by ||phi(x)||^2 +
+    /// ||phi(x*)||^2, so shrinking phi no longer lowers it.
+    Relative,
+    /// The paper's form at the beta that makes the term as large as the cross-entropies at the
+    /// start of the fine-tune (`scale-<model>`, `super::scale`).
+    Matched,
+}
+
+impl E6Variant {
+    /// The word in the variant's stage names ("" for the paper's, whose names predate variants).
+    pub fn infix(self) -> &'static str {
+        match self {
+            E6Variant::Paper => "",
+            E6Variant::Relative => "relative-",
+            E6Variant::Matched => "matched-",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            E6Variant::Paper => "paper",
+            E6Variant::Relative => "relative",
+            E6Variant::Matched => "matched",
+        }
+    }
+
+    /// The E6 stage of model `m`.
+    pub fn e6_stage(self, m: &str) -> String {
+        format!("e6-{}{m}", self.infix())
+    }
+
+    /// The name of model `m` after this fine-tune (`small-vgg16-adv`, `small-vgg16-adv-relative`).
+    pub fn adv_model(self, m: &str) -> String {
+        match self {
+            E6Variant::Paper => format!("{m}-adv"),
+            v => format!("{m}-adv-{}", v.name()),
+        }
+    }
+
+    /// The tag of its analysis stages (`after-...`).
+    pub fn after_tag(self) -> String {
+        format!("after-{}", self.infix())
+            .trim_end_matches('-')
+            .to_string()
+    }
+}
+
+/// What the analyses of a variant other than the paper's run: the ones the E6 findings read.
+const VARIANT_ANALYSES: [&str; 4] = ["validadv", "e3", "e4", "e7"];
+const ALL_ANALYSES: [&str; 6] = ["validadv", "e3", "e4", "e5", "e7", "e8"];
+
+/// The pipeline for the profile's models and E6 variants, in run order.
+pub fn table(p: &super::reproduce::Profile) -> Vec<Stage> {
+    let models = &p.models;
     let mut prepare = Stage::new("prepare".into(), vec![], no_key, run_prepare);
     prepare.cached = false;
     let mut t = vec![prepare];
@@ -117,14 +163,36 @@ pub fn table(models: &[String]) -> Vec<Stage> {
     let mut e2 = Stage::new("e2".into(), e1.clone(), key_e2, run_e2);
     e2.part = Some(run_e2_part);
     t.push(e2);
-    analyses(&mut t, models, Phase::Before, &e1);
-    let e6: Vec<String> = models.iter().map(|m| format!("e6-{m}")).collect();
-    for (mi, name) in e6.iter().enumerate() {
-        let mut s = Stage::new(name.clone(), vec![e1[mi].clone()], key_e6, run_e6);
+    analyses(&mut t, models, "before", &e1, &ALL_ANALYSES);
+    for (mi, m) in models.iter().enumerate() {
+        let mut s = Stage::new(
+            format!("scale-{m}"),
+            vec![e1[mi].clone()],
+            key_scale,
+            run_scale,
+        );
         s.model = Some(mi);
         t.push(s);
     }
-    analyses(&mut t, models, Phase::After, &e6);
+    for &v in &p.e6_variants {
+        let e6: Vec<String> = models.iter().map(|m| v.e6_stage(m)).collect();
+        for (mi, name) in e6.iter().enumerate() {
+            let mut inputs = vec![e1[mi].clone()];
+            if v == E6Variant::Matched {
+                inputs.push(format!("scale-{}", models[mi]));
+            }
+            let mut s = Stage::new(name.clone(), inputs, key_e6, run_e6);
+            s.model = Some(mi);
+            s.variant = v;
+            t.push(s);
+        }
+        let what: &[&str] = if v == E6Variant::Paper {
+            &ALL_ANALYSES
+        } else {
+            &VARIANT_ANALYSES
+        };
+        analyses(&mut t, models, &v.after_tag(), &e6, what);
+    }
     let all: Vec<String> = t
         .iter()
         .filter(|s| s.cached)
@@ -136,10 +204,15 @@ pub fn table(models: &[String]) -> Vec<Stage> {
     t
 }
 
-/// The analysis stages (valid-adv, E3, E4, E5, E7, E8) of every model on the checkpoints made
-/// by `ckpt_stages`, model by model.
-fn analyses(t: &mut Vec<Stage>, models: &[String], phase: Phase, ckpt_stages: &[String]) {
-    let tag = phase.tag();
+/// The analysis stages `what` (of valid-adv, E3, E4, E5, E7, E8) of every model on the
+/// checkpoints made by `ckpt_stages`, model by model, named `<tag>-<what>-<model>`.
+fn analyses(
+    t: &mut Vec<Stage>,
+    models: &[String],
+    tag: &str,
+    ckpt_stages: &[String],
+    what: &[&str],
+) {
     for (mi, m) in models.iter().enumerate() {
         let base = vec![ckpt_stages[mi].clone(), "e2".to_string()];
         let each: [(&str, KeyFn, RunFn); 6] = [
@@ -150,14 +223,13 @@ fn analyses(t: &mut Vec<Stage>, models: &[String], phase: Phase, ckpt_stages: &[
             ("e7", key_e7, run_e7),
             ("e8", key_e8, run_e8),
         ];
-        for (what, key, run) in each {
+        for (w, key, run) in each.into_iter().filter(|(w, _, _)| what.contains(w)) {
             let mut inputs = base.clone();
-            if what == "e8" {
+            if w == "e8" {
                 inputs.push(format!("{tag}-e3-{m}"));
             }
-            let mut s = Stage::new(format!("{tag}-{what}-{m}"), inputs, key, run);
+            let mut s = Stage::new(format!("{tag}-{w}-{m}"), inputs, key, run);
             s.model = Some(mi);
-            s.phase = Some(phase);
             t.push(s);
         }
     }
@@ -189,18 +261,40 @@ fn run_prepare(env: &Env, _: &Stage, _: &Inputs, _: &Path) -> Result<Value> {
     Ok(Value::Null)
 }
 
-/// The per-model analysis results of a phase, as the report reads them.
-fn phase_results(env: &Env, inp: &Inputs, phase: Phase, ckpts: &[PathBuf]) -> Result<Value> {
-    let tag = phase.tag();
+/// The per-model analysis results of `tag` (`before`, `after`, `after-relative` ...), as the
+/// report reads them; analyses a variant does not run are null.
+fn phase_results(env: &Env, inp: &Inputs, tag: &str, ckpts: &[PathBuf]) -> Result<Value> {
     let mut per_model = Vec::new();
     for (name, ck) in env.cfg.profile.models.iter().zip(ckpts) {
-        let r = |what: &str| inp.get(&format!("{tag}-{what}-{name}")).cloned();
+        let r = |what: &str| {
+            inp.results
+                .get(&format!("{tag}-{what}-{name}"))
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
         per_model.push(
-            json!({ "model": name, "ckpt": ck, "valid_adv": r("validadv")?,
-            "e3": r("e3")?, "e4": r("e4")?, "e5": r("e5")?, "e7": r("e7")?, "e8": r("e8")? }),
+            json!({ "model": name, "ckpt": ck, "valid_adv": r("validadv"),
+            "e3": r("e3"), "e4": r("e4"), "e5": r("e5"), "e7": r("e7"), "e8": r("e8") }),
         );
     }
     Ok(Value::Array(per_model))
+}
+
+/// Every E6 variant but the paper's (which the main findings read): its fine-tunes and their
+/// analyses.
+fn variant_results(env: &Env, inp: &Inputs) -> Result<Vec<Value>> {
+    let p = &env.cfg.profile;
+    let mut out = Vec::new();
+    for &v in p.e6_variants.iter().filter(|&&v| v != E6Variant::Paper) {
+        let e6 = p
+            .models
+            .iter()
+            .map(|m| inp.get(&v.e6_stage(m)).cloned())
+            .collect::<Result<Vec<Value>>>()?;
+        let after = phase_results(env, inp, &v.after_tag(), &ckpts_of(&e6))?;
+        out.push(json!({ "variant": v, "e6": e6, "after": after }));
+    }
+    Ok(out)
 }
 
 fn per_model(env: &Env, inp: &Inputs, prefix: &str) -> Result<Vec<Value>> {
@@ -222,8 +316,12 @@ fn run_report(env: &Env, _: &Stage, inp: &Inputs, _: &Path) -> Result<Value> {
     let (cfg, p) = (env.cfg, &env.cfg.profile);
     let e1 = per_model(env, inp, "e1")?;
     let e6 = per_model(env, inp, "e6")?;
-    let before = phase_results(env, inp, Phase::Before, &ckpts_of(&e1))?;
-    let after = phase_results(env, inp, Phase::After, &ckpts_of(&e6))?;
+    let before = phase_results(env, inp, "before", &ckpts_of(&e1))?;
+    let after = phase_results(env, inp, "after", &ckpts_of(&e6))?;
+    let extra = super::report::Extra {
+        variants: variant_results(env, inp)?,
+        scale: per_model(env, inp, "scale")?,
+    };
     let environment = json!({
         "device": env.be.name(),
         "device_description": env.be.description(),
@@ -242,7 +340,8 @@ fn run_report(env: &Env, _: &Stage, inp: &Inputs, _: &Path) -> Result<Value> {
         seed: cfg.seed,
         ..BootConfig::default()
     };
-    let mut results = super::report::assemble(&environment, &e1, e2, &before, &e6, &after, boot)?;
+    let mut results =
+        super::report::assemble(&environment, &e1, e2, &before, &e6, &after, &extra, boot)?;
     let units = super::report::split_units(&mut results);
     crate::io::write_json(&cfg.out.join("units.json"), &units)?;
     crate::io::write_json(&cfg.out.join("results.json"), &results)?;
@@ -651,6 +750,7 @@ fn run_e8(env: &Env, st: &Stage, inp: &Inputs, dir: &Path) -> Result<Value> {
 
 // ---- E6: adversarial training ------------------------------------------------------------
 
+/// The fine-tune of model `mi` in the paper's form: the settings every variant shares.
 fn advtrain_cfg(env: &Env, mi: usize) -> AdvTrainConfig {
     let p = &env.cfg.profile;
     AdvTrainConfig {
@@ -667,15 +767,57 @@ fn advtrain_cfg(env: &Env, mi: usize) -> AdvTrainConfig {
     }
 }
 
+/// The fine-tune of an E6 stage: the paper's settings with the stage's variant of the term. The
+/// same seed for every variant, so they see the same batches and targets and differ only there.
+fn variant_cfg(env: &Env, st: &Stage, inp: &Inputs) -> Result<AdvTrainConfig> {
+    let mi = model_of(st)?;
+    let mut cfg = advtrain_cfg(env, mi);
+    match st.variant {
+        E6Variant::Paper => {}
+        E6Variant::Relative => cfg.consistency = Consistency::Relative,
+        E6Variant::Matched => {
+            let name = format!("scale-{}", model_name(env, st)?);
+            let r: ScaleReport = serde_json::from_value(inp.get(&name)?.clone())
+                .map_err(|e| Error::InvalidArg(format!("internal: {name} is unreadable: {e}")))?;
+            cfg.beta = r.beta_match.ok_or_else(|| {
+                Error::InvalidArg(format!(
+                    "{name}: the attack left phi unchanged on every probed image, so no beta \
+                     balances the consistency term; the matched E6 variant cannot run"
+                ))
+            })? as f32;
+        }
+    }
+    Ok(cfg)
+}
+
 fn key_e6(env: &Env, st: &Stage, inp: &Inputs) -> Result<Value> {
-    let acfg = advtrain_cfg(env, model_of(st)?);
+    let acfg = variant_cfg(env, st, inp)?;
     let e1 = inp.get(&st.inputs[0])?;
     Ok(json!({ "base": e1["valid"], "cfg": acfg, "data": env.data_key }))
 }
 
+// ---- the consistency scale probe (issue 14, item 5) --------------------------------------
+
+/// Images the scale probe looks at: the first batches of the fine-tune's first epoch.
+const SCALE_IMAGES: usize = 512;
+
+fn key_scale(env: &Env, st: &Stage, inp: &Inputs) -> Result<Value> {
+    let acfg = advtrain_cfg(env, model_of(st)?);
+    let e1 = inp.get(&st.inputs[0])?;
+    Ok(json!({ "base": e1["valid"], "cfg": acfg, "images": SCALE_IMAGES, "data": env.data_key }))
+}
+
+fn run_scale(env: &Env, st: &Stage, inp: &Inputs, _: &Path) -> Result<Value> {
+    let acfg = advtrain_cfg(env, model_of(st)?);
+    let ck = ckpt_in(st, inp)?;
+    let r = probe_checkpoint(env.be, &ck, &env.train_ds, SCALE_IMAGES, &acfg)?;
+    eprintln!("  {}", r.line());
+    to_value(&r)
+}
+
 fn run_e6(env: &Env, st: &Stage, inp: &Inputs, dir: &Path) -> Result<Value> {
-    let (mi, name) = (model_of(st)?, model_name(env, st)?);
-    let acfg = advtrain_cfg(env, mi);
+    let name = model_name(env, st)?;
+    let acfg = variant_cfg(env, st, inp)?;
     let ck = ckpt_in(st, inp)?;
     let last = dir.join("last.safetensors");
     let resume = last.exists().then(|| last.clone());
@@ -700,7 +842,8 @@ fn run_e6(env: &Env, st: &Stage, inp: &Inputs, dir: &Path) -> Result<Value> {
         env.cfg.profile.eval_limit,
     )?;
     Ok(
-        json!({ "model": format!("{name}-adv"), "ckpt": ckp, "config": acfg,
+        json!({ "model": st.variant.adv_model(name), "variant": st.variant, "ckpt": ckp,
+        "config": acfg,
         "history": res.history, "valid": ev,
         "units": { "valid_top1": bits_to_string(&ev.top1_hits) } }),
     )

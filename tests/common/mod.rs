@@ -169,3 +169,40 @@ pub fn assert_within(got: &[f32], want: &[f32], allow: &[f64], what: &str) {
         );
     }
 }
+
+/// A tiny random dataset file (u8 images, i64 labels, class names).
+pub fn tiny_dataset(
+    path: &std::path::Path,
+    n: usize,
+    k: usize,
+    seed: u64,
+) -> std::sync::Arc<advlens::data::Dataset> {
+    let mut rng = Rng::new(seed);
+    let px: Vec<u8> = (0..n * 12 * 12).map(|_| rng.below(256) as u8).collect();
+    let labels: Vec<i64> = (0..n).map(|_| rng.below(k) as i64).collect();
+    let classes: Vec<String> = (0..k).map(|i| format!("c{i}")).collect();
+    let meta: std::collections::HashMap<String, String> = [
+        (
+            "classes".to_string(),
+            serde_json::to_string(&classes).unwrap(),
+        ),
+        ("layout".to_string(), "NCHW".to_string()),
+    ]
+    .into();
+    advlens::io::save_safetensors(
+        path,
+        &[
+            (
+                "images".into(),
+                advlens::io::OwnedTensor::u8(&[n, 1, 12, 12], px),
+            ),
+            (
+                "labels".into(),
+                advlens::io::OwnedTensor::i64(&[n], &labels),
+            ),
+        ],
+        Some(meta),
+    )
+    .unwrap();
+    std::sync::Arc::new(advlens::data::Dataset::open(path).unwrap())
+}

@@ -1,0 +1,106 @@
+//! The consistency-scale probe (`advlens consistency-scale`, reproduce's `scale-<model>` stages)
+//! measures the term and cross-entropies exactly as the fine-tune's first step computes them.
+
+mod common;
+
+use advlens::attack::methods::{ifgs, random_targets};
+use advlens::backend::cpu::CpuBackend;
+use advlens::experiments::advtrain::{objective_and_grads, AdvTrainConfig, Consistency};
+use advlens::experiments::scale::{probe, PAPER_BETA};
+use advlens::nn::train::epoch_batches;
+use advlens::nn::{Model, ModelSpec};
+use common::tiny_dataset;
+
+fn model(name: &str) -> Model {
+    let mut spec = ModelSpec::new(name, 5, (1, 12, 12));
+    spec.width = 3;
+    Model::from_spec(&spec, 7).unwrap()
+}
+
+fn cfg(steps: usize) -> AdvTrainConfig {
+    AdvTrainConfig {
+        steps,
+        eps: 8.0,
+        batch: 9,
+        seed: 11,
+        ..AdvTrainConfig::default()
+    }
+}
+
+#[test]
+fn probe_matches_the_finetune_objective_on_its_first_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(&dir.path().join("d.safetensors"), 23, 5, 3);
+    let be = CpuBackend::new();
+    // small-resnet18: BatchNorm, no dropout, so two training-mode passes see the same network.
+    let c = cfg(3);
+    let r = probe(&be, &mut model("small-resnet18"), &data, 9, &c).unwrap();
+    assert_eq!(r.images, 9);
+    assert!(r.batchnorm);
+
+    let mut m = model("small-resnet18");
+    let (mut batches, _) = epoch_batches(&data, c.batch, c.seed, 0, Some(9)).unwrap();
+    let b = batches.next().unwrap().unwrap();
+    let ts = random_targets(
+        advlens::rng::hash64(c.seed, 0xAD7_0000),
+        &b.indices,
+        &b.labels,
+        5,
+    )
+    .unwrap();
+    let xa = ifgs(&be, &mut m, &b.images, &ts, c.eps, c.steps).unwrap();
+    let s = objective_and_grads(
+        &be,
+        &mut m,
+        &b.images,
+        &xa,
+        &b.labels,
+        0.5,
+        0.1,
+        Consistency::Sum,
+    )
+    .unwrap();
+    let close = |a: f64, b: f64, what: &str| {
+        assert!(
+            (a - b).abs() <= 1e-9 + 1e-6 * b.abs(),
+            "{what}: probe {a} vs objective {b}"
+        );
+    };
+    close(r.term, s.consistency, "term");
+    close(r.ce_clean, s.ce_clean, "CE clean");
+    close(r.ce_adv, s.ce_adv, "CE adv");
+    close(r.ce_part, 0.5 * s.ce_clean + 0.5 * s.ce_adv, "CE part");
+    assert!(s.consistency > 0.0, "the attack moved phi");
+    close(
+        r.beta_match.unwrap() * r.term,
+        r.ce_part,
+        "matched beta balances the CE part",
+    );
+    close(
+        r.ratio_at_paper_beta,
+        PAPER_BETA * r.term / r.ce_part,
+        "ratio at 0.1",
+    );
+    let (ch, h, w) = r.phi_shape;
+    assert_eq!(r.phi_values, ch * h * w);
+    close(r.term_per_value, r.term / r.phi_values as f64, "per value");
+    assert!(
+        r.term_relative > 0.0 && r.term_relative <= 2.0,
+        "{}",
+        r.term_relative
+    );
+    assert!(r.phi_sq_per_value > 0.0);
+}
+
+#[test]
+fn no_attack_means_no_term_and_no_matched_beta() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(&dir.path().join("d.safetensors"), 12, 5, 4);
+    let be = CpuBackend::new();
+    let r = probe(&be, &mut model("small-vgg16"), &data, 12, &cfg(0)).unwrap();
+    assert!(!r.batchnorm, "small-vgg16 has no BatchNorm");
+    assert_eq!(r.term, 0.0);
+    assert_eq!(r.term_relative, 0.0);
+    assert_eq!(r.beta_match, None);
+    assert!(r.ce_part > 0.0);
+}
