@@ -129,7 +129,9 @@ impl Profile {
                 lr: 1e-3,
                 lr_milestones: vec![vec![5], vec![5], vec![3]],
                 eval_limit: None,
-                attack_images: Some(200),
+                // 600 sources x 9 targets = 5,400 adversarial images: E3's top 1% holds 54 per neuron
+                // (18 at 200 sources); README, "Why the default profile has these sizes".
+                attack_images: Some(600),
                 attack_shard_size: DEFAULT_SHARD_SIZE,
                 targets: None,
                 attack_steps: 20,
@@ -137,7 +139,8 @@ impl Profile {
                 detect_train_limit: Some(20_000),
                 ratios_max_per_class: Some(500),
                 explain_images: 2,
-                advtrain_limit: Some(4000),
+                // One full pass over the training set, as issue 14 asks of a fine-tune that converges.
+                advtrain_limit: None,
                 advtrain_epochs: 1,
                 advtrain_steps: 10,
                 advtrain_eps: 2.0,
