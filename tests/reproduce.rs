@@ -231,3 +231,73 @@ fn unknown_profile_is_an_error() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown profile 'huge'"));
 }
+
+/// `--seeds 1,2` on the quick profile: one complete run per seed sharing the imported data, and
+/// a combined report whose every part holds both seeds' intervals and a combined one.
+#[test]
+fn seeds_run_once_per_seed_and_combine() {
+    if !Path::new(FMNIST).exists() {
+        eprintln!("skipped: {FMNIST} missing (apt-get install dataset-fashion-mnist)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("seeds");
+    let o = Command::new(env!("CARGO_BIN_EXE_advlens"))
+        .args([
+            "--device",
+            "cpu",
+            "reproduce",
+            "--profile",
+            "quick",
+            "--seeds",
+            "1,2",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for s in ["seed-1", "seed-2"] {
+        assert!(
+            out.join(s).join("results.json").is_file(),
+            "{s} has its own run"
+        );
+        assert!(
+            !out.join(s).join("data").exists(),
+            "{s} re-imported the data"
+        );
+    }
+    assert!(out.join("data").join("train.safetensors").is_file());
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(r["seeds"], serde_json::json!([1, 2]));
+    let findings = r["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 10);
+    let one: Value =
+        serde_json::from_slice(&std::fs::read(out.join("seed-1/results.json")).unwrap()).unwrap();
+    for (f, f1) in findings.iter().zip(one["findings"].as_array().unwrap()) {
+        assert_eq!(f["per_seed_verdicts"].as_array().map(Vec::len), Some(2));
+        assert_eq!(f["per_seed_verdicts"][0], f1["verdict"], "{}", f["id"]);
+        for (p, p1) in f["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(f1["parts"].as_array().unwrap())
+        {
+            assert_eq!(
+                p["per_seed"][0], p1["ci"],
+                "{}: seed 1's interval kept",
+                f["id"]
+            );
+            if let (Some(lo), Some(hi), Some(e)) = (
+                p["ci"]["lo"].as_f64(),
+                p["ci"]["hi"].as_f64(),
+                p["ci"]["est"].as_f64(),
+            ) {
+                assert!(lo <= e && e <= hi, "{}: combined {lo} {e} {hi}", f["id"]);
+            }
+        }
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("seed-1") && md.contains("seed-2"), "{md}");
+}

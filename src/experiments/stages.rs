@@ -556,6 +556,14 @@ fn ckpt_in(st: &Stage, inp: &Inputs) -> Result<PathBuf> {
 /// report's intervals) change, so analyses cached by an older advlens are recomputed.
 const UNITS_VERSION: u32 = 1;
 
+/// What the stage that wrote an analysis' checkpoint was run with: a rerun fine-tune rewrites
+/// the same path at the same length, so the path alone would keep stale analyses.
+fn made_by(st: &Stage, inp: &Inputs) -> Result<Value> {
+    let src = st.inputs.first().map(String::as_str).unwrap_or_default();
+    let r = inp.get(src)?;
+    Ok(json!({ "valid": r["valid"], "config": r["config"] }))
+}
+
 /// What every analysis of one checkpoint on the adversarial set depends on.
 fn key_base(env: &Env, st: &Stage, inp: &Inputs) -> Result<Value> {
     let ck = ckpt_in(st, inp)?;
@@ -569,7 +577,7 @@ fn key_base(env: &Env, st: &Stage, inp: &Inputs) -> Result<Value> {
     Ok(
         json!({ "ckpt": ck, "ckpt_len": std::fs::metadata(&ck).map(|m| m.len()).unwrap_or(0),
         "adv": inp.get("e2")?["manifest"], "adv_n": adv.len(), "adv_sum": checksum64(sums.as_bytes()),
-        "data": env.data_key, "units": UNITS_VERSION }),
+        "data": env.data_key, "units": UNITS_VERSION, "made_by": made_by(st, inp)? }),
     )
 }
 
