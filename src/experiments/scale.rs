@@ -99,7 +99,13 @@ pub fn probe(
         let x_adv = ifgs(be, model, &b.images, &targets, cfg.eps, cfg.steps)?;
         probe_batch(be, model, &b.images, &x_adv, &b.labels, d, &mut acc)?;
     }
-    let n = acc.n.max(1) as f64;
+    if acc.n == 0 {
+        return Err(Error::InvalidArg(format!(
+            "consistency scale: {images} image(s) at batch {} leave no full batch to probe; give more images",
+            cfg.batch
+        )));
+    }
+    let n = acc.n as f64;
     let (ce_clean, ce_adv, term) = (acc.ce_clean / n, acc.ce_adv / n, acc.term / n);
     let alpha = cfg.alpha as f64;
     let ce_part = alpha * ce_clean + (1.0 - alpha) * ce_adv;

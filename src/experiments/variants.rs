@@ -176,7 +176,11 @@ pub fn variants_md(md: &mut String, r: &Value) {
             .cloned()
             .unwrap_or_default()
             .iter()
-            .map(|m| num(&m["beta"], 4))
+            .map(|m| {
+                m["beta"]
+                    .as_f64()
+                    .map_or("n/a".into(), |b| format!("{b:.3e}"))
+            })
             .collect();
         format!(
             "{} ({}, beta {})",
