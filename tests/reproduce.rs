@@ -28,6 +28,15 @@ fn finite_numbers(v: &Value, path: &str, bad: &mut Vec<String>, count: &mut usiz
     }
 }
 
+/// Whether Debian's Fashion-MNIST is installed (says so when it is not).
+fn fmnist_present() -> bool {
+    let here = Path::new(FMNIST).exists();
+    if !here {
+        eprintln!("skipped: {FMNIST} missing (apt-get install dataset-fashion-mnist)");
+    }
+    here
+}
+
 fn run(out: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_advlens"))
         .args([
@@ -138,8 +147,7 @@ fn variants_side_by_side(r: &Value, md: &str) {
 
 #[test]
 fn quick_profile_end_to_end() {
-    if !Path::new(FMNIST).exists() {
-        eprintln!("skipped: {FMNIST} missing (apt-get install dataset-fashion-mnist)");
+    if !fmnist_present() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -236,8 +244,7 @@ fn unknown_profile_is_an_error() {
 /// a combined report whose every part holds both seeds' intervals and a combined one.
 #[test]
 fn seeds_run_once_per_seed_and_combine() {
-    if !Path::new(FMNIST).exists() {
-        eprintln!("skipped: {FMNIST} missing (apt-get install dataset-fashion-mnist)");
+    if !fmnist_present() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

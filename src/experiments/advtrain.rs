@@ -304,7 +304,7 @@ pub struct StepStats {
 }
 
 /// Stack two host-readable batches [N, ...] into one [2N, ...] on `be`.
-pub(crate) fn stack(be: &dyn Backend, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+fn stack(be: &dyn Backend, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if a.shape() != b.shape() || a.rank() == 0 {
         return Err(Error::shape(
             "advtrain.stack",
@@ -316,6 +316,24 @@ pub(crate) fn stack(be: &dyn Backend, a: &Tensor, b: &Tensor) -> Result<Tensor> 
     let mut shape = a.shape().to_vec();
     shape[0] *= 2;
     be.upload(&Tensor::from_vec(&shape, v)?)
+}
+
+/// The fine-tune's forward pass: [x; x*] as one training-mode batch (BatchNorm sees both halves)
+/// and the per-row cross-entropy against the labels twice. Returns (logits, loss, dlogits); phi
+/// stays cached in the model for the consistency term.
+pub(crate) fn stacked_forward(
+    be: &dyn Backend,
+    model: &mut Model,
+    x: &Tensor,
+    x_adv: &Tensor,
+    labels: &[u32],
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let xx = stack(be, x, x_adv)?;
+    let mut yy = labels.to_vec();
+    yy.extend_from_slice(labels);
+    let logits = model.forward(be, &xx, true)?;
+    let (loss, dlogits) = be.softmax_xent(&logits, &yy)?;
+    Ok((logits, loss, dlogits))
 }
 
 /// The objective of Eq. 8 on a clean batch `x` and its adversarial counterpart `x_adv` (both on
@@ -333,11 +351,7 @@ pub fn objective_and_grads(
     form: Consistency,
 ) -> Result<StepStats> {
     let n = labels.len();
-    let xx = stack(be, x, x_adv)?;
-    let mut yy = labels.to_vec();
-    yy.extend_from_slice(labels);
-    let logits = model.forward(be, &xx, true)?;
-    let (loss, dlogits) = be.softmax_xent(&logits, &yy)?;
+    let (logits, loss, dlogits) = stacked_forward(be, model, x, x_adv, labels)?;
     let k = model.num_classes();
     let loss = loss.to_vec()?;
     let mut dl = dlogits.to_vec()?;

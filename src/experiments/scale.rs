@@ -29,7 +29,7 @@ use crate::nn::train::epoch_batches;
 use crate::nn::Model;
 use crate::tensor::Tensor;
 
-use super::advtrain::{consistency_loss_as, stack, AdvTrainConfig, Consistency};
+use super::advtrain::{consistency_loss_as, stacked_forward, AdvTrainConfig, Consistency};
 
 /// The paper's consistency weight.
 pub const PAPER_BETA: f64 = 0.1;
@@ -139,11 +139,7 @@ fn probe_batch(
     acc: &mut Acc,
 ) -> Result<()> {
     let n = labels.len();
-    let xx = stack(be, x, x_adv)?;
-    let mut yy = labels.to_vec();
-    yy.extend_from_slice(labels);
-    let logits = model.forward(be, &xx, true)?;
-    let (loss, _) = be.softmax_xent(&logits, &yy)?;
+    let (_, loss, _) = stacked_forward(be, model, x, x_adv, labels)?;
     let loss = loss.to_vec()?;
     let phi = model.phi()?.to_vec()?;
     model.clear_cache();
