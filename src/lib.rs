@@ -5,6 +5,7 @@
 //! `attack`, `analysis`, `experiments` (one module per paper experiment), `cli` (argument parsing
 //! and printing only).
 
+pub mod alloc;
 pub mod analysis;
 pub mod attack;
 pub mod backend;

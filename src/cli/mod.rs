@@ -138,6 +138,7 @@ impl Ctx {
 
 /// Run the CLI; returns the process exit code.
 pub fn main() -> i32 {
+    crate::alloc::keep_freed_memory();
     let cli = Cli::parse();
     if cli.threads > 0 {
         if let Err(e) = rayon::ThreadPoolBuilder::new()

@@ -7,6 +7,7 @@
 
 mod conv;
 mod gemm;
+mod pool;
 pub mod sgemm;
 
 use rayon::prelude::*;
@@ -273,48 +274,6 @@ fn check_output_elems(op: &'static str, dims: &[usize]) -> Result<()> {
     }
 }
 
-/// Flat index (within the H*W plane) of the first maximum of output cell (oi, oj), or None when
-/// the window holds only padding (impossible once `pool_geom` accepted the geometry). The
-/// window is clipped to the plane once (no test per element): this runs for every pooled value
-/// of every forward and backward pass.
-#[inline]
-fn pool_argmax(
-    plane: &[f32],
-    h: usize,
-    w: usize,
-    p: Pool2dParams,
-    oi: usize,
-    oj: usize,
-) -> Option<usize> {
-    let (i0, j0) = (oi * p.stride, oj * p.stride);
-    // Input rows/cols i0 - pad + ki for ki in [klo, khi) that lie inside [0, h) / [0, w).
-    let (ilo, ihi) = (
-        p.pad.saturating_sub(i0),
-        (h + p.pad - i0.min(h + p.pad)).min(p.kernel),
-    );
-    let (jlo, jhi) = (
-        p.pad.saturating_sub(j0),
-        (w + p.pad - j0.min(w + p.pad)).min(p.kernel),
-    );
-    let mut best = f32::NEG_INFINITY;
-    let mut arg = None;
-    if jlo >= jhi {
-        return None;
-    }
-    for ki in ilo..ihi {
-        // First input column of the clipped window: j0 + jlo - pad >= 0 by the choice of jlo.
-        let first = (i0 + ki - p.pad) * w + j0 + jlo - p.pad;
-        for (t, &v) in plane[first..first + (jhi - jlo)].iter().enumerate() {
-            // Strict `>` keeps the first maximum; a NaN wins (once) so it propagates like torch.
-            if arg.is_none() || v > best || (v.is_nan() && !best.is_nan()) {
-                best = v;
-                arg = Some(first + t);
-            }
-        }
-    }
-    arg
-}
-
 impl Backend for CpuBackend {
     fn name(&self) -> String {
         "cpu".into()
@@ -400,14 +359,7 @@ impl Backend for CpuBackend {
         if !y.is_empty() {
             y.par_chunks_mut(po * qo)
                 .zip(xs.par_chunks(h * w))
-                .for_each(|(yp, plane)| {
-                    for oi in 0..po {
-                        for oj in 0..qo {
-                            yp[oi * qo + oj] = pool_argmax(plane, h, w, p, oi, oj)
-                                .map_or(f32::NEG_INFINITY, |i| plane[i]);
-                        }
-                    }
-                });
+                .for_each(|(yp, plane)| pool::forward_plane(plane, h, w, p, yp));
         }
         Tensor::from_vec(&[n, c, po, qo], y)
     }
@@ -421,15 +373,7 @@ impl Backend for CpuBackend {
         if !dx.is_empty() && po * qo > 0 {
             dx.par_chunks_mut(h * w)
                 .zip(xs.par_chunks(h * w).zip(dys.par_chunks(po * qo)))
-                .for_each(|(dxp, (plane, dyp))| {
-                    for oi in 0..po {
-                        for oj in 0..qo {
-                            if let Some(i) = pool_argmax(plane, h, w, p, oi, oj) {
-                                dxp[i] += dyp[oi * qo + oj];
-                            }
-                        }
-                    }
-                });
+                .for_each(|(dxp, (plane, dyp))| pool::backward_plane(plane, h, w, p, dyp, dxp));
         }
         Tensor::from_vec(x.shape(), dx)
     }
