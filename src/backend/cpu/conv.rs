@@ -15,7 +15,9 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use super::gemm::{sgemm, Strides};
-use super::sgemm::{copy_row, dot_nt_acc, isa, sgemm_on, with_scratch, ASrc, Mat, PackB, PackedA};
+use super::sgemm::{
+    copy_row, dot_nt_acc, dot_nt_acc_rows, isa, sgemm_on, with_scratch, ASrc, Mat, PackB, PackedA,
+};
 
 /// Geometry of one convolution, validated by the caller.
 #[derive(Clone, Copy, Debug)]
@@ -179,6 +181,8 @@ impl PackB for Im2col<'_> {
 thread_local! {
     /// The zero-padded image of the stride-1 path.
     static XPAD: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// dy spread onto the padded grid (the stride-1 backward-filter).
+    static DYPAD: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// The stride-1 path's output on the padded grid, before the crop.
     static YPAD: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
@@ -354,7 +358,6 @@ pub fn backward_filter(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     if g.n == 0 || pq == 0 || crr == 0 {
         return dw;
     }
-    let direct = g.direct();
     let dot = use_dot(g);
     let runs = rayon::current_num_threads().clamp(1, g.n);
     let per = g.n.div_ceil(runs);
@@ -366,39 +369,100 @@ pub fn backward_filter(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         .zip(x.par_chunks(per * chw))
         .zip(dy.par_chunks(per * k * pq))
         .for_each(|((acc, xs), dys)| {
-            with_col(if direct { 0 } else { crr * pq }, |col| {
-                for (xn, dyn_) in xs.chunks(chw).zip(dys.chunks(k * pq)) {
-                    let cols: &[f32] = if direct {
-                        xn
-                    } else {
-                        im2col(g, xn, col);
-                        col
-                    };
-                    // acc += dy_n . col^T
-                    if dot {
-                        dot_nt_acc(isa(), k, crr, pq, dyn_, pq, cols, pq, acc, crr);
-                    } else {
-                        sgemm(
-                            k,
-                            pq,
-                            crr,
-                            dyn_,
-                            Strides::row(pq),
-                            cols,
-                            Strides::trans(pq),
-                            1.0,
-                            acc,
-                            Strides::row(crr),
-                        );
-                    }
-                }
-            })
+            let pairs = xs.chunks(chw).zip(dys.chunks(k * pq));
+            if dot && g.stride == 1 && !g.direct() {
+                filter_run_padded(g, pairs, acc);
+            } else {
+                filter_run_col(g, pairs, acc, dot);
+            }
         });
     for p in partials {
         dw.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
         unpool(p);
     }
     dw
+}
+
+/// acc += dy_n . col_n^T over one run of images, through an im2col buffer (or the image itself
+/// for a direct 1x1 conv), as row dot products or as a GEMM.
+fn filter_run_col<'a>(
+    g: &Geom,
+    pairs: impl Iterator<Item = (&'a [f32], &'a [f32])>,
+    acc: &mut [f32],
+    dot: bool,
+) {
+    let (crr, pq, k) = (g.crr(), g.pq(), g.k);
+    let direct = g.direct();
+    with_col(if direct { 0 } else { crr * pq }, |col| {
+        for (xn, dyn_) in pairs {
+            let cols: &[f32] = if direct {
+                xn
+            } else {
+                im2col(g, xn, col);
+                col
+            };
+            if dot {
+                dot_nt_acc(isa(), k, crr, pq, dyn_, pq, cols, pq, acc, crr);
+            } else {
+                sgemm(
+                    k,
+                    pq,
+                    crr,
+                    dyn_,
+                    Strides::row(pq),
+                    cols,
+                    Strides::trans(pq),
+                    1.0,
+                    acc,
+                    Strides::row(crr),
+                );
+            }
+        }
+    })
+}
+
+/// acc += dy_n . col_n^T for a stride-1 conv with no column matrix, on the padded grid of
+/// `PaddedIm2col`: with xp the image padded to Hp x Wp and dy_n spread onto the same grid
+/// (dyp[k, oi*Wp + oj] = dy[k, oi, oj], zero for oj >= Q),
+///   dw[k, (ci, ki, kj)] += sum_j dyp[k, j] * xp_flat[ci*Hp*Wp + ki*Wp + kj + j],
+/// so each row of col^T is a shifted window of xp, read in place. The copies are the image
+/// and dy (about 1/(R*R) of an im2col); the dot products run (Wp - Q) / Q longer over the
+/// zero gaps, which is cheaper than writing and re-reading the R*R-fold column matrix.
+fn filter_run_padded<'a>(
+    g: &Geom,
+    pairs: impl Iterator<Item = (&'a [f32], &'a [f32])>,
+    acc: &mut [f32],
+) {
+    let (crr, k, r) = (g.crr(), g.k, g.r);
+    let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
+    let len = (g.p - 1) * wp + g.q;
+    let rr = r * r;
+    let brow = move |row: usize| {
+        let (ci, ki, kj) = (row / rr, (row / r) % r, row % r);
+        (ci * hp + ki) * wp + kj
+    };
+    with_buf(&XPAD, g.c * hp * wp, |xp| {
+        with_buf(&DYPAD, k * len, |dyp| {
+            for (xn, dyn_) in pairs {
+                pad_image(g, xn, xp);
+                spread_rows(g, wp, len, dyn_, dyp);
+                dot_nt_acc_rows(isa(), k, crr, len, dyp, len, xp, brow, acc, crr);
+            }
+        })
+    })
+}
+
+/// dyp[k, oi*Wp + oj] = dy[k, oi*Q + oj] for oj < Q, zero in the Wp - Q gap columns.
+fn spread_rows(g: &Geom, wp: usize, len: usize, dy: &[f32], dyp: &mut [f32]) {
+    for (dst, src) in dyp.chunks_exact_mut(len).zip(dy.chunks_exact(g.pq())) {
+        for (oi, row) in src.chunks_exact(g.q).enumerate() {
+            let d = &mut dst[oi * wp..];
+            d[..g.q].copy_from_slice(row);
+            if oi + 1 < g.p {
+                d[g.q..wp].fill(0.0);
+            }
+        }
+    }
 }
 
 /// The geometry and weights of dx as a forward convolution, for stride 1: dx = conv(dy, w')

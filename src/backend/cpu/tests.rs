@@ -229,8 +229,9 @@ fn naive_backward(g: &conv::Geom, x: &[f32], w: &[f32], dy: &[f32]) -> (Vec<f64>
 #[test]
 fn conv_backward_matches_direct_loops_on_every_path() {
     // Each case picks a path: stride 1 (dx as the transposed forward conv), stride 2 (dcol +
-    // col2im), 1x1 (no column matrix); dw by row dot products (many pixels or few channels) or
-    // by the GEMM (more than 16 output channels on fewer than 128 pixels).
+    // col2im), 1x1 (no column matrix); dw by row dot products (many pixels or few channels:
+    // on the padded grid at stride 1, over an im2col otherwise) or by the GEMM (more than 16
+    // output channels on fewer than 128 pixels).
     let be = CpuBackend::new();
     let mut rng = Rng::new(13);
     for &(n, c, h, w, k, r, s, p) in &[
@@ -241,6 +242,8 @@ fn conv_backward_matches_direct_loops_on_every_path() {
         (2, 5, 6, 7, 23, 1, 1, 0),
         (2, 5, 6, 7, 3, 1, 2, 0),
         (1, 2, 5, 5, 3, 3, 1, 0),
+        (3, 3, 5, 6, 4, 1, 1, 1),
+        (2, 2, 7, 3, 5, 2, 1, 1),
     ] {
         let x = rand_t(&mut rng, &[n, c, h, w]);
         let wt = rand_t(&mut rng, &[k, c, r, r]);

@@ -23,11 +23,32 @@ pub fn dot_nt_acc(
     c: &mut [f32],
     ldc: usize,
 ) {
+    dot_nt_acc_rows(isa, m, n, len, a, lda, b, |j| j * ldb, c, ldc)
+}
+
+/// As `dot_nt_acc`, with row j of B starting at `brow(j)` (rows may overlap): the padded-grid
+/// backward-filter reads its shifted windows of one padded image this way, with no im2col.
+#[allow(clippy::too_many_arguments)]
+pub fn dot_nt_acc_rows(
+    isa: Isa,
+    m: usize,
+    n: usize,
+    len: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    brow: impl Fn(usize) -> usize + Copy,
+    c: &mut [f32],
+    ldc: usize,
+) {
     if m == 0 || n == 0 || len == 0 {
         return;
     }
     assert!((m - 1) * lda + len <= a.len(), "dot_nt: a too small");
-    assert!((n - 1) * ldb + len <= b.len(), "dot_nt: b too small");
+    assert!(
+        (0..n).all(|j| brow(j).checked_add(len).is_some_and(|e| e <= b.len())),
+        "dot_nt: b too small"
+    );
     assert!((m - 1) * ldc + n <= c.len(), "dot_nt: c too small");
     assert!(
         isa.supported(),
@@ -37,11 +58,11 @@ pub fn dot_nt_acc(
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the asserts above bound every row read and written; AVX-512F is present.
-        Isa::Avx512 => unsafe { avx512::run(m, n, len, a, lda, b, ldb, c, ldc) },
+        Isa::Avx512 => unsafe { avx512::run(m, n, len, a, lda, b, brow, c, ldc) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 and FMA are present (checked above).
-        Isa::Avx2 => unsafe { generic_avx2(m, n, len, a, lda, b, ldb, c, ldc) },
-        _ => generic(m, n, len, a, lda, b, ldb, c, ldc),
+        Isa::Avx2 => unsafe { generic_avx2(m, n, len, a, lda, b, brow, c, ldc) },
+        _ => generic(m, n, len, a, lda, b, brow, c, ldc),
     }
 }
 
@@ -57,14 +78,14 @@ fn generic(
     a: &[f32],
     lda: usize,
     b: &[f32],
-    ldb: usize,
+    brow: impl Fn(usize) -> usize,
     c: &mut [f32],
     ldc: usize,
 ) {
     for i in 0..m {
         let ar = &a[i * lda..i * lda + len];
         for j in 0..n {
-            let br = &b[j * ldb..j * ldb + len];
+            let br = &b[brow(j)..brow(j) + len];
             let mut acc = [0.0f32; LANES];
             let (ac, bc) = (ar.chunks_exact(LANES), br.chunks_exact(LANES));
             let (at, bt) = (ac.remainder(), bc.remainder());
@@ -105,11 +126,11 @@ unsafe fn generic_avx2(
     a: &[f32],
     lda: usize,
     b: &[f32],
-    ldb: usize,
+    brow: impl Fn(usize) -> usize,
     c: &mut [f32],
     ldc: usize,
 ) {
-    generic(m, n, len, a, lda, b, ldb, c, ldc)
+    generic(m, n, len, a, lda, b, brow, c, ldc)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -120,7 +141,7 @@ mod avx512 {
     const RJ: usize = 6;
 
     /// # Safety
-    /// AVX-512F present; rows i < m of A (stride lda), j < n of B (stride ldb) hold `len`
+    /// AVX-512F present; rows i < m of A (stride lda), j < n of B (at `brow(j)`) hold `len`
     /// values and rows of C (stride ldc) hold n values.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
@@ -131,7 +152,7 @@ mod avx512 {
         a: &[f32],
         lda: usize,
         b: &[f32],
-        ldb: usize,
+        brow: impl Fn(usize) -> usize,
         c: &mut [f32],
         ldc: usize,
     ) {
@@ -143,7 +164,7 @@ mod avx512 {
                 std::array::from_fn(|r| a.as_ptr().wrapping_add((i0 + r).min(m - 1) * lda));
             for j0 in (0..n).step_by(RJ) {
                 let br: [*const f32; RJ] =
-                    std::array::from_fn(|r| b.as_ptr().wrapping_add((j0 + r).min(n - 1) * ldb));
+                    std::array::from_fn(|r| b.as_ptr().wrapping_add(brow((j0 + r).min(n - 1))));
                 let mut acc = [[_mm512_setzero_ps(); RJ]; RI];
                 let mut p = 0;
                 while p + 16 <= len {

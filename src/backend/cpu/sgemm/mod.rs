@@ -11,7 +11,7 @@
 mod dot;
 mod kernels;
 
-pub use dot::dot_nt_acc;
+pub use dot::{dot_nt_acc, dot_nt_acc_rows};
 
 use std::cell::RefCell;
 use std::sync::OnceLock;
