@@ -60,18 +60,31 @@ fn is_2x2(p: Pool2dParams) -> bool {
     p.kernel == 2 && p.stride == 2 && p.pad == 0
 }
 
-/// Index of the first maximum of the 2x2 window whose top-left element is `at`.
+/// `beats` with no short-circuit, so that the compiler emits selects rather than branches:
+/// on real activations the comparisons are coin flips, and mispredicted branches cost more
+/// than the pool itself.
 #[inline(always)]
-fn argmax_2x2(plane: &[f32], w: usize, at: usize) -> usize {
-    let mut arg = at;
-    let mut best = plane[at];
-    for i in [at + 1, at + w, at + w + 1] {
-        if beats(plane[i], best) {
-            best = plane[i];
-            arg = i;
-        }
+fn beats_nb(v: f32, best: f32) -> bool {
+    (v > best) | (v.is_nan() & !best.is_nan())
+}
+
+/// The first maximum of the window [a0 a1; b0 b1] and its position 0..4 in row-major order.
+#[inline(always)]
+fn max_2x2(a: &[f32], b: &[f32]) -> (f32, usize) {
+    let (mut best, mut arg) = (a[0], 0);
+    for (v, i) in [(a[1], 1), (b[0], 2), (b[1], 3)] {
+        let t = beats_nb(v, best);
+        best = if t { v } else { best };
+        arg = if t { i } else { arg };
     }
-    arg
+    (best, arg)
+}
+
+/// The input row pair (2 oi, 2 oi + 1) under output row oi, cut to the 2 qo columns read.
+#[inline(always)]
+fn row_pair(plane: &[f32], w: usize, oi: usize, qo: usize) -> (&[f32], &[f32]) {
+    let top = 2 * oi * w;
+    (&plane[top..top + 2 * qo], &plane[top + w..top + w + 2 * qo])
 }
 
 /// yp[po*qo] = the pooled plane.
@@ -79,8 +92,13 @@ pub(super) fn forward_plane(plane: &[f32], h: usize, w: usize, p: Pool2dParams, 
     let (po, qo) = out_size(h, w, p);
     if is_2x2(p) {
         for (oi, row) in yp.chunks_exact_mut(qo).enumerate() {
-            for (oj, y) in row.iter_mut().enumerate() {
-                *y = plane[argmax_2x2(plane, w, 2 * oi * w + 2 * oj)];
+            let (r0, r1) = row_pair(plane, w, oi, qo);
+            for ((y, a), b) in row
+                .iter_mut()
+                .zip(r0.chunks_exact(2))
+                .zip(r1.chunks_exact(2))
+            {
+                *y = max_2x2(a, b).0;
             }
         }
         return;
@@ -105,8 +123,12 @@ pub(super) fn backward_plane(
     let (po, qo) = out_size(h, w, p);
     if is_2x2(p) {
         for (oi, row) in dyp.chunks_exact(qo).enumerate() {
+            let (r0, r1) = row_pair(plane, w, oi, qo);
+            let top = 2 * oi * w;
             for (oj, &g) in row.iter().enumerate() {
-                dxp[argmax_2x2(plane, w, 2 * oi * w + 2 * oj)] += g;
+                let (_, at) = max_2x2(&r0[2 * oj..], &r1[2 * oj..]);
+                // at 0..4 -> (row at / 2, column at % 2) of the window.
+                dxp[top + (at >> 1) * w + 2 * oj + (at & 1)] += g;
             }
         }
         return;
