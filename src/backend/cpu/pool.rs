@@ -9,12 +9,6 @@
 
 use crate::backend::Pool2dParams;
 
-/// Whether `v` replaces the current best under the contract above.
-#[inline(always)]
-fn beats(v: f32, best: f32) -> bool {
-    v > best || (v.is_nan() && !best.is_nan())
-}
-
 /// Flat index (within the H*W plane) of the first maximum of output cell (oi, oj), or None when
 /// the window holds only padding (impossible once `pool_geom` accepted the geometry). The
 /// window is clipped to the plane once (no test per element).
@@ -37,22 +31,23 @@ pub(super) fn argmax(
         p.pad.saturating_sub(j0),
         (w + p.pad - j0.min(w + p.pad)).min(p.kernel),
     );
-    let mut best = f32::NEG_INFINITY;
-    let mut arg = None;
-    if jlo >= jhi {
+    if jlo >= jhi || ilo >= ihi {
         return None;
     }
+    // Plane index of window element (ki, kj), for ki in [ilo, ihi), kj in [jlo, jhi): both
+    // i0 + ki - pad and j0 + kj - pad are >= 0 by the choice of ilo and jlo.
+    let at = |ki: usize, kj: usize| (i0 + ki - p.pad) * w + j0 + kj - p.pad;
+    let mut arg = at(ilo, jlo);
+    let mut best = plane[arg];
     for ki in ilo..ihi {
-        // First input column of the clipped window: j0 + jlo - pad >= 0 by the choice of jlo.
-        let first = (i0 + ki - p.pad) * w + j0 + jlo - p.pad;
+        let first = at(ki, jlo);
         for (t, &v) in plane[first..first + (jhi - jlo)].iter().enumerate() {
-            if arg.is_none() || beats(v, best) {
-                best = v;
-                arg = Some(first + t);
-            }
+            let take = beats_nb(v, best);
+            best = if take { v } else { best };
+            arg = if take { first + t } else { arg };
         }
     }
-    arg
+    Some(arg)
 }
 
 /// The 2x2 stride-2 unpadded pool, whose windows always lie inside the plane.
@@ -60,9 +55,9 @@ fn is_2x2(p: Pool2dParams) -> bool {
     p.kernel == 2 && p.stride == 2 && p.pad == 0
 }
 
-/// `beats` with no short-circuit, so that the compiler emits selects rather than branches:
-/// on real activations the comparisons are coin flips, and mispredicted branches cost more
-/// than the pool itself.
+/// Whether `v` replaces the current best under the contract above. No short-circuit, so that
+/// the compiler emits selects rather than branches: on real activations the comparisons are
+/// coin flips, and mispredicted branches cost more than the pool itself.
 #[inline(always)]
 fn beats_nb(v: f32, best: f32) -> bool {
     (v > best) | (v.is_nan() & !best.is_nan())
@@ -103,10 +98,11 @@ pub(super) fn forward_plane(plane: &[f32], h: usize, w: usize, p: Pool2dParams, 
         }
         return;
     }
-    for oi in 0..po {
-        for oj in 0..qo {
-            yp[oi * qo + oj] =
-                argmax(plane, h, w, p, oi, oj).map_or(f32::NEG_INFINITY, |i| plane[i]);
+    let mut args = vec![None; qo];
+    for (oi, row) in yp.chunks_exact_mut(qo).enumerate().take(po) {
+        row_argmax(plane, h, w, p, oi, &mut args);
+        for (y, a) in row.iter_mut().zip(&args) {
+            *y = a.map_or(f32::NEG_INFINITY, |i| plane[i]);
         }
     }
 }
@@ -133,11 +129,74 @@ pub(super) fn backward_plane(
         }
         return;
     }
-    for oi in 0..po {
-        for oj in 0..qo {
-            if let Some(i) = argmax(plane, h, w, p, oi, oj) {
-                dxp[i] += dyp[oi * qo + oj];
+    let mut args = vec![None; qo];
+    for (oi, row) in dyp.chunks_exact(qo).enumerate().take(po) {
+        row_argmax(plane, h, w, p, oi, &mut args);
+        for (&g, a) in row.iter().zip(&args) {
+            if let Some(i) = *a {
+                dxp[i] += g;
             }
+        }
+    }
+}
+
+/// Outputs per block of the interior scan: independent comparison chains the CPU can overlap.
+const BLOCK: usize = 32;
+
+/// args[oj] = `argmax(.., oi, oj)` for a whole output row. The columns whose window lies inside
+/// the plane horizontally are scanned a block at a time, window element by window element
+/// across the block, so that the block's comparisons do not wait on each other; the border
+/// columns (at most pad / stride on each side) take the clipped scan.
+fn row_argmax(
+    plane: &[f32],
+    h: usize,
+    w: usize,
+    p: Pool2dParams,
+    oi: usize,
+    args: &mut [Option<usize>],
+) {
+    let (k, s, pad) = (p.kernel, p.stride, p.pad);
+    let qo = args.len();
+    let i0 = oi * s;
+    let (ilo, ihi) = (pad.saturating_sub(i0), (h + pad - i0.min(h + pad)).min(k));
+    // Interior columns: oj*s >= pad and oj*s - pad + k <= w.
+    let jl = pad.div_ceil(s).min(qo);
+    let jr = if w + pad >= k {
+        ((w + pad - k) / s + 1).min(qo)
+    } else {
+        0
+    }
+    .max(jl);
+    for oj in (0..jl).chain(jr..qo) {
+        args[oj] = argmax(plane, h, w, p, oi, oj);
+    }
+    if ilo >= ihi {
+        args[jl..jr].fill(None);
+        return;
+    }
+    let (mut best, mut arg) = ([0.0f32; BLOCK], [0usize; BLOCK]);
+    for b0 in (jl..jr).step_by(BLOCK) {
+        let n = BLOCK.min(jr - b0);
+        // Column of window element kj for output b0 + t: (b0 + t) * s + kj - pad >= 0.
+        let top = (i0 + ilo - pad) * w + b0 * s - pad;
+        for t in 0..n {
+            arg[t] = top + t * s;
+            best[t] = plane[arg[t]];
+        }
+        for ki in ilo..ihi {
+            let row0 = (i0 + ki - pad) * w + b0 * s - pad;
+            for kj in 0..k {
+                for t in 0..n {
+                    let at = row0 + t * s + kj;
+                    let v = plane[at];
+                    let take = beats_nb(v, best[t]);
+                    best[t] = if take { v } else { best[t] };
+                    arg[t] = if take { at } else { arg[t] };
+                }
+            }
+        }
+        for t in 0..n {
+            args[b0 + t] = Some(arg[t]);
         }
     }
 }
@@ -152,6 +211,103 @@ fn out_size(h: usize, w: usize, p: Pool2dParams) -> (usize, usize) {
 mod tests {
     use super::*;
 
+    /// The contract written as plainly as possible: scan the window in row-major order, skip
+    /// padding, keep the first strict maximum, let the first NaN win.
+    fn naive_argmax(
+        plane: &[f32],
+        h: usize,
+        w: usize,
+        p: Pool2dParams,
+        oi: usize,
+        oj: usize,
+    ) -> Option<usize> {
+        let mut arg: Option<usize> = None;
+        for ki in 0..p.kernel {
+            for kj in 0..p.kernel {
+                let (i, j) = (
+                    (oi * p.stride + ki) as isize - p.pad as isize,
+                    (oj * p.stride + kj) as isize - p.pad as isize,
+                );
+                if i < 0 || j < 0 || i >= h as isize || j >= w as isize {
+                    continue;
+                }
+                let at = i as usize * w + j as usize;
+                let take = match arg {
+                    None => true,
+                    Some(b) => plane[at] > plane[b] || (plane[at].is_nan() && !plane[b].is_nan()),
+                };
+                if take {
+                    arg = Some(at);
+                }
+            }
+        }
+        arg
+    }
+
+    fn planted(next: &mut impl FnMut() -> u64, len: usize) -> Vec<f32> {
+        (0..len)
+            .map(|_| match next() % 11 {
+                0 => f32::NAN,
+                1 => 1.0, // ties
+                2 => f32::INFINITY,
+                3 => f32::NEG_INFINITY,
+                4 => -0.0,
+                5 => 0.0,
+                r => (r as f32 - 8.0) * 0.37,
+            })
+            .collect()
+    }
+
+    fn xorshift() -> impl FnMut() -> u64 {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
+    #[test]
+    fn generic_scan_follows_the_contract() {
+        let mut next = xorshift();
+        for (k, st, pad) in [
+            (3, 2, 1),
+            (2, 2, 0),
+            (3, 1, 1),
+            (2, 1, 0),
+            (5, 3, 2),
+            (1, 1, 0),
+        ] {
+            let p = Pool2dParams {
+                kernel: k,
+                stride: st,
+                pad,
+            };
+            for (h, w) in [(5, 5), (7, 4), (9, 11), (6, 6), (28, 28), (3, 80)] {
+                let plane = planted(&mut next, h * w);
+                let (po, qo) = out_size(h, w, p);
+                let mut y = vec![0.0; po * qo];
+                forward_plane(&plane, h, w, p, &mut y);
+                let dy: Vec<f32> = (0..po * qo).map(|i| i as f32 + 1.0).collect();
+                let mut dx = vec![0.0; h * w];
+                backward_plane(&plane, h, w, p, &dy, &mut dx);
+                let mut dx_ref = vec![0.0; h * w];
+                for oi in 0..po {
+                    for oj in 0..qo {
+                        let want = naive_argmax(&plane, h, w, p, oi, oj);
+                        let case = format!("{p:?} {h}x{w} ({oi},{oj})");
+                        assert_eq!(argmax(&plane, h, w, p, oi, oj), want, "{case}");
+                        let i = want.expect("pool_geom admits no all-padding window");
+                        assert_eq!(y[oi * qo + oj].to_bits(), plane[i].to_bits(), "{case}");
+                        dx_ref[i] += dy[oi * qo + oj];
+                    }
+                }
+                assert_eq!(dx, dx_ref, "{p:?} {h}x{w} backward");
+            }
+        }
+    }
+
     /// The 2x2 path against the generic scan, on odd plane sizes (the last row/column dropped),
     /// with ties, NaNs and infinities planted.
     #[test]
@@ -161,23 +317,9 @@ mod tests {
             stride: 2,
             pad: 0,
         };
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift();
         for (h, w) in [(2, 2), (3, 5), (7, 7), (28, 28), (13, 2)] {
-            let plane: Vec<f32> = (0..h * w)
-                .map(|_| match next() % 11 {
-                    0 => f32::NAN,
-                    1 => 1.0, // ties
-                    2 => f32::INFINITY,
-                    3 => f32::NEG_INFINITY,
-                    r => (r as f32 - 6.0) * 0.37,
-                })
-                .collect();
+            let plane = planted(&mut next, h * w);
             let (po, qo) = out_size(h, w, p);
             let mut y = vec![0.0; po * qo];
             forward_plane(&plane, h, w, p, &mut y);
