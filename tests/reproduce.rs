@@ -123,6 +123,14 @@ fn variants_side_by_side(r: &Value, md: &str) {
             "{}",
             v["variant"]
         );
+    }
+    // The paper's fine-tunes are named, not copied; the other forms carry theirs.
+    assert_eq!(vs[0]["e6_in"], "E6");
+    assert!(
+        vs[0].get("e6").is_none(),
+        "the paper's E6 is not duplicated"
+    );
+    for v in &vs[1..] {
         assert_eq!(v["e6"].as_array().map(Vec::len), Some(3));
     }
     let scale = r["consistency_scale"]

@@ -125,7 +125,10 @@ pub fn run(ctx: &Ctx, a: &AdvTrainArgs) -> Result<()> {
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "Example:\n  advlens consistency-scale --ckpt runs/vgg/last.safetensors --data data/fmnist/train.safetensors\n  \
-    advlens consistency-scale --init small-vgg16 --widths 4,8,16 --data data/fmnist/train.safetensors"
+    advlens consistency-scale --init small-vgg16 --widths 4,8,16 --data data/fmnist/train.safetensors\n\n\
+    Batches and attack targets are drawn from --seed, as `advtrain` draws its own. The reproduce \
+    stage scale-<model> probes with that model's E6 seed (--seed + 100 + the model's index in the \
+    profile), so `--seed 101` repeats the figure of the profile's second model at seed 0."
 )]
 pub struct ScaleArgs {
     /// Trained checkpoints to probe (comma-separated).
@@ -135,8 +138,8 @@ pub struct ScaleArgs {
     /// the term grows with the size of phi before training changes its scale.
     #[arg(long)]
     pub init: Option<String>,
-    /// Widths of the --init models.
-    #[arg(long, value_delimiter = ',', default_value = "8")]
+    /// Widths of the --init models (default 8; only with --init).
+    #[arg(long, value_delimiter = ',')]
     pub widths: Vec<usize>,
     /// Training split (the fine-tune's data).
     #[arg(long)]
@@ -165,6 +168,12 @@ pub fn run_scale(ctx: &Ctx, a: &ScaleArgs) -> Result<()> {
             "consistency-scale: give either --ckpt or --init".into(),
         ));
     }
+    if a.init.is_none() && !a.widths.is_empty() {
+        return Err(crate::error::Error::InvalidArg(
+            "consistency-scale: --widths sizes the --init models; a --ckpt has its own width"
+                .into(),
+        ));
+    }
     let cfg = AdvTrainConfig {
         alpha: a.alpha,
         steps: a.steps,
@@ -182,7 +191,12 @@ pub fn run_scale(ctx: &Ctx, a: &ScaleArgs) -> Result<()> {
         models.push(Model::load(p)?);
     }
     if let Some(name) = &a.init {
-        for &w in &a.widths {
+        let widths = if a.widths.is_empty() {
+            &[8][..]
+        } else {
+            &a.widths[..]
+        };
+        for &w in widths {
             let mut spec = ModelSpec::new(name, data.num_classes(), data.shape());
             spec.width = w;
             models.push(Model::from_spec(&spec, ctx.seed)?);

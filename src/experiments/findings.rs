@@ -348,11 +348,20 @@ fn finding(id: &str, statement: &str, parts: Vec<Part>) -> Value {
 
 /// The ten findings (DESIGN.md section 4, last paragraph), each with its parts' intervals.
 pub fn findings(inp: &Inputs) -> Vec<Value> {
-    vec![
+    let mut all = vec![
         finding("r1>1", "before adversarial training, mean r1 > 1 (adversarial representations are far from their original class)", inp.mean_ratio("r1", "r1", Side::Above)),
         finding("r2<1", "before adversarial training, mean r2 < 1 (adversarial representations are close to the target class)", inp.mean_ratio("r2", "r2", Side::Below)),
         finding("cs-vs-lc", "before adversarial training, CS1 falls and CS2 rises with LC (Fig. 4): corr(LC, CS1) < 0 and corr(LC, CS2) > 0", inp.corr_parts()),
         finding("auc", "detection AUC is well above 0.5 (taken here as > 0.6)", inp.auc_parts()),
+    ];
+    all.extend(e6_findings(inp));
+    all
+}
+
+/// The six findings that read the fine-tuned models (`variants::E6_FINDINGS`, in that order):
+/// the only ones an E6 variant can change, so the variants decide only these.
+pub fn e6_findings(inp: &Inputs) -> Vec<Value> {
+    vec![
         finding("r1~1", "after adversarial training, mean r1 moves toward 1", inp.r1_toward_one()),
         finding("r2-rises", "after adversarial training, mean r2 rises toward 1", inp.r2_rises()),
         finding("cs1-high", "after adversarial training, CS1 stays high (mean CS1 above its value before)", inp.cs1_rises()),

@@ -88,6 +88,7 @@ pub fn probe(
             "consistency scale: needs at least one image".into(),
         ));
     }
+    super::advtrain::check_fits(data, model)?;
     let (batches, _) = epoch_batches(data, cfg.batch, cfg.seed, 0, Some(images))?;
     let target_seed = crate::rng::hash64(cfg.seed, 0xAD7_0000);
     let (c, h, w) = model.phi_shape()?;

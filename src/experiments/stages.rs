@@ -262,20 +262,27 @@ fn run_prepare(env: &Env, _: &Stage, _: &Inputs, _: &Path) -> Result<Value> {
 }
 
 /// The per-model analysis results of `tag` (`before`, `after`, `after-relative` ...), as the
-/// report reads them; analyses a variant does not run are null.
-fn phase_results(env: &Env, inp: &Inputs, tag: &str, ckpts: &[PathBuf]) -> Result<Value> {
+/// report reads them. The analyses in `what` must be there (a missing one is an error, not a
+/// silent null in the report); the others, which this phase does not run, are null.
+fn phase_results(
+    env: &Env,
+    inp: &Inputs,
+    tag: &str,
+    ckpts: &[PathBuf],
+    what: &[&str],
+) -> Result<Value> {
     let mut per_model = Vec::new();
     for (name, ck) in env.cfg.profile.models.iter().zip(ckpts) {
-        let r = |what: &str| {
-            inp.results
-                .get(&format!("{tag}-{what}-{name}"))
-                .cloned()
-                .unwrap_or(Value::Null)
-        };
-        per_model.push(
-            json!({ "model": name, "ckpt": ck, "valid_adv": r("validadv"),
-            "e3": r("e3"), "e4": r("e4"), "e5": r("e5"), "e7": r("e7"), "e8": r("e8") }),
-        );
+        let mut entry = json!({ "model": name, "ckpt": ck });
+        for w in ALL_ANALYSES {
+            let key = if w == "validadv" { "valid_adv" } else { w };
+            entry[key] = if what.contains(&w) {
+                inp.get(&format!("{tag}-{w}-{name}"))?.clone()
+            } else {
+                Value::Null
+            };
+        }
+        per_model.push(entry);
     }
     Ok(Value::Array(per_model))
 }
@@ -291,7 +298,7 @@ fn variant_results(env: &Env, inp: &Inputs) -> Result<Vec<Value>> {
             .iter()
             .map(|m| inp.get(&v.e6_stage(m)).cloned())
             .collect::<Result<Vec<Value>>>()?;
-        let after = phase_results(env, inp, &v.after_tag(), &ckpts_of(&e6))?;
+        let after = phase_results(env, inp, &v.after_tag(), &ckpts_of(&e6), &VARIANT_ANALYSES)?;
         out.push(json!({ "variant": v, "e6": e6, "after": after }));
     }
     Ok(out)
@@ -316,8 +323,8 @@ fn run_report(env: &Env, _: &Stage, inp: &Inputs, _: &Path) -> Result<Value> {
     let (cfg, p) = (env.cfg, &env.cfg.profile);
     let e1 = per_model(env, inp, "e1")?;
     let e6 = per_model(env, inp, "e6")?;
-    let before = phase_results(env, inp, "before", &ckpts_of(&e1))?;
-    let after = phase_results(env, inp, "after", &ckpts_of(&e6))?;
+    let before = phase_results(env, inp, "before", &ckpts_of(&e1), &ALL_ANALYSES)?;
+    let after = phase_results(env, inp, "after", &ckpts_of(&e6), &ALL_ANALYSES)?;
     let extra = super::report::Extra {
         variants: variant_results(env, inp)?,
         scale: per_model(env, inp, "scale")?,

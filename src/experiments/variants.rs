@@ -29,7 +29,7 @@ fn variant_findings(
     boot: BootConfig,
 ) -> Vec<Value> {
     let paper = super::report::paper_numbers();
-    super::findings::findings(&super::findings::Inputs {
+    super::findings::e6_findings(&super::findings::Inputs {
         names,
         e1,
         e6,
@@ -38,9 +38,6 @@ fn variant_findings(
         paper: &paper,
         boot,
     })
-    .into_iter()
-    .filter(|f| E6_FINDINGS.contains(&f["id"].as_str().unwrap_or("")))
-    .collect()
 }
 
 /// The `E6_variants` entry of results.json: per variant its betas, clean top-1 after, and E6
@@ -56,7 +53,7 @@ pub fn assemble(
     boot: BootConfig,
 ) -> Value {
     let summary = |variant: &str, e6: &[Value], findings: Vec<Value>| {
-        json!({ "variant": variant, "e6": e6,
+        json!({ "variant": variant,
             "models": e6.iter().map(|r| json!({ "model": r["model"], "beta": r["config"]["beta"],
                 "consistency": r["config"]["consistency"].as_str().unwrap_or("sum"),
                 "valid_top1": r["valid"]["top1"] })).collect::<Vec<_>>(),
@@ -67,12 +64,17 @@ pub fn assemble(
         .filter(|f| E6_FINDINGS.contains(&f["id"].as_str().unwrap_or("")))
         .cloned()
         .collect();
-    let mut out = vec![summary("paper", paper_e6, paper_findings)];
+    // The paper's fine-tunes are results.json's "E6" (and their analyses its "after"): named,
+    // not copied, so results.json and units.json hold them once.
+    let mut paper = summary("paper", paper_e6, paper_findings);
+    paper["e6_in"] = json!("E6");
+    let mut out = vec![paper];
     for v in variants {
         let arr = |k: &str| v[k].as_array().cloned().unwrap_or_default();
         let (e6, after) = (arr("e6"), arr("after"));
         let f = variant_findings(names, e1, before, &e6, &after, boot);
         let mut entry = summary(v["variant"].as_str().unwrap_or("?"), &e6, f);
+        entry["e6"] = Value::Array(e6);
         // The analyses behind the variant's findings (their units go to units.json).
         entry["after"] = Value::Array(after);
         out.push(entry);
@@ -263,6 +265,36 @@ mod tests {
         json!({ "id": id, "verdict": verdict, "parts": [
             { "model": "m", "statistic": "s", "verdict": verdict, "ci": { "est": 0.5, "lo": 0.1, "hi": 0.9, "n": 10 } }
         ] })
+    }
+
+    #[test]
+    fn the_variants_decide_exactly_the_six_e6_findings() {
+        let paper = crate::experiments::report::paper_numbers();
+        let none: [Value; 0] = [];
+        let inp = crate::experiments::findings::Inputs {
+            names: &[],
+            e1: &none,
+            e6: &none,
+            before: &none,
+            after: &none,
+            paper: &paper,
+            boot: BootConfig::default(),
+        };
+        let ids: Vec<String> = crate::experiments::findings::e6_findings(&inp)
+            .iter()
+            .map(|f| f["id"].as_str().unwrap_or("?").to_string())
+            .collect();
+        assert_eq!(ids, E6_FINDINGS);
+        let all = crate::experiments::findings::findings(&inp);
+        assert_eq!(all.len(), 10);
+        let tail: Vec<&str> = all[4..]
+            .iter()
+            .map(|f| f["id"].as_str().unwrap_or("?"))
+            .collect();
+        assert_eq!(
+            tail, E6_FINDINGS,
+            "the scoreboard's E6 findings are the same six"
+        );
     }
 
     #[test]
