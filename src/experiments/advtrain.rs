@@ -632,6 +632,23 @@ pub fn advtrain(
     })
 }
 
+/// An error unless `data`'s images and classes are the ones `model` takes (the fine-tune and the
+/// consistency-scale probe both read one with the other).
+pub(crate) fn check_fits(data: &Dataset, model: &Model) -> Result<()> {
+    if data.num_classes() != model.num_classes() || data.shape() != model.in_shape() {
+        return Err(Error::InvalidArg(format!(
+            "{} ({} classes, {:?}) does not fit model {} ({} classes, {:?})",
+            data.path().display(),
+            data.num_classes(),
+            data.shape(),
+            model.name(),
+            model.num_classes(),
+            model.in_shape()
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -712,21 +729,4 @@ mod tests {
         assert_eq!(v0, 0.0);
         assert!(da0.iter().chain(&db0).all(|&g| g == 0.0));
     }
-}
-
-/// An error unless `data`'s images and classes are the ones `model` takes (the fine-tune and the
-/// consistency-scale probe both read one with the other).
-pub(crate) fn check_fits(data: &Dataset, model: &Model) -> Result<()> {
-    if data.num_classes() != model.num_classes() || data.shape() != model.in_shape() {
-        return Err(Error::InvalidArg(format!(
-            "{} ({} classes, {:?}) does not fit model {} ({} classes, {:?})",
-            data.path().display(),
-            data.num_classes(),
-            data.shape(),
-            model.name(),
-            model.num_classes(),
-            model.in_shape()
-        )));
-    }
-    Ok(())
 }
