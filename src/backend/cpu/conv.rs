@@ -61,14 +61,22 @@ impl Geom {
     }
 }
 
-/// Unfold one image x[C,H,W] into col[C*R*R, P*Q] (zero padding).
-fn im2col(g: &Geom, x: &[f32], col: &mut [f32]) {
+/// Output rows narrower than this are unfolded element by element: on ResNet-18's 4x4 and
+/// 2x2 planes the per-row copies and fills below are calls of a few elements each, and under
+/// `perf` they cost more than the products they feed.
+const NARROW_Q: usize = 16;
+
+/// Unfold one image x[C,H,W] into columns off..off+P*Q of col[C*R*R, ld] (zero padding).
+fn im2col(g: &Geom, x: &[f32], col: &mut [f32], ld: usize, off: usize) {
+    if g.q < NARROW_Q {
+        return im2col_narrow(g, x, col, ld, off);
+    }
     let (pq, q) = (g.pq(), g.q);
     for ci in 0..g.c {
         let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
         for ki in 0..g.r {
             for kj in 0..g.r {
-                let row = &mut col[((ci * g.r + ki) * g.r + kj) * pq..][..pq];
+                let row = &mut col[((ci * g.r + ki) * g.r + kj) * ld + off..][..pq];
                 let (lo, hi) = g.valid_cols(kj);
                 for oi in 0..g.p {
                     let dst = &mut row[oi * q..(oi + 1) * q];
@@ -87,6 +95,31 @@ fn im2col(g: &Geom, x: &[f32], col: &mut [f32]) {
                         for (oj, d) in dst.iter_mut().enumerate().take(hi).skip(lo) {
                             *d = src[oj * g.stride + kj - g.pad];
                         }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `im2col` one element at a time, with no calls in the loop.
+fn im2col_narrow(g: &Geom, x: &[f32], col: &mut [f32], ld: usize, off: usize) {
+    let (h, w, pad) = (g.h as isize, g.w as isize, g.pad as isize);
+    for ci in 0..g.c {
+        let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for ki in 0..g.r {
+            for kj in 0..g.r {
+                let row = &mut col[((ci * g.r + ki) * g.r + kj) * ld + off..][..g.pq()];
+                for (oi, dst) in row.chunks_exact_mut(g.q).enumerate() {
+                    let ih = (oi * g.stride + ki) as isize - pad;
+                    let inside = ih >= 0 && ih < h;
+                    for (oj, d) in dst.iter_mut().enumerate() {
+                        let iw = (oj * g.stride + kj) as isize - pad;
+                        *d = if inside && iw >= 0 && iw < w {
+                            plane[ih as usize * g.w + iw as usize]
+                        } else {
+                            0.0
+                        };
                     }
                 }
             }
@@ -307,10 +340,69 @@ pub fn forward(g: &Geom, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
         cs: 1,
     };
     let a = PackedA::new(isa(), k, crr, wa);
+    let gi = group_of(g);
+    if gi > 1 {
+        y.par_chunks_mut(gi * k * pq)
+            .zip(x.par_chunks(gi * chw))
+            .for_each(|(ys, xs)| forward_group(g, &a, xs, ys, b));
+        return y;
+    }
     y.par_chunks_mut(k * pq)
         .zip(x.par_chunks(chw))
         .for_each(|(yn, xn)| forward_image(g, &a, xn, yn, b));
     y
+}
+
+/// GEMM columns worth one product: below this many output pixels per image, images are
+/// unfolded side by side into one column matrix so that the product has enough columns.
+const GROUP_COLS: usize = 256;
+
+/// Images per GEMM: 1 for planes of at least `GROUP_COLS` pixels, otherwise enough images to
+/// reach it (at most the batch). The register tile is 32 columns wide on AVX-512, so a per-image
+/// product on ResNet-18's 4x4 and 2x2 planes (16 and 4 columns) left 50% and 87.5% of every
+/// tile empty; a group of images fills them. Fixed by the geometry alone, so the result does not
+/// depend on the thread count.
+fn group_of(g: &Geom) -> usize {
+    if g.pq() == 0 || g.pq() >= GROUP_COLS {
+        1
+    } else {
+        (GROUP_COLS / g.pq()).clamp(1, g.n.max(1))
+    }
+}
+
+/// Unfold the images of `xs` side by side: col[C*R*R, G*P*Q], image i in columns i*PQ...
+fn im2col_group(g: &Geom, xs: &[f32], col: &mut [f32]) -> usize {
+    let imgs = xs.len() / g.chw();
+    let ld = imgs * g.pq();
+    for (i, xn) in xs.chunks_exact(g.chw()).enumerate() {
+        im2col(g, xn, col, ld, i * g.pq());
+    }
+    ld
+}
+
+/// y_i[K, PQ] = w . im2col(x_i) (+ b) for a group of images, as one product over their
+/// unfolded columns, then split back into the images' output planes.
+fn forward_group(g: &Geom, a: &PackedA, xs: &[f32], ys: &mut [f32], b: Option<&[f32]>) {
+    let (crr, pq, k) = (g.crr(), g.pq(), g.k);
+    let cols = (xs.len() / g.chw()) * pq;
+    with_col(crr * cols, |col| {
+        let ld = im2col_group(g, xs, col);
+        with_buf(&YPAD, k * ld, |yp| {
+            let src = Mat {
+                data: col,
+                rs: ld,
+                cs: 1,
+            };
+            sgemm_on(isa(), k, crr, ld, ASrc::Packed(a), &src, 0.0, yp, ld, 1);
+            for (i, yn) in ys.chunks_exact_mut(k * pq).enumerate() {
+                for (ki, row) in yn.chunks_exact_mut(pq).enumerate() {
+                    let bk = b.map_or(0.0, |b| b[ki]);
+                    let s = &yp[ki * ld + i * pq..][..pq];
+                    row.iter_mut().zip(s).for_each(|(d, &s)| *d = s + bk);
+                }
+            }
+        })
+    })
 }
 
 /// Scratch buffers that outlive one task (the per-run dw partials), kept for the next call:
@@ -369,6 +461,12 @@ pub fn backward_filter(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         .zip(x.par_chunks(per * chw))
         .zip(dy.par_chunks(per * k * pq))
         .for_each(|((acc, xs), dys)| {
+            let gi = group_of(g);
+            if gi > 1 {
+                let groups = xs.chunks(gi * chw).zip(dys.chunks(gi * k * pq));
+                filter_run_grouped(g, groups, acc);
+                return;
+            }
             let pairs = xs.chunks(chw).zip(dys.chunks(k * pq));
             if dot && g.stride == 1 && !g.direct() {
                 filter_run_padded(g, pairs, acc);
@@ -398,7 +496,7 @@ fn filter_run_col<'a>(
             let cols: &[f32] = if direct {
                 xn
             } else {
-                im2col(g, xn, col);
+                im2col(g, xn, col, pq, 0);
                 col
             };
             if dot {
@@ -418,6 +516,31 @@ fn filter_run_col<'a>(
                 );
             }
         }
+    })
+}
+
+/// acc += dy_G . col_G^T over one run, a group of images at a time (`group_of`): the images'
+/// columns and their dy rows side by side, so the reduction runs over G*P*Q pixels at once
+/// instead of P*Q per image (ResNet-18's 2x2 planes: 4 pixels per dot product).
+fn filter_run_grouped<'a>(
+    g: &Geom,
+    groups: impl Iterator<Item = (&'a [f32], &'a [f32])>,
+    acc: &mut [f32],
+) {
+    let (crr, pq, k) = (g.crr(), g.pq(), g.k);
+    let most = group_of(g) * pq;
+    with_col(crr * most, |col| {
+        with_buf(&DYPAD, k * most, |dyg| {
+            for (xs, dys) in groups {
+                let ld = im2col_group(g, xs, col);
+                for (i, dyn_) in dys.chunks_exact(k * pq).enumerate() {
+                    for (ki, row) in dyn_.chunks_exact(pq).enumerate() {
+                        dyg[ki * ld + i * pq..][..pq].copy_from_slice(row);
+                    }
+                }
+                dot_nt_acc(isa(), k, crr, ld, dyg, ld, col, ld, acc, crr);
+            }
+        })
     })
 }
 
