@@ -7,13 +7,25 @@ fn rand_t(rng: &mut Rng, shape: &[usize]) -> Tensor {
     Tensor::from_vec(shape, (0..n).map(|_| rng.normal() as f32).collect()).unwrap()
 }
 
-fn worst(got: &[f32], want: &[f64]) -> (usize, f64) {
-    assert_eq!(got.len(), want.len());
-    got.iter()
+/// Fails unless every |got - want| <= 1e-5 * max|want| + 1e-4 * |want|, naming the worst index.
+/// An f32 sum of n products errs by about n * 2^-24 * sum |terms|, which a near-zero
+/// (cancelling) output cannot meet relative to itself (seen: an output of 6.45e-4 off by 9e-7
+/// in a 27-term sum), while any indexing error is off by the size of a term.
+fn assert_close(case: &str, got: &[f32], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{case}: length");
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let (i, e) = got
+        .iter()
         .zip(want)
+        .map(|(&g, &w)| (g as f64 - w).abs() / (1e-5 * scale + 1e-4 * w.abs()))
         .enumerate()
-        .map(|(i, (&g, &w))| (i, (g as f64 - w).abs() / (1e-3 + w.abs())))
-        .fold((0, 0.0), |a, b| if b.1 > a.1 { b } else { a })
+        .fold((0, 0.0), |a, b| if b.1 > a.1 { b } else { a });
+    assert!(
+        e <= 1.0,
+        "{case}: worst index {i}, err/tol {e}: got {} want {}",
+        got[i],
+        want[i]
+    );
 }
 
 #[test]
@@ -41,25 +53,8 @@ fn conv_matches_direct_loops_on_awkward_shapes() {
         let y = be.conv2d(&x, &wt, Some(&b), prm).unwrap();
         let g = conv_geom("t", &x, &wt, prm).unwrap();
         let want = conv::naive_forward(&g, x.as_cpu().unwrap(), wt.as_cpu().unwrap(), b.as_cpu());
-        // atol 1e-5 of the largest output + rtol 1e-4: an f32 sum of C*R*R products errs by
-        // about n * 2^-24 * sum |terms|, which a near-zero (cancelling) output cannot meet
-        // relative to itself (seen: an output of 6.45e-4 off by 9e-7 in a 27-term sum),
-        // while any indexing error is off by the size of a term.
-        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        let got = y.as_cpu().unwrap();
-        let (i, e) = got
-            .iter()
-            .zip(&want)
-            .map(|(&g, &w)| (g as f64 - w).abs() / (1e-5 * scale + 1e-4 * w.abs()))
-            .enumerate()
-            .fold((0, 0.0), |a, b| if b.1 > a.1 { b } else { a });
-        assert!(
-            e <= 1.0,
-            "case {:?}: worst index {i}, err/tol {e}: got {} want {}",
-            (n, c, h, w, k, r, s, p),
-            got[i],
-            want[i]
-        );
+        let case = format!("forward {:?}", (n, c, h, w, k, r, s, p));
+        assert_close(&case, y.as_cpu().unwrap(), &want);
     }
 }
 
@@ -284,16 +279,8 @@ fn conv_backward_matches_direct_loops_on_every_path() {
             dy.as_cpu().unwrap(),
         );
         let case = (n, c, h, w, k, r, s, p);
-        // atol 1e-5 of the largest magnitude (sums of up to ~600 f32 products) + rtol 1e-4.
         let check = |what: &str, got: &[f32], want: &[f64]| {
-            let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-            let (i, e) = got
-                .iter()
-                .zip(want)
-                .map(|(&g, &w)| (g as f64 - w).abs() / (1e-5 * scale + 1e-4 * w.abs()))
-                .enumerate()
-                .fold((0, 0.0), |a, b| if b.1 > a.1 { b } else { a });
-            assert!(e <= 1.0, "{what} {case:?}: worst index {i}, err/tol {e}");
+            assert_close(&format!("{what} {case:?}"), got, want)
         };
         check("dx", gr.dx.unwrap().as_cpu().unwrap(), &dx_ref);
         check("dw", gr.dw.as_cpu().unwrap(), &dw_ref);
