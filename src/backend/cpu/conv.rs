@@ -127,14 +127,15 @@ fn im2col_narrow(g: &Geom, x: &[f32], col: &mut [f32], ld: usize, off: usize) {
     }
 }
 
-/// Scatter-add col[C*R*R, P*Q] back into dx[C,H,W] (the adjoint of `im2col`); dx must be zeroed.
-fn col2im(g: &Geom, col: &[f32], dx: &mut [f32]) {
+/// Scatter-add columns off..off+P*Q of col[C*R*R, ld] back into dx[C,H,W] (the adjoint of
+/// `im2col`); dx must be zeroed.
+fn col2im(g: &Geom, col: &[f32], dx: &mut [f32], ld: usize, off: usize) {
     let (pq, q) = (g.pq(), g.q);
     for ci in 0..g.c {
         let plane = &mut dx[ci * g.h * g.w..(ci + 1) * g.h * g.w];
         for ki in 0..g.r {
             for kj in 0..g.r {
-                let row = &col[((ci * g.r + ki) * g.r + kj) * pq..][..pq];
+                let row = &col[((ci * g.r + ki) * g.r + kj) * ld + off..][..pq];
                 let (lo, hi) = g.valid_cols(kj);
                 for oi in 0..g.p {
                     let ih = (oi * g.stride + ki) as isize - g.pad as isize;
@@ -533,11 +534,7 @@ fn filter_run_grouped<'a>(
         with_buf(&DYPAD, k * most, |dyg| {
             for (xs, dys) in groups {
                 let ld = im2col_group(g, xs, col);
-                for (i, dyn_) in dys.chunks_exact(k * pq).enumerate() {
-                    for (ki, row) in dyn_.chunks_exact(pq).enumerate() {
-                        dyg[ki * ld + i * pq..][..pq].copy_from_slice(row);
-                    }
-                }
+                gather_rows(g, dys, ld, dyg);
                 dot_nt_acc(isa(), k, crr, ld, dyg, ld, col, ld, acc, crr);
             }
         })
@@ -636,6 +633,13 @@ pub fn backward_data(g: &Geom, w: &[f32], dy: &[f32]) -> Vec<f32> {
     if dx.is_empty() || pq == 0 {
         return dx;
     }
+    let gi = group_of(g);
+    if gi > 1 {
+        dx.par_chunks_mut(gi * chw)
+            .zip(dy.par_chunks(gi * k * pq))
+            .for_each(|(dxs, dys)| data_group(g, w, dxs, dys));
+        return dx;
+    }
     let direct = g.direct();
     dx.par_chunks_mut(chw)
         .zip(dy.par_chunks(k * pq))
@@ -667,11 +671,48 @@ pub fn backward_data(g: &Geom, w: &[f32], dy: &[f32]) -> Vec<f32> {
                         dcol,
                         Strides::row(pq),
                     );
-                    col2im(g, dcol, dxn);
+                    col2im(g, dcol, dxn, pq, 0);
                 })
             }
         });
     dx
+}
+
+/// dx_i = col2im(w^T . dy_i) for a group of images (stride > 1 on a small plane), as one
+/// product over the images' dy rows side by side, then scattered image by image.
+fn data_group(g: &Geom, w: &[f32], dxs: &mut [f32], dys: &[f32]) {
+    let (crr, pq, k) = (g.crr(), g.pq(), g.k);
+    let ld = (dys.len() / (k * pq)) * pq;
+    with_buf(&DYPAD, k * ld, |dyg| {
+        gather_rows(g, dys, ld, dyg);
+        with_col(crr * ld, |dcol| {
+            sgemm(
+                crr,
+                k,
+                ld,
+                w,
+                Strides::trans(crr),
+                dyg,
+                Strides::row(ld),
+                0.0,
+                dcol,
+                Strides::row(ld),
+            );
+            for (i, dxn) in dxs.chunks_exact_mut(g.chw()).enumerate() {
+                col2im(g, dcol, dxn, ld, i * pq);
+            }
+        })
+    })
+}
+
+/// dyg[K, ld] = the images of dys[G, K, P*Q] side by side (image i in columns i*PQ...).
+fn gather_rows(g: &Geom, dys: &[f32], ld: usize, dyg: &mut [f32]) {
+    let pq = g.pq();
+    for (i, dyn_) in dys.chunks_exact(g.k * pq).enumerate() {
+        for (ki, row) in dyn_.chunks_exact(pq).enumerate() {
+            dyg[ki * ld + i * pq..][..pq].copy_from_slice(row);
+        }
+    }
 }
 
 /// db[K] = sum of dy over N, P, Q (f64 accumulation).

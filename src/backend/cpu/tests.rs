@@ -45,6 +45,7 @@ fn conv_matches_direct_loops_on_awkward_shapes() {
         // Output rows of 16+ columns at stride 2: the copy-based unfold.
         (2, 2, 33, 35, 3, 3, 2, 1),
         (3, 2, 4, 20, 17, 3, 1, 1),
+        (5, 2, 20, 20, 3, 3, 2, 1),
     ] {
         let x = rand_t(&mut rng, &[n, c, h, w]);
         let wt = rand_t(&mut rng, &[k, c, r, r]);
@@ -265,6 +266,7 @@ fn conv_backward_matches_direct_loops_on_every_path() {
         (6, 5, 2, 2, 24, 3, 1, 1),
         (2, 2, 33, 35, 3, 3, 2, 1),
         (3, 2, 4, 20, 17, 3, 1, 1),
+        (5, 2, 20, 20, 3, 3, 2, 1),
     ] {
         let x = rand_t(&mut rng, &[n, c, h, w]);
         let wt = rand_t(&mut rng, &[k, c, r, r]);
