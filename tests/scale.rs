@@ -27,6 +27,84 @@ fn cfg(steps: usize) -> AdvTrainConfig {
     }
 }
 
+/// The fine-tune objective's (term, CE clean, CE adv) on every full batch of the first
+/// `images` images, as the probe draws them.
+fn objective_per_batch(
+    data: &std::sync::Arc<advlens::data::Dataset>,
+    name: &str,
+    images: usize,
+    c: &AdvTrainConfig,
+) -> Vec<(f64, f64, f64)> {
+    let be = CpuBackend::new();
+    let mut m = model(name);
+    let (batches, _) = epoch_batches(data, c.batch, c.seed, 0, Some(images)).unwrap();
+    batches
+        .map(|b| {
+            let b = b.unwrap();
+            let ts = random_targets(
+                advlens::rng::hash64(c.seed, 0xAD7_0000),
+                &b.indices,
+                &b.labels,
+                5,
+            )
+            .unwrap();
+            let xa = ifgs(&be, &mut m, &b.images, &ts, c.eps, c.steps).unwrap();
+            let s = objective_and_grads(
+                &be,
+                &mut m,
+                &b.images,
+                &xa,
+                &b.labels,
+                0.5,
+                0.1,
+                Consistency::Sum,
+            )
+            .unwrap();
+            (s.consistency, s.ce_clean, s.ce_adv)
+        })
+        .collect()
+}
+
+#[test]
+fn probe_over_several_batches_is_their_mean() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(&dir.path().join("d.safetensors"), 31, 5, 3);
+    let be = CpuBackend::new();
+    let c = cfg(2);
+    // 27 images at batch 9: three full batches, each with its own targets and attack.
+    let r = probe(&be, &mut model("small-resnet18"), &data, 27, &c).unwrap();
+    let per = objective_per_batch(&data, "small-resnet18", 27, &c);
+    assert_eq!(per.len(), 3);
+    let mean = |f: fn(&(f64, f64, f64)) -> f64| per.iter().map(f).sum::<f64>() / 3.0;
+    let (term, ce_c, ce_a) = (mean(|t| t.0), mean(|t| t.1), mean(|t| t.2));
+    for (got, want, what) in [
+        (r.term, term, "term"),
+        (r.ce_clean, ce_c, "CE clean"),
+        (r.ce_adv, ce_a, "CE adv"),
+    ] {
+        assert!(
+            (got - want).abs() <= 1e-9 + 1e-6 * want.abs(),
+            "{what}: probe {got} vs mean of batches {want}"
+        );
+    }
+    // The batches differ, so a probe that read only the first would fail above.
+    assert!(
+        (per[0].0 - per[1].0).abs() > 1e-6 * per[0].0.abs(),
+        "{per:?}"
+    );
+    assert_eq!(r.images, 27);
+}
+
+#[test]
+fn probe_refuses_data_the_model_does_not_take() {
+    let dir = tempfile::tempdir().unwrap();
+    // 4 classes against the model's 5.
+    let data = tiny_dataset(&dir.path().join("d.safetensors"), 12, 4, 3);
+    let be = CpuBackend::new();
+    let e = probe(&be, &mut model("small-vgg16"), &data, 9, &cfg(1)).unwrap_err();
+    assert!(e.to_string().contains("does not fit model"), "{e}");
+}
+
 #[test]
 fn probe_matches_the_finetune_objective_on_its_first_batch() {
     let dir = tempfile::tempdir().unwrap();
