@@ -27,7 +27,15 @@ run() {  # group, then --file/--test arguments
   local extra=()
   [[ -n ${SHARD:-} ]] && extra+=(--sharding round-robin --shard "$SHARD")
   [[ ${IN_PLACE:-0} == 1 ]] && extra+=(--in-place)
+  # cargo-mutants writes DIR/mutants.out but does not create DIR.
+  mkdir -p "mutants.out/$group"
+  # Its exit status is non-zero whenever a mutant survives, so it cannot tell a finished run
+  # from a broken one; the outcome file can.
   cargo mutants --output "mutants.out/$group" --timeout-multiplier 3 "${extra[@]}" "$@" || true
+  if [[ ! -f "mutants.out/$group/mutants.out/outcomes.json" ]]; then
+    echo "$group: cargo-mutants wrote no outcomes (see its output above)" >&2
+    return 1
+  fi
   local c m
   c=$(wc -l < "mutants.out/$group/mutants.out/caught.txt" 2>/dev/null || echo 0)
   m=$(wc -l < "mutants.out/$group/mutants.out/missed.txt" 2>/dev/null || echo 0)
