@@ -304,3 +304,63 @@ impl Optimizer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accepted(c: OptimConfig) -> bool {
+        Optimizer::new(c).is_ok()
+    }
+
+    #[test]
+    fn names_are_the_torch_ones() {
+        assert_eq!(OptimConfig::sgd(0.1, 0.9, 0.0).name(), "sgd");
+        assert_eq!(OptimConfig::adam(1e-3, 0.0).name(), "adam");
+    }
+
+    /// Each hyper-parameter alone at or past its bound is refused, and just inside it accepted,
+    /// so a bound that slips (> to >=) or a check that one valid value excuses (&& to ||) fails.
+    #[test]
+    fn every_bound_is_checked_on_its_own() {
+        let sgd = |lr, momentum, weight_decay| OptimConfig::Sgd {
+            lr,
+            momentum,
+            weight_decay,
+        };
+        assert!(accepted(sgd(1e-6, 0.0, 0.0)));
+        assert!(accepted(sgd(0.1, 0.999, 1e-4)));
+        assert!(!accepted(sgd(0.0, 0.9, 0.0)), "lr 0");
+        assert!(!accepted(sgd(0.1, 1.0, 0.0)), "momentum 1");
+        assert!(!accepted(sgd(0.1, -0.1, 0.0)), "momentum < 0");
+        assert!(!accepted(sgd(0.1, 0.9, -1e-6)), "weight decay < 0");
+        assert!(!accepted(sgd(f32::INFINITY, 0.9, 0.0)), "lr inf");
+        let adam = |lr, beta1, beta2, eps, weight_decay| OptimConfig::Adam {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        };
+        assert!(accepted(adam(1e-6, 0.0, 0.0, 1e-12, 0.0)));
+        assert!(accepted(adam(1e-3, 0.9, 0.999, 1e-8, 5e-5)));
+        assert!(!accepted(adam(0.0, 0.9, 0.999, 1e-8, 0.0)), "lr 0");
+        assert!(!accepted(adam(1e-3, 1.0, 0.999, 1e-8, 0.0)), "beta1 1");
+        assert!(!accepted(adam(1e-3, 0.9, 1.0, 1e-8, 0.0)), "beta2 1");
+        assert!(!accepted(adam(1e-3, 0.9, 0.999, 0.0, 0.0)), "eps 0");
+        assert!(
+            !accepted(adam(1e-3, 0.9, 0.999, 1e-8, -1e-6)),
+            "weight decay < 0"
+        );
+        assert!(!accepted(adam(f32::NAN, 0.9, 0.999, 1e-8, 0.0)), "lr NaN");
+    }
+
+    #[test]
+    fn the_current_lr_starts_at_the_base_and_follows_set_lr() {
+        let mut o = Optimizer::new(OptimConfig::adam(3e-3, 0.0)).unwrap();
+        assert_eq!(o.lr(), 3e-3);
+        o.set_lr(2.5e-4);
+        assert_eq!(o.lr(), 2.5e-4);
+        assert_eq!(o.config().lr(), 3e-3, "the base rate is kept");
+    }
+}
