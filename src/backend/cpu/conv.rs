@@ -625,7 +625,7 @@ fn transposed(g: &Geom, w: &[f32]) -> Option<(Geom, Vec<f32>)> {
 
 /// dx[N,C,H,W].
 pub fn backward_data(g: &Geom, w: &[f32], dy: &[f32]) -> Vec<f32> {
-    let (chw, crr, pq, k) = (g.chw(), g.crr(), g.pq(), g.k);
+    let (chw, pq, k) = (g.chw(), g.pq(), g.k);
     if let Some((t, wt)) = transposed(g, w) {
         return forward(&t, dy, &wt, None);
     }
@@ -633,53 +633,18 @@ pub fn backward_data(g: &Geom, w: &[f32], dy: &[f32]) -> Vec<f32> {
     if dx.is_empty() || pq == 0 {
         return dx;
     }
+    // The convs `transposed` does not take (stride > 1, or pad >= R; the 1x1 unpadded conv does
+    // take it): dcol = w^T . dy scattered by col2im, a group of images per product (a group of
+    // one on large planes).
     let gi = group_of(g);
-    if gi > 1 {
-        dx.par_chunks_mut(gi * chw)
-            .zip(dy.par_chunks(gi * k * pq))
-            .for_each(|(dxs, dys)| data_group(g, w, dxs, dys));
-        return dx;
-    }
-    let direct = g.direct();
-    dx.par_chunks_mut(chw)
-        .zip(dy.par_chunks(k * pq))
-        .for_each(|(dxn, dyn_)| {
-            if direct {
-                sgemm(
-                    crr,
-                    k,
-                    pq,
-                    w,
-                    Strides::trans(crr),
-                    dyn_,
-                    Strides::row(pq),
-                    0.0,
-                    dxn,
-                    Strides::row(pq),
-                );
-            } else {
-                with_col(crr * pq, |dcol| {
-                    sgemm(
-                        crr,
-                        k,
-                        pq,
-                        w,
-                        Strides::trans(crr),
-                        dyn_,
-                        Strides::row(pq),
-                        0.0,
-                        dcol,
-                        Strides::row(pq),
-                    );
-                    col2im(g, dcol, dxn, pq, 0);
-                })
-            }
-        });
+    dx.par_chunks_mut(gi * chw)
+        .zip(dy.par_chunks(gi * k * pq))
+        .for_each(|(dxs, dys)| data_group(g, w, dxs, dys));
     dx
 }
 
-/// dx_i = col2im(w^T . dy_i) for a group of images (stride > 1 on a small plane), as one
-/// product over the images' dy rows side by side, then scattered image by image.
+/// dx_i = col2im(w^T . dy_i) for a group of images, as one product over the images' dy rows
+/// side by side, then scattered image by image.
 fn data_group(g: &Geom, w: &[f32], dxs: &mut [f32], dys: &[f32]) {
     let (crr, pq, k) = (g.crr(), g.pq(), g.k);
     let ld = (dys.len() / (k * pq)) * pq;
