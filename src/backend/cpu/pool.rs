@@ -268,6 +268,33 @@ mod tests {
         }
     }
 
+    /// `forward_plane` gives, bit for bit, the value at `oracle`'s index for every output cell,
+    /// and `backward_plane` routes each cell's dy to that index.
+    fn planes_follow(
+        plane: &[f32],
+        h: usize,
+        w: usize,
+        p: Pool2dParams,
+        oracle: impl Fn(usize, usize) -> Option<usize>,
+    ) {
+        let (po, qo) = out_size(h, w, p);
+        let mut y = vec![0.0; po * qo];
+        forward_plane(plane, h, w, p, &mut y);
+        let dy: Vec<f32> = (0..po * qo).map(|i| i as f32 + 1.0).collect();
+        let mut dx = vec![0.0; h * w];
+        backward_plane(plane, h, w, p, &dy, &mut dx);
+        let mut dx_ref = vec![0.0; h * w];
+        for oi in 0..po {
+            for oj in 0..qo {
+                let case = format!("{p:?} {h}x{w} ({oi},{oj})");
+                let i = oracle(oi, oj).expect("pool_geom admits no all-padding window");
+                assert_eq!(y[oi * qo + oj].to_bits(), plane[i].to_bits(), "{case}");
+                dx_ref[i] += dy[oi * qo + oj];
+            }
+        }
+        assert_eq!(dx, dx_ref, "{p:?} {h}x{w} backward");
+    }
+
     #[test]
     fn generic_scan_follows_the_contract() {
         let mut next = xorshift();
@@ -287,23 +314,16 @@ mod tests {
             for (h, w) in [(5, 5), (7, 4), (9, 11), (6, 6), (28, 28), (3, 80)] {
                 let plane = planted(&mut next, h * w);
                 let (po, qo) = out_size(h, w, p);
-                let mut y = vec![0.0; po * qo];
-                forward_plane(&plane, h, w, p, &mut y);
-                let dy: Vec<f32> = (0..po * qo).map(|i| i as f32 + 1.0).collect();
-                let mut dx = vec![0.0; h * w];
-                backward_plane(&plane, h, w, p, &dy, &mut dx);
-                let mut dx_ref = vec![0.0; h * w];
                 for oi in 0..po {
                     for oj in 0..qo {
                         let want = naive_argmax(&plane, h, w, p, oi, oj);
                         let case = format!("{p:?} {h}x{w} ({oi},{oj})");
                         assert_eq!(argmax(&plane, h, w, p, oi, oj), want, "{case}");
-                        let i = want.expect("pool_geom admits no all-padding window");
-                        assert_eq!(y[oi * qo + oj].to_bits(), plane[i].to_bits(), "{case}");
-                        dx_ref[i] += dy[oi * qo + oj];
                     }
                 }
-                assert_eq!(dx, dx_ref, "{p:?} {h}x{w} backward");
+                planes_follow(&plane, h, w, p, |oi, oj| {
+                    naive_argmax(&plane, h, w, p, oi, oj)
+                });
             }
         }
     }
@@ -320,25 +340,7 @@ mod tests {
         let mut next = xorshift();
         for (h, w) in [(2, 2), (3, 5), (7, 7), (28, 28), (13, 2)] {
             let plane = planted(&mut next, h * w);
-            let (po, qo) = out_size(h, w, p);
-            let mut y = vec![0.0; po * qo];
-            forward_plane(&plane, h, w, p, &mut y);
-            let dy: Vec<f32> = (0..po * qo).map(|i| i as f32 + 1.0).collect();
-            let mut dx = vec![0.0; h * w];
-            backward_plane(&plane, h, w, p, &dy, &mut dx);
-            let mut dx_ref = vec![0.0; h * w];
-            for oi in 0..po {
-                for oj in 0..qo {
-                    let i = argmax(&plane, h, w, p, oi, oj).expect("window inside");
-                    assert_eq!(
-                        y[oi * qo + oj].to_bits(),
-                        plane[i].to_bits(),
-                        "{h}x{w} ({oi},{oj})"
-                    );
-                    dx_ref[i] += dy[oi * qo + oj];
-                }
-            }
-            assert_eq!(dx, dx_ref, "{h}x{w} backward");
+            planes_follow(&plane, h, w, p, |oi, oj| argmax(&plane, h, w, p, oi, oj));
         }
     }
 }
