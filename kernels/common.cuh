@@ -165,6 +165,155 @@ __device__ __forceinline__ void adv_tile_gemm(int M, int N, int Kd, const LoadA&
     adv_tile_gemm_range(M, N, 0, Kd, la, lb, st);
 }
 
+// ---- cp.async: global -> shared copies that bypass registers (sm_80+) ----
+// adv_cp_async_f32 copies one float, or writes 0.0f when src is null (the implicit zeros of
+// padding and of the tile edges), as `cp.async.ca.shared.global [dst], [src], 4, src-size` with
+// src-size 0 zero-fills; `fallback` is any valid global address, passed when src is null so no
+// null pointer reaches the instruction. adv_cp_async_f32x4 copies 16 aligned bytes (4 floats).
+// Under the emulated driver the copies go through ::emu::cp_async, which lands them late
+// (round-robin schedule) or early (random schedule) so a missing wait or barrier shows; on a
+// compile without cp.async they are plain synchronous copies.
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800) && !defined(ADVLENS_CUDA_EMU)
+#define ADV_ASYNC_PTX 1
+#else
+#define ADV_ASYNC_PTX 0
+#endif
+
+__device__ __forceinline__ void adv_cp_async_f32(float* dst, const float* src,
+                                                 const float* fallback) {
+#if defined(ADVLENS_CUDA_EMU)
+    (void)fallback;
+    ::emu::cp_async(dst, src, 4, src ? 4 : 0);
+#elif ADV_ASYNC_PTX
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d),
+                 "l"(src ? src : fallback), "r"(src ? 4 : 0));
+#else
+    (void)fallback;
+    *dst = src ? *src : 0.0f;
+#endif
+}
+
+__device__ __forceinline__ void adv_cp_async_f32x4(float* dst, const float* src) {
+#if defined(ADVLENS_CUDA_EMU)
+    ::emu::cp_async(dst, src, 16, 16);
+#elif ADV_ASYNC_PTX
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src));
+#else
+    *reinterpret_cast<float4*>(dst) = *reinterpret_cast<const float4*>(src);
+#endif
+}
+
+__device__ __forceinline__ void adv_cp_async_commit() {
+#if defined(ADVLENS_CUDA_EMU)
+    ::emu::cp_async_commit();
+#elif ADV_ASYNC_PTX
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+// Wait until at most N committed groups of this thread are still in flight.
+template <int N>
+__device__ __forceinline__ void adv_cp_async_wait() {
+#if defined(ADVLENS_CUDA_EMU)
+    ::emu::cp_async_wait(N);
+#elif ADV_ASYNC_PTX
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+// ---- v3 SIMT GEMM skeleton (the f32 `_v3` convolutions of conv.cu) ----
+// C[M, N] = sum over k in [kb, ke) of A(m, k) B(k, n), then st(m, n, acc) for in-range (m, n).
+// Block: 256 threads as 16 x 16 (tx = t & 15, ty = t >> 4); tile BM x 128 (BM = 128 or 64),
+// K step 8. Thread (tx, ty) owns rows ty*4 + i + 64u (u < BM/64, i < 4) and columns
+// tx*4 + j + 64v (v < 2, j < 4): 8x8 accumulators at BM 128, 4x8 at BM 64. 64 (32) FMAs per k
+// against 4 (3) 16-byte shared loads: per warp per k, 2 (1) broadcast A vectors (one
+// wavefront each) and 2 B vectors of 16 distinct addresses (2 wavefronts each), no conflicts.
+// Shared memory: As[2][8][BM + 4] (k-major, m contiguous) and Bs[2][8][132], two stages. The
+// copies of chunk s + 1 are issued with cp.async before the FMAs of chunk s, so a chunk's
+// global latency hides behind the previous chunk's math; 4-byte copies, zero-filled where the
+// loader says the element is an implicit zero (padding, tile edges).
+// Loaders: la.ptr(m, k) and lb.ptr(k, n) return the element's address, or nullptr for a zero;
+// they are called only for m < M, kb <= k < ke, n < N. `fallback` is any valid global address.
+// A copies: (k = t & 7, m = (t >> 3) + 32 i): 8 threads read 8 consecutive k of one row (rows
+// of weights and of dy are contiguous in k); the shared stores As[k][m] hit banks 4k + m mod 32,
+// all distinct in a warp. B copies: (n = t & 127, k = (t >> 7) + 2 i): consecutive threads read
+// consecutive n (neighbouring output pixels) and store consecutive words.
+template <int BM, class LoadA, class LoadB, class Store>
+__device__ __forceinline__ void adv_tile_gemm_v3(int M, int N, int kb, int ke, const LoadA& la,
+                                                 const LoadB& lb, const Store& st,
+                                                 const float* fallback) {
+    constexpr int BN = 128, BK = 8, MU = BM / 64, TM = 4 * MU;
+    __align__(16) __shared__ float As[2][BK][BM + 4];
+    __align__(16) __shared__ float Bs[2][BK][BN + 4];
+    const int t = threadIdx.x, tx = t & 15, ty = t >> 4;
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const int a_k = t & 7, a_m = t >> 3, b_n = t & 127, b_k = t >> 7;
+    const bool b_in = n0 + b_n < N;
+    auto load = [&](int buf, int k0) {
+        const int ka = k0 + a_k;
+#pragma unroll
+        for (int i = 0; i < BM / 32; ++i) {
+            const int m = m0 + a_m + 32 * i;
+            adv_cp_async_f32(&As[buf][a_k][a_m + 32 * i],
+                             (m < M && ka < ke) ? la.ptr(m, ka) : nullptr, fallback);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int k = k0 + b_k + 2 * i;
+            adv_cp_async_f32(&Bs[buf][b_k + 2 * i][b_n],
+                             (b_in && k < ke) ? lb.ptr(k, n0 + b_n) : nullptr, fallback);
+        }
+    };
+    float acc[TM][8];
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
+
+    const int nk = ke > kb ? (ke - kb + BK - 1) / BK : 0;
+    if (nk > 0) load(0, kb);
+    adv_cp_async_commit();
+    for (int s = 0; s < nk; ++s) {
+        if (s + 1 < nk) load((s + 1) & 1, kb + (s + 1) * BK);
+        adv_cp_async_commit();
+        adv_cp_async_wait<1>();  // this thread's copies of chunk s have landed
+        __syncthreads();         // ... and every other thread's
+        const int buf = s & 1;
+#pragma unroll
+        for (int kk = 0; kk < BK; ++kk) {
+            float a[TM], b[8];
+#pragma unroll
+            for (int u = 0; u < MU; ++u) {
+                const float4 v = *reinterpret_cast<const float4*>(&As[buf][kk][ty * 4 + 64 * u]);
+                a[4 * u] = v.x; a[4 * u + 1] = v.y; a[4 * u + 2] = v.z; a[4 * u + 3] = v.w;
+            }
+#pragma unroll
+            for (int v = 0; v < 2; ++v) {
+                const float4 w = *reinterpret_cast<const float4*>(&Bs[buf][kk][tx * 4 + 64 * v]);
+                b[4 * v] = w.x; b[4 * v + 1] = w.y; b[4 * v + 2] = w.z; b[4 * v + 3] = w.w;
+            }
+#pragma unroll
+            for (int i = 0; i < TM; ++i)
+#pragma unroll
+                for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+        }
+        __syncthreads();  // chunk s is read by all before chunk s + 2's copies overwrite it
+    }
+    adv_cp_async_wait<0>();
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+        const int m = m0 + ty * 4 + (i & 3) + 64 * (i >> 2);
+        if (m >= M) continue;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const int n = n0 + tx * 4 + (j & 3) + 64 * (j >> 2);
+            if (n < N) st(m, n, acc[i][j]);
+        }
+    }
+}
+
 // ---- tensor-core MMA: one device function per shape, inline PTX on the GPU, a portable twin ---
 // The emulated driver (tests/cuda-emu) compiles these sources as host C++, where inline PTX
 // cannot run; it defines ADVLENS_CUDA_EMU. NVRTC defines __CUDA_ARCH__. ADV_MMA_PTX selects the

@@ -17,14 +17,23 @@
 //   Output index m,n is scattered back to NCHW/KCRS by the store functor.
 //   Limits: M-tiles go in grid.y (<= 65535 tiles, i.e. 4M channels); no split-K, so
 //   bwd_filter with a long N*P*Q reduction runs few blocks (v3 splits it).
-// _v3 backward-filter (split-K; forward and backward-data of v3 are the v2 kernels): the v2
-//   tile GEMM over one slice [z chunk, (z + 1) chunk) of the N*P*Q reduction per grid.z, into a
-//   workspace ws[splits][K][C*R*R]; conv2d_splitk_sum_f32_v1 then adds the splits in the fixed
-//   order z = 0, 1, ... (deterministic; no float atomics). Grid (ceil(CRR/64), ceil(K/64),
-//   splits), block 256. Heuristic (src/backend/cuda/conv.rs, splitk_plan): tiles =
-//   ceil(K/64) ceil(CRR/64); splits = min(ceil(264 / tiles) (two waves of the 132 SMs of an
-//   H100), N*P*Q / 64 (at least 4 K chunks per split), 64, workspace <= 256 MiB); chunk =
-//   ceil(N*P*Q / splits) rounded up to 16; splits = 1 runs the v2 kernel straight into dw.
+// _v3 (the default; SIMT implicit GEMM on adv_tile_gemm_v3 in common.cuh): block tiles of
+//   BM x 128 (BM 128: `_f32_v3`, 8x8 accumulators per thread; BM 64: `_m64_f32_v3`, 4x8), K step
+//   8, 256 threads, A and B fragments read from shared memory as float4, two shared-memory
+//   stages filled by cp.async (4-byte copies, zero-fill for padding and tile edges), so the
+//   copies of chunk s + 1 are in flight during the FMAs of chunk s. Same loaders, stores and
+//   GEMM shapes as v2 (the loaders give addresses, ptr(), instead of values).
+//   Heuristic (src/backend/cuda/conv.rs, v3_tile_rows): BM 64 when the GEMM has <= 64 rows or
+//   when 128-row tiles would give fewer blocks than the 132 SMs of an H100/H200 (one wave);
+//   BM 128 otherwise. Grid (ceil(Ncols/128), ceil(Mrows/BM), splits).
+//   Backward-filter is split-K: grid.z slices [z chunk, (z + 1) chunk) of the N*P*Q reduction,
+//   each into a workspace ws[splits][K][C*R*R]; conv2d_splitk_sum_f32_v1 then adds the slices
+//   in the fixed order z = 0, 1, ... (deterministic; no float atomics). splitk_plan: tiles =
+//   ceil(K/BM) ceil(CRR/128); splits = min(ceil(264 / tiles) (two waves of 132 SMs),
+//   N*P*Q / 64, 64, workspace <= 256 MiB); chunk = ceil(N*P*Q / splits) rounded up to 16; one
+//   split writes dw directly.
+//   Not yet: 16-byte copies (the implicit-GEMM gathers are 4-byte; weights would allow 16),
+//   table-driven (c, r, s) offsets instead of two divisions per copied element, a third stage.
 // _tf32_v1 / _bf16_v1: tensor cores (see their section below).
 
 struct ConvGeom {
@@ -136,14 +145,17 @@ extern "C" __global__ void conv2d_bwd_filter_f32_v1(const float* __restrict__ x,
 // ------------------------------------------------------------------ v2: implicit GEMM -------
 
 // A(m = k_out, kk = c*R*R + r*R + s) = w[k_out, c, r, s]: rows of w are contiguous.
+// Every loader has ptr() (the element's address, nullptr for an implicit zero: what the v3
+// cp.async copies take) and operator() (the value: what the v2 and tensor-core loaders take).
 struct FwdLoadW {
     const float* w; int CRR;
-    __device__ float operator()(int m, int kk) const { return w[(long long)m * CRR + kk]; }
+    __device__ const float* ptr(int m, int kk) const { return w + (long long)m * CRR + kk; }
+    __device__ float operator()(int m, int kk) const { return *ptr(m, kk); }
 };
 // B(kk, col = (n, p, q)) = x[n, c, p*stride - pad + r, q*stride - pad + s] or 0 in the padding.
 struct FwdLoadX {
     const float* x; ConvGeom g;
-    __device__ float operator()(int kk, int col) const {
+    __device__ const float* ptr(int kk, int col) const {
         int RR = g.R * g.R;
         int c = kk / RR, rs = kk - c * RR;
         int r = rs / g.R, s = rs - r * g.R;
@@ -151,8 +163,12 @@ struct FwdLoadX {
         int n = col / PQ, pq = col - n * PQ;
         int p = pq / g.Q, q = pq - p * g.Q;
         int h = p * g.stride - g.pad + r, ww = q * g.stride - g.pad + s;
-        if (h < 0 || h >= g.H || ww < 0 || ww >= g.W) return 0.0f;
-        return x[(((long long)n * g.C + c) * g.H + h) * g.W + ww];
+        if (h < 0 || h >= g.H || ww < 0 || ww >= g.W) return nullptr;
+        return x + (((long long)n * g.C + c) * g.H + h) * g.W + ww;
+    }
+    __device__ float operator()(int kk, int col) const {
+        const float* p = ptr(kk, col);
+        return p ? *p : 0.0f;
     }
 };
 struct FwdStore {
@@ -178,16 +194,17 @@ conv2d_fwd_f32_v2(const float* __restrict__ x, const float* __restrict__ w,
 // A(m = c, kk = k*R*R + r*R + s) = w[k, c, r, s].
 struct BwdDataLoadW {
     const float* w; ConvGeom g;
-    __device__ float operator()(int m, int kk) const {
+    __device__ const float* ptr(int m, int kk) const {
         int RR = g.R * g.R;
         int k = kk / RR, rs = kk - k * RR;
-        return w[((long long)k * g.C + m) * RR + rs];
+        return w + ((long long)k * g.C + m) * RR + rs;
     }
+    __device__ float operator()(int m, int kk) const { return *ptr(m, kk); }
 };
 // B(kk, col = (n, h, w)) = dy[n, k, p, q] where h = p*stride - pad + r exactly, else 0.
 struct BwdDataLoadDy {
     const float* dy; ConvGeom g;
-    __device__ float operator()(int kk, int col) const {
+    __device__ const float* ptr(int kk, int col) const {
         int RR = g.R * g.R;
         int k = kk / RR, rs = kk - k * RR;
         int r = rs / g.R, s = rs - r * g.R;
@@ -195,10 +212,14 @@ struct BwdDataLoadDy {
         int n = col / HW, hw = col - n * HW;
         int h = hw / g.W, ww = hw - h * g.W;
         int ph = h + g.pad - r, qw = ww + g.pad - s;
-        if (ph < 0 || qw < 0) return 0.0f;
+        if (ph < 0 || qw < 0) return nullptr;
         int p = ph / g.stride, q = qw / g.stride;
-        if (p * g.stride != ph || q * g.stride != qw || p >= g.P || q >= g.Q) return 0.0f;
-        return dy[(((long long)n * g.K + k) * g.P + p) * g.Q + q];
+        if (p * g.stride != ph || q * g.stride != qw || p >= g.P || q >= g.Q) return nullptr;
+        return dy + (((long long)n * g.K + k) * g.P + p) * g.Q + q;
+    }
+    __device__ float operator()(int kk, int col) const {
+        const float* p = ptr(kk, col);
+        return p ? *p : 0.0f;
     }
 };
 struct BwdDataStore {
@@ -224,15 +245,17 @@ conv2d_bwd_data_f32_v2(const float* __restrict__ dy, const float* __restrict__ w
 // A(m = k, j = (n, p, q)) = dy[n, k, p, q].
 struct BwdFilterLoadDy {
     const float* dy; ConvGeom g;
-    __device__ float operator()(int m, int j) const {
+    __device__ const float* ptr(int m, int j) const {
         int PQ = g.P * g.Q;
         int n = j / PQ, pq = j - n * PQ;
-        return dy[((long long)n * g.K + m) * PQ + pq];
+        return dy + ((long long)n * g.K + m) * PQ + pq;
     }
+    __device__ float operator()(int m, int j) const { return *ptr(m, j); }
 };
 // B(j = (n, p, q), col = c*R*R + r*R + s): the forward's im2col element (col, j), transposed.
 struct BwdFilterLoadX {
     FwdLoadX im;
+    __device__ const float* ptr(int j, int col) const { return im.ptr(col, j); }
     __device__ float operator()(int j, int col) const { return im(col, j); }
 };
 struct BwdFilterStore {
@@ -253,20 +276,69 @@ conv2d_bwd_filter_f32_v2(const float* __restrict__ x, const float* __restrict__ 
     adv_tile_gemm(K, C * R * R, N * P * Q, la, lb, st);
 }
 
-// ------------------------------------------------------------------ v3: split-K bwd_filter --
+// ------------------------------------------------------------------ v3: SIMT, cp.async ----
+// The v2 loaders and stores on adv_tile_gemm_v3 (common.cuh): BM x 128 tiles, 8x8 or 4x8
+// register tiles, two cp.async stages. `_f32_v3` kernels use BM 128, `_m64_f32_v3` BM 64; the
+// argument lists are v2's, plus `chunk` for backward-filter (split-K: grid.z slices of the
+// N*P*Q reduction, each [z chunk, min((z + 1) chunk, N*P*Q)), into out + z K CRR; with one
+// slice out is dw itself). Grid (ceil(Ncols / 128), ceil(Mrows / BM), splits), block 256.
+template <int BM>
+__device__ __forceinline__ void conv_fwd_v3(const float* x, const float* w, const float* b,
+                                            float* y, ConvGeom g, int has_bias) {
+    const int CRR = g.C * g.R * g.R;
+    adv_tile_gemm_v3<BM>(g.K, g.N * g.P * g.Q, 0, CRR, FwdLoadW{w, CRR}, FwdLoadX{x, g},
+                         FwdStore{y, b, has_bias, g}, w);
+}
+template <int BM>
+__device__ __forceinline__ void conv_bwd_data_v3(const float* dy, const float* w, float* dx,
+                                                 ConvGeom g) {
+    adv_tile_gemm_v3<BM>(g.C, g.N * g.H * g.W, 0, g.K * g.R * g.R, BwdDataLoadW{w, g},
+                         BwdDataLoadDy{dy, g}, BwdDataStore{dx, g}, w);
+}
+template <int BM>
+__device__ __forceinline__ void conv_bwd_filter_v3(const float* x, const float* dy, float* out,
+                                                   ConvGeom g, int chunk) {
+    const int CRR = g.C * g.R * g.R, NPQ = g.N * g.P * g.Q;
+    const int kb = blockIdx.z * chunk, ke = min(kb + chunk, NPQ);
+    adv_tile_gemm_v3<BM>(g.K, CRR, kb, ke, BwdFilterLoadDy{dy, g}, BwdFilterLoadX{{x, g}},
+                         BwdFilterStore{out + (long long)blockIdx.z * g.K * CRR, CRR}, dy);
+}
 
-// ws: splits * K * C*R*R values; split z = blockIdx.z covers reduction [z chunk, (z+1) chunk).
+extern "C" __global__ void __launch_bounds__(256)
+conv2d_fwd_f32_v3(const float* __restrict__ x, const float* __restrict__ w,
+                  const float* __restrict__ b, float* __restrict__ y, int N, int C, int H,
+                  int W, int K, int R, int P, int Q, int stride, int pad, int has_bias) {
+    conv_fwd_v3<128>(x, w, b, y, conv_geom(N, C, H, W, K, R, P, Q, stride, pad), has_bias);
+}
+extern "C" __global__ void __launch_bounds__(256)
+conv2d_bwd_data_f32_v3(const float* __restrict__ dy, const float* __restrict__ w,
+                       float* __restrict__ dx, int N, int C, int H, int W, int K, int R,
+                       int P, int Q, int stride, int pad) {
+    conv_bwd_data_v3<128>(dy, w, dx, conv_geom(N, C, H, W, K, R, P, Q, stride, pad));
+}
 extern "C" __global__ void __launch_bounds__(256)
 conv2d_bwd_filter_f32_v3(const float* __restrict__ x, const float* __restrict__ dy,
-                         float* __restrict__ ws, int N, int C, int H, int W, int K, int R, int P,
-                         int Q, int stride, int pad, int chunk) {
-    ConvGeom g = conv_geom(N, C, H, W, K, R, P, Q, stride, pad);
-    const int CRR = C * R * R, NPQ = N * P * Q;
-    const int kb = blockIdx.z * chunk, ke = min(kb + chunk, NPQ);
-    BwdFilterLoadDy la{dy, g};
-    BwdFilterLoadX lb{{x, g}};
-    BwdFilterStore st{ws + (long long)blockIdx.z * K * CRR, CRR};
-    adv_tile_gemm_range(K, CRR, kb, ke, la, lb, st);
+                         float* __restrict__ out, int N, int C, int H, int W, int K, int R,
+                         int P, int Q, int stride, int pad, int chunk) {
+    conv_bwd_filter_v3<128>(x, dy, out, conv_geom(N, C, H, W, K, R, P, Q, stride, pad), chunk);
+}
+extern "C" __global__ void __launch_bounds__(256)
+conv2d_fwd_m64_f32_v3(const float* __restrict__ x, const float* __restrict__ w,
+                      const float* __restrict__ b, float* __restrict__ y, int N, int C, int H,
+                      int W, int K, int R, int P, int Q, int stride, int pad, int has_bias) {
+    conv_fwd_v3<64>(x, w, b, y, conv_geom(N, C, H, W, K, R, P, Q, stride, pad), has_bias);
+}
+extern "C" __global__ void __launch_bounds__(256)
+conv2d_bwd_data_m64_f32_v3(const float* __restrict__ dy, const float* __restrict__ w,
+                           float* __restrict__ dx, int N, int C, int H, int W, int K, int R,
+                           int P, int Q, int stride, int pad) {
+    conv_bwd_data_v3<64>(dy, w, dx, conv_geom(N, C, H, W, K, R, P, Q, stride, pad));
+}
+extern "C" __global__ void __launch_bounds__(256)
+conv2d_bwd_filter_m64_f32_v3(const float* __restrict__ x, const float* __restrict__ dy,
+                             float* __restrict__ out, int N, int C, int H, int W, int K, int R,
+                             int P, int Q, int stride, int pad, int chunk) {
+    conv_bwd_filter_v3<64>(x, dy, out, conv_geom(N, C, H, W, K, R, P, Q, stride, pad), chunk);
 }
 
 // out[i] = sum over z = 0 .. splits-1 of ws[z n + i], in that order. Grid-stride, block 256.

@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TESTS=(cuda_ops cuda_tc golden_cuda gradcheck nn bench_cli)
+TESTS=(cuda_ops cuda_conv cuda_tc golden_cuda gradcheck nn bench_cli)
 rm -rf .gpu && mkdir -p .gpu/tests
 
 cargo build --release --features cudnn --quiet

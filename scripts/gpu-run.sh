@@ -51,7 +51,7 @@ step() { # step NAME LIMIT_S CMD...: run CMD with a time limit, log to $OUT/NAME
 
 run_tests() {
   export ADVLENS_REQUIRE_GPU=1 ADVLENS_TEST_ROOT=$PWD ADVLENS_TEST_BIN=$G/advlens
-  for t in cuda_ops cuda_tc golden_cuda gradcheck nn bench_cli; do
+  for t in cuda_ops cuda_conv cuda_tc golden_cuda gradcheck nn bench_cli; do
     step "test_$t" 240 "$G/tests/$t" --test-threads=1 --nocapture
   done
   unset ADVLENS_REQUIRE_GPU

@@ -61,7 +61,7 @@ bash tests/cuda-emu/build.sh target/cuda-emu
 # threads of a block would show) run again under a seeded random one. The end-to-end files
 # (bench_cli, cuda_e2e) only repeat those kernels at scale, so a second schedule adds minutes and
 # no coverage.
-kernel_files=(--test cuda_emu --test cuda_ops --test cuda_tc --test golden_cuda)
+kernel_files=(--test cuda_emu --test cuda_ops --test cuda_conv --test cuda_tc --test golden_cuda)
 e2e_files=(--test bench_cli --test cuda_e2e)
 twin_files=(--test nn --test gradcheck)
 total=0

@@ -372,6 +372,36 @@ fn shared_memory_overruns_are_caught() {
     );
 }
 
+#[test]
+fn cp_async_lands_late_under_round_robin_and_early_under_random() {
+    let Some(e) = emu("cp_async_lands_late_under_round_robin_and_early_under_random") else {
+        return;
+    };
+    let src: Vec<f32> = (0..32).map(|i| i as f32 + 0.5).collect();
+    let input = e.stream.clone_htod(&src).expect("upload");
+    let mut out = e.stream.alloc_zeros::<f32>(64).expect("alloc");
+    let f = e.f("emu_cp_async_timing");
+    let mut b = e.stream.launch_builder(&f);
+    b.arg(&input).arg(&mut out);
+    // SAFETY: emu_cp_async_timing(const float* in, float* out): 32 inputs, 64 outputs, block 32.
+    unsafe { b.launch(cfg(1, 32, 0)) }.expect("launch");
+    let got = e.stream.clone_dtoh(&out).expect("copy back");
+    let random = std::env::var("ADVLENS_EMU_SCHEDULE").is_ok_and(|s| s.starts_with("random"));
+    let before: Vec<f32> = if random { src.clone() } else { vec![-1.0; 32] };
+    assert_eq!(
+        got[..32],
+        before[..],
+        "before the wait (random schedule: {random})"
+    );
+    assert_eq!(got[32..], src[..], "after the wait");
+    let (ok, err) = child("cp_async_unwaited");
+    assert!(ok, "the child reports the error code itself");
+    has(
+        &err,
+        &["emu_cp_async_unwaited", "cp.async copies never waited for"],
+    );
+}
+
 /// The child side of the scenarios above (does nothing unless EMU_SCENARIO is set).
 #[test]
 fn scenario_child() {
@@ -386,6 +416,7 @@ fn scenario_child() {
         "unguarded_write" => ("emu_unguarded_write", cfg(1, 128, 0), 100),
         "shared_overrun" => ("emu_shared_overrun", cfg(1, 64, 0), 64),
         "dyn_smem_overrun" => ("emu_dyn_smem", cfg(1, 32, 64), 32),
+        "cp_async_unwaited" => ("emu_cp_async_unwaited", cfg(1, 32, 0), 0),
         other => panic!("unknown scenario {other}"),
     };
     let f = e.f(name);

@@ -36,6 +36,12 @@
 #define gridDim (::emu::cur_grid_dim())
 #define warpSize 32
 
+// CUDA's vector types used by the kernels (16-byte aligned, as on the device).
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(8) float2 { float x, y; };
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+inline float2 make_float2(float x, float y) { return float2{x, y}; }
+
 inline void __syncthreads() { ::emu::syncthreads(); }
 inline int __syncthreads_count(int p) { return ::emu::syncthreads_count(p); }
 inline void __syncwarp(unsigned mask = 0xffffffffu) { ::emu::warp_collective(mask, ::emu::WarpOp::Sync, 0, 0, 32); }

@@ -30,6 +30,16 @@ int syncthreads_count(int predicate);
 uint64_t warp_collective(unsigned mask, WarpOp op, uint64_t value, int arg, int width);
 unsigned warp_exists_mask();
 
+// cp.async (global -> shared, `bytes` of which the first `src_bytes` are read and the rest
+// zero-filled), commit_group and wait_group. Under the round-robin schedule a copy lands when a
+// wait_group covers its group (the latest a GPU may land it: a missing or short wait reads stale
+// shared memory); under the random schedule it lands at issue (the earliest: a copy issued into
+// a buffer other threads still read, without a barrier between, corrupts their reads). A thread
+// that exits with copies it never waited for fails the launch.
+void cp_async(void* dst, const void* src, unsigned bytes, unsigned src_bytes);
+void cp_async_commit();
+void cp_async_wait(int pending_groups);
+
 // A kernel's host twin: parameter sizes (checked against the PTX .entry at module load) and a
 // function that runs one CUDA thread with the arguments unpacked from a packed buffer.
 struct KernelEntry {

@@ -29,6 +29,13 @@ enum class St : unsigned char { Unstarted, Running, Ready, AtBarrier, AtWarp, Do
 
 struct Fiber;
 
+struct PendingCopy {
+    void* dst;
+    const void* src;
+    unsigned bytes, src_bytes, group;
+    bool landed;  // random schedule: landed at issue, still pending until a wait covers it
+};
+
 struct ThreadState {
     dim3 tid;
     unsigned linear = 0;
@@ -38,6 +45,8 @@ struct ThreadState {
     unsigned mask = 0;
     uint64_t value = 0, result = 0;
     int arg = 0, width = 32, pred = 0;
+    std::vector<PendingCopy> copies;  // cp.async issued and not yet covered by a wait
+    unsigned groups = 0;              // cp.async groups committed so far
 };
 
 struct Fiber {
@@ -184,6 +193,9 @@ void fiber_main(Fiber* f) {
             f->th = t;
             tls_thread = t;
             b->spec->kernel->run(b->spec->args.data());
+            if (!t->copies.empty())
+                fail(b, t, "exited with " + std::to_string(t->copies.size()) +
+                               " cp.async copies never waited for (cp.async.wait_group)");
             t->st = St::Done;
             b->ndone++;
             tls_thread = nullptr;
@@ -469,6 +481,45 @@ int syncthreads_count(int p) {
     b->count_acc += p != 0;
     syncthreads();
     return b->count_result;
+}
+
+namespace {
+void land(const PendingCopy& c) {
+    std::memcpy(c.dst, c.src, c.src_bytes);
+    std::memset(static_cast<unsigned char*>(c.dst) + c.src_bytes, 0, c.bytes - c.src_bytes);
+}
+}  // namespace
+
+void cp_async(void* dst, const void* src, unsigned bytes, unsigned src_bytes) {
+    ThreadState* t = tls_thread;
+    if (src_bytes > bytes || (bytes != 4 && bytes != 8 && bytes != 16)) {
+        fail(tls_block, t, "cp.async of " + std::to_string(bytes) + " bytes with src-size " +
+                               std::to_string(src_bytes) + " (PTX: 4, 8 or 16, src-size <= size)");
+        yield(t);
+    }
+    if (reinterpret_cast<uintptr_t>(dst) % bytes || (src_bytes && reinterpret_cast<uintptr_t>(src) % bytes)) {
+        fail(tls_block, t, "cp.async of " + std::to_string(bytes) + " bytes from a misaligned address");
+        yield(t);
+    }
+    PendingCopy c{dst, src, bytes, src_bytes, t->groups, schedule().random};
+    if (c.landed) land(c);
+    t->copies.push_back(c);
+}
+
+void cp_async_commit() { tls_thread->groups++; }
+
+void cp_async_wait(int pending_groups) {
+    ThreadState* t = tls_thread;
+    // Groups g < groups - pending_groups must be complete; uncommitted copies are in no group
+    // and stay pending (as on a GPU).
+    const long long done_below = static_cast<long long>(t->groups) - pending_groups;
+    size_t keep = 0;
+    for (size_t i = 0; i < t->copies.size(); ++i) {
+        const PendingCopy& c = t->copies[i];
+        if (static_cast<long long>(c.group) >= done_below) t->copies[keep++] = c;
+        else if (!c.landed) land(c);
+    }
+    t->copies.resize(keep);
 }
 
 unsigned warp_exists_mask() {

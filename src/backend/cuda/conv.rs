@@ -1,4 +1,5 @@
-//! Convolutions on the device: kernels/conv.cu (v1 direct, v2 implicit GEMM, tensor-core
+//! Convolutions on the device: kernels/conv.cu (v1 direct, v2 implicit GEMM, v3 implicit GEMM
+//! on 128-column tiles with cp.async stages and split-K backward-filter, tensor-core
 //! `_tf32_v1` / `_bf16_v1` implicit GEMM) and the bias gradient in kernels/reduce.cu.
 use super::kernel_table::{self as kt, Kernel};
 use super::{as_i32, grid_1d, ConvVersion, CudaBackend};
@@ -57,10 +58,13 @@ impl Geom {
     }
 }
 
-/// The kernels of one conv pass, one per (precision, version); each set shares one signature.
+/// The kernels of one conv pass, one per (precision, version); each set shares one signature
+/// (backward-filter v3 takes a split-K `chunk` more).
 struct ConvKernels {
     v1: Kernel,
     v2: Kernel,
+    v3: Kernel,
+    v3_m64: Kernel,
     tf32: Kernel,
     bf16: Kernel,
 }
@@ -68,18 +72,24 @@ struct ConvKernels {
 const FWD: ConvKernels = ConvKernels {
     v1: kt::CONV_FWD_V1,
     v2: kt::CONV_FWD_V2,
+    v3: kt::CONV_FWD_V3,
+    v3_m64: kt::CONV_FWD_V3_M64,
     tf32: kt::CONV_FWD_TF32,
     bf16: kt::CONV_FWD_BF16,
 };
 const BWD_DATA: ConvKernels = ConvKernels {
     v1: kt::CONV_BWD_DATA_V1,
     v2: kt::CONV_BWD_DATA_V2,
+    v3: kt::CONV_BWD_DATA_V3,
+    v3_m64: kt::CONV_BWD_DATA_V3_M64,
     tf32: kt::CONV_BWD_DATA_TF32,
     bf16: kt::CONV_BWD_DATA_BF16,
 };
 const BWD_FILTER: ConvKernels = ConvKernels {
     v1: kt::CONV_BWD_FILTER_V1,
     v2: kt::CONV_BWD_FILTER_V2,
+    v3: kt::CONV_BWD_FILTER_V3,
+    v3_m64: kt::CONV_BWD_FILTER_V3_M64,
     tf32: kt::CONV_BWD_FILTER_TF32,
     bf16: kt::CONV_BWD_FILTER_BF16,
 };
@@ -95,6 +105,40 @@ pub(super) fn gemm_grid(m: usize, n: usize) -> LaunchConfig {
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     }
+}
+
+/// Rows per block tile of the v3 kernels (the heuristic of kernels/conv.cu): 64 when the GEMM
+/// has at most 64 rows, or when 128-row tiles would not fill one wave of an H100/H200's 132
+/// SMs; 128 otherwise.
+pub(super) fn v3_tile_rows(rows: usize, cols: usize) -> usize {
+    const SMS: usize = 132;
+    if rows <= 64 || rows.div_ceil(128) * cols.div_ceil(128) < SMS {
+        64
+    } else {
+        128
+    }
+}
+
+/// Grid of the v3 kernels for an [m, n] output in `splits` reduction slices on tiles of `bm`
+/// rows (64 or 128), and the kernel of that tile height.
+fn v3_launch(
+    ks: &ConvKernels,
+    bm: usize,
+    m: usize,
+    n: usize,
+    splits: usize,
+) -> (Kernel, LaunchConfig) {
+    let kern = if bm == 64 { ks.v3_m64 } else { ks.v3 };
+    let cfg = LaunchConfig {
+        grid_dim: (
+            n.div_ceil(128).max(1) as u32,
+            m.div_ceil(bm).max(1) as u32,
+            splits.max(1) as u32,
+        ),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    (kern, cfg)
 }
 
 impl CudaBackend {
@@ -140,7 +184,7 @@ impl CudaBackend {
                 stride,
                 pad,
             } = g;
-            // SAFETY: conv2d_fwd_{f32_v1,f32_v2,tf32_v1,bf16_v1}(const float* x, const float* w, const float* b,
+            // SAFETY: conv2d_fwd_{f32_v1,f32_v2,f32_v3,m64_f32_v3,tf32_v1,bf16_v1}(const float* x, const float* w, const float* b,
             // float* y, int N, int C, int H, int W, int K, int R, int P, int Q, int stride,
             // int pad, int has_bias); x, w, b, y hold N*C*H*W, K*C*R*R, K, N*K*P*Q values
             // (checked by Geom::new and the bias check above); block size from pick.
@@ -252,7 +296,7 @@ impl CudaBackend {
         let mut dx = self.alloc(total, "conv2d dx")?;
         if total > 0 && dy.numel() > 0 {
             let (kern, cfg) = self.pick(&BWD_DATA, total, g.c);
-            // SAFETY: conv2d_bwd_data_{f32_v1,f32_v2,tf32_v1,bf16_v1}(const float* dy, const float* w, float* dx,
+            // SAFETY: conv2d_bwd_data_{f32_v1,f32_v2,f32_v3,m64_f32_v3,tf32_v1,bf16_v1}(const float* dy, const float* w, float* dx,
             // <geometry>); dy, w, dx hold N*K*P*Q, K*C*R*R, N*C*H*W values.
             unsafe { self.launch_bwd(kern, cfg, dys, ws, dx.slice_mut(), g) }?;
         } else if total > 0 {
@@ -270,12 +314,9 @@ impl CudaBackend {
         let dys = self.dev_slice(dy, OP)?;
         let wtotal = w.numel();
         let mut dw = self.alloc(wtotal, "conv2d dw")?;
-        let split = match (self.precision, self.conv_version) {
-            (Precision::F32, ConvVersion::V3) => splitk_plan(g),
-            _ => None,
-        };
-        if let (true, Some(plan)) = (wtotal > 0, split) {
-            self.bwd_filter_splitk(xs, dys, &mut dw, g, plan)?;
+        let v3 = (self.precision, self.conv_version) == (Precision::F32, ConvVersion::V3);
+        if wtotal > 0 && v3 {
+            self.bwd_filter_v3(xs, dys, &mut dw, g)?;
         } else if wtotal > 0 {
             let (kern, cfg) = self.pick(&BWD_FILTER, wtotal, g.k);
             // SAFETY: conv2d_bwd_filter_{f32_v1,f32_v2,tf32_v1,bf16_v1}(const float* x, const float* dy, float* dw,
@@ -285,60 +326,31 @@ impl CudaBackend {
         Ok(self.tensor(w.shape(), dw))
     }
 
-    /// v3 backward-filter: split-K partials into a workspace, then their fixed-order sum.
-    fn bwd_filter_splitk(
+    /// v3 backward-filter: straight into dw when one slice of the reduction is enough, else
+    /// split-K partials into a workspace and their fixed-order sum.
+    fn bwd_filter_v3(
         &self,
         xs: &CudaSlice<f32>,
         dys: &CudaSlice<f32>,
         dw: &mut super::Block,
         g: &Geom,
-        plan: SplitK,
     ) -> Result<()> {
         let crr = g.c as usize * (g.r * g.r) as usize;
         let wtotal = g.k as usize * crr;
+        let red = g.n as usize * g.p as usize * g.q as usize;
+        let bm = self.v3_rows(g.k as usize, crr);
+        let plan = splitk_plan(g, bm).unwrap_or(SplitK {
+            splits: 1,
+            chunk: as_i32(red, "conv2d_backward", "N*P*Q")?,
+        });
+        let (kern, cfg) = v3_launch(&BWD_FILTER, bm, g.k as usize, crr, plan.splits);
+        if plan.splits == 1 {
+            // SAFETY: as in launch_filter_v3, with out = dw (K*C*R*R values) and one slice.
+            return unsafe { self.launch_filter_v3(kern, cfg, xs, dys, dw.slice_mut(), g, plan) };
+        }
         let mut ws = self.alloc(plan.splits * wtotal, "conv2d dw split-K workspace")?;
-        let mut cfg = gemm_grid(g.k as usize, crr);
-        cfg.grid_dim.2 = plan.splits as u32;
-        let Geom {
-            n,
-            c,
-            h,
-            w,
-            k,
-            r,
-            p,
-            q,
-            stride,
-            pad,
-        } = *g;
-        let chunk = plan.chunk;
-        // SAFETY: conv2d_bwd_filter_f32_v3(const float* x, const float* dy, float* ws, int N,
-        // int C, int H, int W, int K, int R, int P, int Q, int stride, int pad, int chunk); x, dy
-        // hold N*C*H*W, N*K*P*Q values, ws splits*K*C*R*R; grid.z = splits with
-        // (splits - 1) * chunk < N*P*Q (splitk_plan), 256 threads.
-        unsafe {
-            launch!(
-                self,
-                kt::CONV_BWD_FILTER_V3,
-                cfg,
-                [
-                    xs,
-                    dys,
-                    ws.slice_mut(),
-                    &n,
-                    &c,
-                    &h,
-                    &w,
-                    &k,
-                    &r,
-                    &p,
-                    &q,
-                    &stride,
-                    &pad,
-                    &chunk
-                ]
-            )
-        }?;
+        // SAFETY: as in launch_filter_v3: ws holds splits * K*C*R*R values.
+        unsafe { self.launch_filter_v3(kern, cfg, xs, dys, ws.slice_mut(), g, plan) }?;
         let (len, splits) = (wtotal as i64, plan.splits as i32);
         // SAFETY: conv2d_splitk_sum_f32_v1(const float* ws, float* out, long long n,
         // int splits); ws holds splits * n values, out n; grid-stride, any grid.
@@ -352,10 +364,51 @@ impl CudaBackend {
         }
     }
 
+    /// # Safety
+    /// conv2d_bwd_filter{,_m64}_f32_v3(const float* x, const float* dy, float* out, int N,
+    /// int C, int H, int W, int K, int R, int P, int Q, int stride, int pad, int chunk): `xs` and
+    /// `dys` must hold N*C*H*W and N*K*P*Q values, `out` plan.splits * K*C*R*R, and `cfg` be
+    /// v3_launch's grid for plan.splits with (splits - 1) * chunk < N*P*Q (splitk_plan).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn launch_filter_v3(
+        &self,
+        kern: Kernel,
+        cfg: LaunchConfig,
+        xs: &CudaSlice<f32>,
+        dys: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+        g: &Geom,
+        plan: SplitK,
+    ) -> Result<()> {
+        let Geom {
+            n,
+            c,
+            h,
+            w,
+            k,
+            r,
+            p,
+            q,
+            stride,
+            pad,
+        } = *g;
+        let chunk = plan.chunk;
+        // SAFETY: the caller's contract; the arguments follow the signature above.
+        unsafe {
+            launch!(
+                self,
+                kern,
+                cfg,
+                [xs, dys, out, &n, &c, &h, &w, &k, &r, &p, &q, &stride, &pad, &chunk]
+            )
+        }
+    }
+
     /// The kernel and launch for this backend's precision and version: f32 v1 a grid-stride
     /// loop over `total` outputs; f32 v2 a 64x64-tiled GEMM of `rows` x (total / rows) outputs
-    /// with 256 threads; tf32/bf16 the tensor-core GEMM on the same 64x64 tiles with 128
-    /// threads (the conv version does not apply to them).
+    /// with 256 threads; f32 v3 BM x 128 tiles (v3_tile_rows) with 256 threads; tf32/bf16 the
+    /// tensor-core GEMM on 64x64 tiles with 128 threads (the conv version does not apply to
+    /// them). Backward-filter v3 goes through bwd_filter_v3 instead.
     fn pick(&self, ks: &ConvKernels, total: usize, rows: i32) -> (Kernel, LaunchConfig) {
         let rows = rows.max(1) as usize;
         let tc = |k: Kernel| {
@@ -367,10 +420,17 @@ impl CudaBackend {
             (Precision::Tf32, _) => tc(ks.tf32),
             (Precision::Bf16, _) => tc(ks.bf16),
             (Precision::F32, ConvVersion::V1) => (ks.v1, grid_1d(total)),
-            (Precision::F32, ConvVersion::V2 | ConvVersion::V3) => {
-                (ks.v2, gemm_grid(rows, total / rows))
+            (Precision::F32, ConvVersion::V2) => (ks.v2, gemm_grid(rows, total / rows)),
+            (Precision::F32, ConvVersion::V3) => {
+                let cols = total / rows;
+                v3_launch(ks, self.v3_rows(rows, cols), rows, cols, 1)
             }
         }
+    }
+
+    /// Rows per v3 block tile for a [rows, cols] GEMM: the forced size, else the heuristic.
+    fn v3_rows(&self, rows: usize, cols: usize) -> usize {
+        self.v3_rows.unwrap_or_else(|| v3_tile_rows(rows, cols))
     }
 
     /// Launch a backward kernel (data or filter, either version): all four take
@@ -429,14 +489,15 @@ pub(super) struct SplitK {
     pub chunk: i32,
 }
 
-/// The v3 heuristic of kernels/conv.cu: enough splits to fill two waves of an H100's 132 SMs,
+/// The v3 heuristic of kernels/conv.cu: enough splits (over the v3 tiles) to fill two waves of
+/// an H100's 132 SMs,
 /// each split at least 4 K chunks (64) long, at most 64 splits and a 256 MiB workspace. None
 /// when one split is enough (then v2 writes dw directly).
-pub(super) fn splitk_plan(g: &Geom) -> Option<SplitK> {
+pub(super) fn splitk_plan(g: &Geom, bm: usize) -> Option<SplitK> {
     const TARGET_BLOCKS: usize = 2 * 132;
     const MAX_WS_BYTES: usize = 256 << 20;
     let crr = g.c as usize * (g.r * g.r) as usize;
-    let tiles = (g.k as usize).div_ceil(64) * crr.div_ceil(64);
+    let tiles = (g.k as usize).div_ceil(bm) * crr.div_ceil(128);
     let red = g.n as usize * g.p as usize * g.q as usize;
     let by_ws = MAX_WS_BYTES / (4 * g.k as usize * crr).max(1);
     let want = TARGET_BLOCKS
@@ -474,16 +535,31 @@ mod tests {
         }
     }
 
+    /// The plan at the tile height the heuristic picks for dw.
+    fn plan(g: &Geom) -> Option<SplitK> {
+        splitk_plan(g, v3_tile_rows(g.k as usize, (g.c * g.r * g.r) as usize))
+    }
+
+    #[test]
+    fn v3_tiles_are_tall_only_for_tall_gemms_that_fill_a_wave() {
+        assert_eq!(v3_tile_rows(64, 1 << 20), 64);
+        assert_eq!(v3_tile_rows(65, 1 << 20), 128);
+        // 2 row tiles x 65 column tiles = 130 blocks < 132 SMs: 64-row tiles double them.
+        assert_eq!(v3_tile_rows(256, 65 * 128), 64);
+        assert_eq!(v3_tile_rows(256, 66 * 128), 128);
+        assert_eq!(v3_tile_rows(1, 1), 64);
+    }
+
     #[test]
     fn splitk_plan_covers_the_reduction_with_no_empty_split() {
-        // VGG conv1_2 at batch 32: 9 tiles, N*P*Q 1.6M -> many splits.
+        // VGG conv1_2 at batch 32: 5 tiles of 64 x 128, N*P*Q 1.6M -> many splits.
         for g in [
             geom(32, 64, 224, 64, 3),
             geom(2, 3, 20, 5, 3),
             geom(1, 512, 7, 512, 3),
         ] {
             let red = (g.n * g.p * g.q) as usize;
-            if let Some(s) = splitk_plan(&g) {
+            if let Some(s) = plan(&g) {
                 assert!(s.splits >= 2 && s.splits <= 64);
                 assert_eq!(s.chunk % 16, 0);
                 let c = s.chunk as usize;
@@ -493,9 +569,9 @@ mod tests {
                 );
             }
         }
-        assert!(splitk_plan(&geom(32, 64, 224, 64, 3)).is_some());
-        assert!(splitk_plan(&geom(2, 3, 20, 5, 3)).is_some_and(|s| s.splits == 10));
+        assert!(plan(&geom(32, 64, 224, 64, 3)).is_some());
+        assert!(plan(&geom(2, 3, 20, 5, 3)).is_some_and(|s| s.splits == 10));
         // Wide and shallow: ResNet layer4 at batch 1 (N*P*Q 49) stays one split.
-        assert_eq!(splitk_plan(&geom(1, 512, 7, 512, 3)), None);
+        assert_eq!(plan(&geom(1, 512, 7, 512, 3)), None);
     }
 }

@@ -34,11 +34,16 @@ kernel_table! {
     BN_EVAL_BWD = "bn", "bn_eval_bwd_f32_v1";
     CONV_FWD_V1 = "conv", "conv2d_fwd_f32_v1";
     CONV_FWD_V2 = "conv", "conv2d_fwd_f32_v2";
+    CONV_FWD_V3 = "conv", "conv2d_fwd_f32_v3";
+    CONV_FWD_V3_M64 = "conv", "conv2d_fwd_m64_f32_v3";
     CONV_BWD_DATA_V1 = "conv", "conv2d_bwd_data_f32_v1";
     CONV_BWD_DATA_V2 = "conv", "conv2d_bwd_data_f32_v2";
+    CONV_BWD_DATA_V3 = "conv", "conv2d_bwd_data_f32_v3";
+    CONV_BWD_DATA_V3_M64 = "conv", "conv2d_bwd_data_m64_f32_v3";
     CONV_BWD_FILTER_V1 = "conv", "conv2d_bwd_filter_f32_v1";
     CONV_BWD_FILTER_V2 = "conv", "conv2d_bwd_filter_f32_v2";
     CONV_BWD_FILTER_V3 = "conv", "conv2d_bwd_filter_f32_v3";
+    CONV_BWD_FILTER_V3_M64 = "conv", "conv2d_bwd_filter_m64_f32_v3";
     CONV_SPLITK_SUM = "conv", "conv2d_splitk_sum_f32_v1";
     CONV_FWD_TF32 = "conv", "conv2d_fwd_tf32_v1";
     CONV_FWD_BF16 = "conv", "conv2d_fwd_bf16_v1";

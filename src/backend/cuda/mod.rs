@@ -466,20 +466,24 @@ pub enum ConvVersion {
     V1,
     /// Tiled implicit GEMM in shared memory.
     V2,
-    /// V2 with split-K backward-filter (partials reduced in a fixed order by a second kernel).
-    /// For linear GEMMs the same as V2.
+    /// Implicit GEMM on BM x 128 tiles (BM 128 or 64 by shape) with 8x8 / 4x8 register tiles
+    /// and two cp.async stages; split-K backward-filter (partials reduced in a fixed order by a
+    /// second kernel). The default. For linear GEMMs the same as V2.
     V3,
 }
 
 /// Same choice for the linear-layer GEMM.
 pub type GemmVersion = ConvVersion;
 
+#[derive(Clone)]
 pub struct CudaBackend {
     dev: Arc<Device>,
     conv_version: ConvVersion,
     gemm_version: GemmVersion,
     /// f32: the SIMT kernels of `conv_version`; tf32/bf16: the tensor-core kernels.
     precision: Precision,
+    /// Rows per block tile of the v3 convolutions: None picks by shape (conv::v3_tile_rows).
+    v3_rows: Option<usize>,
 }
 
 impl CudaBackend {
@@ -491,6 +495,7 @@ impl CudaBackend {
             conv_version: ConvVersion::V3,
             gemm_version: ConvVersion::V2,
             precision: Precision::F32,
+            v3_rows: None,
         })
     }
 
@@ -498,21 +503,35 @@ impl CudaBackend {
     /// baselines, and tests that check the versions against each other).
     pub fn with_versions(&self, conv: ConvVersion, gemm: GemmVersion) -> CudaBackend {
         CudaBackend {
-            dev: self.dev.clone(),
             conv_version: conv,
             gemm_version: gemm,
-            precision: self.precision,
+            ..self.clone()
         }
     }
 
     /// The same device with convolutions at `precision` (tf32/bf16: tensor-core kernels).
     pub fn with_precision(&self, precision: Precision) -> CudaBackend {
         CudaBackend {
-            dev: self.dev.clone(),
-            conv_version: self.conv_version,
-            gemm_version: self.gemm_version,
             precision,
+            ..self.clone()
         }
+    }
+
+    /// The same device with the v3 convolutions on block tiles of `rows` rows (64 or 128) for
+    /// every shape instead of the shape heuristic (tests reach both tile kernels on small
+    /// shapes; benchmarks compare them). None restores the heuristic.
+    pub fn with_v3_tile_rows(&self, rows: Option<usize>) -> Result<CudaBackend> {
+        if let Some(r) = rows {
+            if r != 64 && r != 128 {
+                return Err(Error::InvalidArg(format!(
+                    "v3 convolution tiles have 64 or 128 rows, not {r}"
+                )));
+            }
+        }
+        Ok(CudaBackend {
+            v3_rows: rows,
+            ..self.clone()
+        })
     }
 
     pub fn precision(&self) -> Precision {

@@ -70,3 +70,48 @@ extern "C" __global__ void emu_copy(const float* in, float* out, int n) {
 extern "C" __global__ void __launch_bounds__(128) emu_bounded(float* out) {
     out[threadIdx.x] = 1.0f;
 }
+
+// cp.async of one float (the emulator's cp_async under ADVLENS_CUDA_EMU, the PTX on NVRTC).
+__device__ __forceinline__ void emu_cp4(float* dst, const float* src) {
+#ifdef ADVLENS_CUDA_EMU
+    ::emu::cp_async(dst, src, 4, 4);
+#else
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src));
+#endif
+}
+__device__ __forceinline__ void emu_cp_commit() {
+#ifdef ADVLENS_CUDA_EMU
+    ::emu::cp_async_commit();
+#else
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+__device__ __forceinline__ void emu_cp_wait0() {
+#ifdef ADVLENS_CUDA_EMU
+    ::emu::cp_async_wait(0);
+#else
+    asm volatile("cp.async.wait_group 0;\n" ::);
+#endif
+}
+
+// Correct (block 32): out[t] = shared slot t read after its copy was issued but before the wait
+// (-1 if the copy has not landed: round-robin lands it at the wait, random at issue), out[32 + t]
+// read after the wait (always in[t]).
+extern "C" __global__ void emu_cp_async_timing(const float* in, float* out) {
+    __shared__ float s[32];
+    const int t = threadIdx.x;
+    s[t] = -1.0f;
+    emu_cp4(&s[t], &in[t]);
+    emu_cp_commit();
+    out[t] = s[t];
+    emu_cp_wait0();
+    out[32 + t] = s[t];
+}
+
+// Broken: copies issued and committed, never waited for.
+extern "C" __global__ void emu_cp_async_unwaited(float* out) {
+    __shared__ float s[32];
+    emu_cp4(&s[threadIdx.x], &out[threadIdx.x]);
+    emu_cp_commit();
+}
