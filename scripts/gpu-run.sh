@@ -63,6 +63,14 @@ run_bench() {
     step "bench_$net" 200 "$G/advlens" --device cuda bench conv --net "$net" --batch "$batch" \
       --json --out "$OUT/gpu_$net.json"
   done
+  # Our older f32 kernels on the same layers, each run with cuDNN beside it, so v1/v2/v3 compare
+  # through in-run ratios (v1, the direct kernels, with fewer iterations: it is the slow one).
+  step bench_resnet18_v2 200 "$G/advlens" --device cuda bench conv --net resnet18 --batch 32 \
+    --conv-version v2 --json --out "$OUT/gpu_resnet18_v2.json"
+  step bench_vgg16_v2 200 "$G/advlens" --device cuda bench conv --net vgg16 --batch 32 \
+    --conv-version v2 --json --out "$OUT/gpu_vgg16_v2.json"
+  step bench_resnet18_v1 200 "$G/advlens" --device cuda bench conv --net resnet18 --batch 32 \
+    --conv-version v1 --iters 5 --warmup 1 --json --out "$OUT/gpu_resnet18_v1.json"
   step bench_resnet18_tf32 120 "$G/advlens" --device cuda bench conv --net resnet18 --batch 32 \
     --cudnn-tf32 --json --out "$OUT/gpu_resnet18_tf32.json"
   # Our tensor-core kernels at each precision (cuDNN at TF32 beside tf32; bf16 has no cuDNN

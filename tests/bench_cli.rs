@@ -162,3 +162,103 @@ fn bench_conv_cuda_without_gpu_explains() {
     );
     assert!(!lines[0].contains("panicked"), "{err}");
 }
+
+/// `bench conv` on CUDA for every kernel choice: f32 with the default (v3) and with
+/// `--conv-version v1|v2`, and the tensor-core kernels at `--precision tf32|bf16`. Each report
+/// names the kernels it timed and the precision, carries positive times for the three passes,
+/// and, on the emulated driver, says that its timings are not GPU timings. One small layer at
+/// input 64, so the emulator's warp-shuffle MMA twin stays cheap.
+#[test]
+fn bench_conv_runs_every_kernel_choice_on_cuda() {
+    let cases: [(&str, Option<&str>, &str); 5] = [
+        ("f32", None, "v3 (default)"),
+        ("f32", Some("v1"), "v1 (--conv-version)"),
+        ("f32", Some("v2"), "v2 (--conv-version)"),
+        ("tf32", None, "tf32 tensor-core v1"),
+        ("bf16", None, "bf16 tensor-core v1"),
+    ];
+    let emulated = std::env::var("ADVLENS_CUDA_EMULATED").is_ok_and(|v| v == "1");
+    for (precision, version, kernels) in cases {
+        let mut args = vec![
+            "--device",
+            "cuda",
+            "--precision",
+            precision,
+            "--json",
+            "bench",
+            "conv",
+            "--net",
+            "resnet18",
+            "--input",
+            "64",
+            "--batch",
+            "1",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--layers",
+            "layer3.0.downsample.0",
+        ];
+        if let Some(v) = version {
+            args.extend(["--conv-version", v]);
+        }
+        let out = advlens(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            assert!(
+                err.contains("device unavailable") || err.contains("without the `cuda` feature"),
+                "{precision} {version:?}: {err}"
+            );
+            common::skip_gpu("bench_conv_runs_every_kernel_choice_on_cuda", &err.trim());
+            return;
+        }
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+        let case = format!("{precision} {version:?}");
+        assert!(
+            r["device"].as_str().is_some_and(|d| d.starts_with("cuda")),
+            "{case}: {r}"
+        );
+        assert_eq!(r["dtype"], precision, "{case}");
+        assert_eq!(r["kernels"], kernels, "{case}");
+        assert_eq!(r["emulated"], emulated, "{case}");
+        for pass in ["forward", "backward_data", "backward_filter"] {
+            positive(
+                &r["totals"][pass]["ours"]["ms"],
+                &format!("{case} {pass} ms"),
+            );
+        }
+        println!("{case}: {kernels}, emulated {emulated}");
+    }
+}
+
+/// `--conv-version` names a CUDA f32 kernel version; anything else is refused before any device
+/// is opened: an unknown version, the CPU, and a reduced precision (whose tensor-core kernels
+/// have one version).
+#[test]
+fn bench_conv_refuses_a_conv_version_that_cannot_apply() {
+    let run = |extra: &[&str]| {
+        let mut a = vec!["bench", "conv", "--net", "resnet18", "--layers", "conv1"];
+        a.splice(0..0, extra.iter().copied().take(2));
+        a.extend(extra.iter().copied().skip(2));
+        let out = advlens(&a);
+        assert!(!out.status.success(), "{extra:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&["--device", "cuda", "--conv-version", "v9"]);
+    assert!(err.contains("v9") && err.contains("v3"), "{err}");
+    let err = run(&["--device", "cpu", "--conv-version", "v2"]);
+    assert!(
+        err.contains("--conv-version") && err.contains("CPU"),
+        "{err}"
+    );
+    let err = run(&[
+        "--device",
+        "cuda",
+        "--conv-version",
+        "v2",
+        "--precision",
+        "tf32",
+    ]);
+    assert!(err.contains("tensor-core") && err.contains("tf32"), "{err}");
+}

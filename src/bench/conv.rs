@@ -194,7 +194,50 @@ pub struct ConvBenchConfig {
     pub cudnn_tf32: bool,
     /// Convolution precision of ours (and of cuDNN: tf32 allows its TF32 math).
     pub precision: Precision,
+    /// Our CUDA f32 kernels to time: "v1", "v2" or "v3" (None: the backend's default, v3).
+    pub conv_version: Option<String>,
     pub seed: u64,
+}
+
+/// `--conv-version` values: our CUDA f32 convolution kernels.
+pub const CONV_VERSIONS: &[&str] = &["v1", "v2", "v3"];
+
+impl ConvBenchConfig {
+    /// Which of our kernels are timed, for the report ("v3 (default)" unless chosen).
+    fn kernels(&self, gpu: bool) -> String {
+        match (&self.conv_version, gpu, self.precision) {
+            (_, false, _) => "cpu".into(),
+            (_, true, Precision::F32) => match &self.conv_version {
+                Some(v) => format!("{v} (--conv-version)"),
+                None => "v3 (default)".into(),
+            },
+            (_, true, p) => format!("{p} tensor-core v1"),
+        }
+    }
+
+    /// `--conv-version` must name a kernel version and can only apply to CUDA f32.
+    pub fn validate_conv_version(&self, gpu: bool) -> Result<()> {
+        let Some(v) = &self.conv_version else {
+            return Ok(());
+        };
+        if !CONV_VERSIONS.contains(&v.as_str()) {
+            return Err(Error::unknown("conv version", v.clone(), CONV_VERSIONS));
+        }
+        if !gpu {
+            return Err(Error::InvalidArg(
+                "--conv-version chooses CUDA kernels; the CPU backend has one convolution path"
+                    .into(),
+            ));
+        }
+        if self.precision != Precision::F32 {
+            return Err(Error::InvalidArg(format!(
+                "--conv-version chooses the f32 SIMT kernels; --precision {} runs the \
+                 tensor-core kernels, which have one version",
+                self.precision
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Time and rate of one pass.
@@ -286,6 +329,8 @@ pub struct ConvBenchReport {
     pub iters: usize,
     pub timing: &'static str,
     pub flop_count: &'static str,
+    /// Which of our kernels were timed: "cpu", "v1|v2|v3 ..." (CUDA f32), "tf32 tensor-core v1".
+    pub kernels: String,
     /// What `baseline` figures are.
     pub baseline: String,
     /// Why there are no baseline figures, when there are none.
@@ -385,8 +430,10 @@ fn report(
             peak,
         ),
     };
+    let kernels = cfg.kernels(device != "cpu");
     ConvBenchReport {
         bench: "conv",
+        kernels,
         net: cfg.net.clone(),
         input: cfg.input,
         batch: cfg.batch,
@@ -503,7 +550,18 @@ pub fn run_cuda(cfg: &ConvBenchConfig, ordinal: usize) -> Result<ConvBenchReport
     use std::sync::Arc;
 
     let layers = selected_layers(cfg)?;
-    let be = Arc::new(CudaBackend::new(ordinal)?.with_precision(cfg.precision));
+    use crate::backend::cuda::ConvVersion;
+    cfg.validate_conv_version(true)?;
+    let mut cuda = CudaBackend::new(ordinal)?.with_precision(cfg.precision);
+    if let Some(v) = &cfg.conv_version {
+        let conv = match v.as_str() {
+            "v1" => ConvVersion::V1,
+            "v2" => ConvVersion::V2,
+            _ => ConvVersion::V3,
+        };
+        cuda = cuda.with_versions(conv, cuda.gemm_version());
+    }
+    let be = Arc::new(cuda);
     let sync_be = be.clone();
     let sync = move || sync_be.synchronize();
     let peak = Some(
@@ -650,8 +708,8 @@ pub fn render(r: &ConvBenchReport) -> String {
     );
     let _ = writeln!(
         s,
-        "timing: median of {} runs after {} warm-up runs, synchronized; baseline: {}",
-        r.iters, r.warmup, r.baseline
+        "timing: median of {} runs after {} warm-up runs, synchronized; ours: {}; baseline: {}",
+        r.iters, r.warmup, r.kernels, r.baseline
     );
     if r.emulated {
         let _ = writeln!(s, "{EMULATED_NOTE}");

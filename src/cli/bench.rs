@@ -84,6 +84,10 @@ pub struct ConvArgs {
     /// always on with --precision tf32).
     #[arg(long)]
     pub cudnn_tf32: bool,
+    /// Our CUDA f32 kernels to time against the baseline: v1 (direct), v2 (64x64 tiles) or v3
+    /// (128x128 / 64x128 tiles, cp.async; the default). CUDA and f32 only.
+    #[arg(long)]
+    pub conv_version: Option<String>,
     /// Also write the JSON report to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -148,8 +152,10 @@ fn run_conv(ctx: &Ctx, a: &ConvArgs) -> Result<()> {
         peak_tflops: a.peak_tflops,
         cudnn_tf32: a.cudnn_tf32,
         precision: ctx.precision,
+        conv_version: a.conv_version.clone(),
         seed: ctx.seed,
     };
+    cfg.validate_conv_version(gpu)?;
     if cfg.iters == 0 {
         return Err(Error::InvalidArg("--iters must be at least 1".into()));
     }

@@ -509,6 +509,11 @@ impl CudaBackend {
         }
     }
 
+    /// The linear-layer GEMM version in use.
+    pub fn gemm_version(&self) -> GemmVersion {
+        self.gemm_version
+    }
+
     /// The same device with convolutions at `precision` (tf32/bf16: tensor-core kernels).
     pub fn with_precision(&self, precision: Precision) -> CudaBackend {
         CudaBackend {
