@@ -66,14 +66,15 @@ fn beats_nb(v: f32, best: f32) -> bool {
     (v > best) | (v.is_nan() & !best.is_nan())
 }
 
-/// The first maximum of the window [a0 a1; b0 b1] and its position 0..4 in row-major order.
+/// The first maximum of the window [a0 a1; b0 b1] and its position 0..4 in row-major order,
+/// with blends rather than selects so that a row of windows compiles to vector code.
 #[inline(always)]
-fn max_2x2(a: &[f32], b: &[f32]) -> (f32, usize) {
-    let (mut best, mut arg) = (a[0], 0);
+fn max_2x2(a: &[f32], b: &[f32]) -> (f32, u32) {
+    let (mut best, mut arg) = (a[0], 0u32);
     for (v, i) in [(a[1], 1), (b[0], 2), (b[1], 3)] {
-        let t = beats_nb(v, best);
-        best = if t { v } else { best };
-        arg = if t { i } else { arg };
+        let m = mask(beats_nb(v, best));
+        best = blend_f32(m, v, best);
+        arg = blend_u32(m, i, arg);
     }
     (best, arg)
 }
@@ -97,7 +98,7 @@ fn route_2x2(r0: &[f32], r1: &[f32], dy: &[f32], d0: &mut [f32], d1: &mut [f32])
         .zip(d1.chunks_exact_mut(2))
     {
         let (_, at) = max_2x2(a, b);
-        let only = |i: usize| f32::from_bits(g.to_bits() & mask(at == i));
+        let only = |i: u32| f32::from_bits(g.to_bits() & mask(at == i));
         e0[0] = only(0);
         e0[1] = only(1);
         e1[0] = only(2);
