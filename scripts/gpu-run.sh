@@ -99,6 +99,27 @@ run_e2e() {
   done
   step eval_cuda 60 "$G/advlens" --device cuda --json eval \
     --ckpt "$runs/train_cuda/last.safetensors" --data "$d/test.safetensors"
+  # Issue 11: training with tf32 / bf16 convolutions must reach f32's accuracy within 0.5
+  # points (small-vgg16, 3 epochs on the packed slice, validated on its test images).
+  for prec in f32 tf32 bf16; do
+    step "train_small-vgg16_$prec" 300 "$G/advlens" --device cuda --precision "$prec" --json \
+      train --model small-vgg16 --data "$d/train.safetensors" --val "$d/test.safetensors" \
+      --epochs 3 --out "$runs/vgg_$prec"
+  done
+  python3 - "$runs" >"$OUT/precision_check.txt" 2>&1 <<'PY'
+import json, sys, pathlib
+runs = pathlib.Path(sys.argv[1])
+def top1(p):
+    h = json.loads((runs / f"vgg_{p}" / "train.json").read_text())["history"]
+    return 100.0 * h[-1]["val"]["top1"]
+ref = top1("f32")
+print(f"small-vgg16, 3 epochs, validation top-1: f32 {ref:.2f}%")
+for p in ("tf32", "bf16"):
+    a = top1(p)
+    ok = abs(a - ref) <= 0.5
+    print(f"{p}: {a:.2f}% ({a - ref:+.2f} points vs f32; bound 0.5) {'PASS' if ok else 'FAIL'}")
+PY
+  echo "precision_check rc=$?" | tee -a "$summary"
   step reproduce_quick_cuda 300 "$G/advlens" --device cuda --json reproduce --profile quick \
     --data "$d" --hierarchy data/wordnet/fashion_mnist_hierarchy.json --out "$runs/quick"
 }
