@@ -112,6 +112,62 @@ fn units_moved_out(r: &Value, out: &Path) {
 
 /// The three forms of the fine-tune are decided side by side, the matched one at the beta the
 /// scale probe measured, and the report says which findings turn on the choice.
+/// The checkpoint an analysis stage read: its stage key's `ckpt` (folder stages) or the
+/// `checkpoint` its command reported (E7).
+fn checkpoint_read(analysis: &Value) -> String {
+    if let Some(c) = analysis["checkpoint"].as_str() {
+        return c.to_string();
+    }
+    let dir = analysis["dir"]
+        .as_str()
+        .expect("an analysis names its folder");
+    let key: Value =
+        serde_json::from_slice(&std::fs::read(Path::new(dir).join("stage-key.json")).unwrap())
+            .unwrap();
+    key["b"]["ckpt"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{dir}/stage-key.json names no ckpt"))
+        .to_string()
+}
+
+/// Every after-analysis of every E6 form read the checkpoint of that form's own fine-tune of
+/// that model: the paper's from E6, the others from their `e6` (so the variants cannot have
+/// analysed each other's, or the paper's, models). The nine checkpoints are distinct.
+fn analyses_read_their_own_checkpoints(r: &Value) {
+    let vs = r["E6_variants"].as_array().expect("E6_variants");
+    let mut all = std::collections::BTreeSet::new();
+    for (mi, e6) in r["E6"].as_array().expect("E6").iter().enumerate() {
+        let ckpt = e6["ckpt"].as_str().expect("E6 ckpt").to_string();
+        for e in ["E3", "E4", "E7"] {
+            let a = &r[e]["after"][mi]["result"];
+            assert_eq!(checkpoint_read(a), ckpt, "paper {e} after, model {mi}");
+        }
+        all.insert(ckpt);
+    }
+    for v in &vs[1..] {
+        let name = v["variant"].as_str().unwrap();
+        for (mi, (after, e6)) in v["after"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(v["e6"].as_array().unwrap())
+            .enumerate()
+        {
+            let ckpt = e6["ckpt"].as_str().expect("variant ckpt").to_string();
+            assert_eq!(
+                after["ckpt"].as_str(),
+                Some(ckpt.as_str()),
+                "{name} model {mi}"
+            );
+            for e in ["e3", "e4", "e7"] {
+                assert_eq!(checkpoint_read(&after[e]), ckpt, "{name} {e} model {mi}");
+            }
+            all.insert(ckpt);
+        }
+    }
+    assert_eq!(all.len(), 9, "three forms x three models: {all:?}");
+}
+
 fn variants_side_by_side(r: &Value, md: &str) {
     let vs = r["E6_variants"].as_array().expect("E6_variants");
     let names: Vec<&str> = vs.iter().map(|v| v["variant"].as_str().unwrap()).collect();
@@ -147,6 +203,7 @@ fn variants_side_by_side(r: &Value, md: &str) {
         assert_eq!(vs[1]["e6"][i]["config"]["consistency"], "relative");
         assert!(s["term"].as_f64().unwrap() > 0.0 && s["phi_values"].as_u64().unwrap() > 0);
     }
+    analyses_read_their_own_checkpoints(r);
     assert_eq!(scale[2]["batchnorm"], true, "small-resnet18 has BatchNorm");
     assert_eq!(scale[1]["batchnorm"], false, "small-vgg16 has none");
     assert!(md.contains("## The consistency term and its weight (E6 variants)"));
