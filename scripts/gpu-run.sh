@@ -73,8 +73,8 @@ run_bench() {
     --conv-version v1 --iters 5 --warmup 1 --json --out "$OUT/gpu_resnet18_v1.json"
   step bench_resnet18_tf32 120 "$G/advlens" --device cuda bench conv --net resnet18 --batch 32 \
     --cudnn-tf32 --json --out "$OUT/gpu_resnet18_tf32.json"
-  # Our tensor-core kernels at each precision (cuDNN at TF32 beside tf32; bf16 has no cuDNN
-  # baseline yet, the report says so).
+  # Our tensor-core kernels at each precision, cuDNN at the same precision beside them (TF32
+  # math for tf32; BFLOAT16 tensors with FLOAT compute for bf16, never run before a GPU session).
   for prec in tf32 bf16; do
     for nb in resnet18:32 vgg16:32; do
       local net=${nb%:*} batch=${nb#*:}

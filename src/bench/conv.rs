@@ -596,12 +596,16 @@ pub fn run_cuda(cfg: &ConvBenchConfig, ordinal: usize) -> Result<ConvBenchReport
             Err(e) => (None, Some(e.to_string()), "cuDNN".to_string()),
         }
     };
+    // bf16: cuDNN on BFLOAT16 tensors (packed pairs, `pack_bf16`) with f32 accumulation.
     #[cfg(feature = "cudnn")]
-    let (cudnn, mut unavailable) = if cfg.precision == Precision::Bf16 {
-        let why = "no cuDNN bf16 baseline yet (it needs bf16 tensors and descriptors)";
-        (None, unavailable.or_else(|| Some(why.to_string())))
+    let (cudnn, mut unavailable, baseline) = if cfg.precision == Precision::Bf16 {
+        let desc = baseline.replace(
+            "TF32 tensor-core (CUDNN_DEFAULT_MATH)",
+            "BFLOAT16 tensors, FLOAT compute, tensor cores allowed (CUDNN_DEFAULT_MATH)",
+        );
+        (cudnn.map(|c| c.with_bf16()), unavailable, desc)
     } else {
-        (cudnn, unavailable)
+        (cudnn, unavailable, baseline)
     };
     #[cfg(not(feature = "cudnn"))]
     #[allow(unused_mut)]
@@ -619,9 +623,14 @@ pub fn run_cuda(cfg: &ConvBenchConfig, ordinal: usize) -> Result<ConvBenchReport
     let mut rng = Rng::new(cfg.seed);
     let mut times = Vec::with_capacity(layers.len());
     for l in &layers {
-        let x = be.upload(&random(&mut rng, &l.x_shape())?)?;
-        let w = be.upload(&random(&mut rng, &l.w_shape())?)?;
-        let dy = be.upload(&random(&mut rng, &l.y_shape())?)?;
+        let host = [
+            random(&mut rng, &l.x_shape())?,
+            random(&mut rng, &l.w_shape())?,
+            random(&mut rng, &l.y_shape())?,
+        ];
+        let x = be.upload(&host[0])?;
+        let w = be.upload(&host[1])?;
+        let dy = be.upload(&host[2])?;
         let p = l.params();
         let (wu, iu) = (cfg.warmup, cfg.iters);
         let fwd = median_time(wu, iu, &sync, &mut || be.conv2d(&x, &w, None, p).map(drop))?;
@@ -639,15 +648,33 @@ pub fn run_cuda(cfg: &ConvBenchConfig, ordinal: usize) -> Result<ConvBenchReport
         if let Some(c) = &cudnn {
             match c.plan(l.x_shape(), l.w_shape(), p) {
                 Ok(mut plan) => {
-                    let mut y = be.zeros(&l.y_shape())?;
-                    let mut dx = be.zeros(&l.x_shape())?;
-                    let mut dw = be.zeros(&l.w_shape())?;
-                    let cf = median_time(wu, iu, &sync, &mut || plan.forward(&x, &w, &mut y))?;
+                    let bf16 = cfg.precision == Precision::Bf16;
+                    let buf = |shape: [usize; 4]| -> Result<Tensor> {
+                        let n = crate::tensor::numel(&shape);
+                        be.zeros(&if bf16 {
+                            vec![n.div_ceil(2)]
+                        } else {
+                            shape.to_vec()
+                        })
+                    };
+                    let packed = |t: &Tensor| be.upload(&pack_bf16(t)?);
+                    let bufs = if bf16 {
+                        Some([packed(&host[0])?, packed(&host[1])?, packed(&host[2])?])
+                    } else {
+                        None
+                    };
+                    let (x, w, dy) = match &bufs {
+                        Some([a, b, c]) => (a, b, c),
+                        None => (&x, &w, &dy),
+                    };
+                    let mut y = buf(l.y_shape())?;
+                    let mut dx = buf(l.x_shape())?;
+                    let mut dw = buf(l.w_shape())?;
+                    let cf = median_time(wu, iu, &sync, &mut || plan.forward(x, w, &mut y))?;
                     let cd =
-                        median_time(wu, iu, &sync, &mut || plan.backward_data(&w, &dy, &mut dx))?;
-                    let cw = median_time(wu, iu, &sync, &mut || {
-                        plan.backward_filter(&x, &dy, &mut dw)
-                    })?;
+                        median_time(wu, iu, &sync, &mut || plan.backward_data(w, dy, &mut dx))?;
+                    let cw =
+                        median_time(wu, iu, &sync, &mut || plan.backward_filter(x, dy, &mut dw))?;
                     base = Some([cf, cd, cw]);
                     algorithms = Some(plan.algorithms());
                 }
@@ -684,6 +711,19 @@ pub fn run_cuda(_cfg: &ConvBenchConfig, _ordinal: usize) -> Result<ConvBenchRepo
          cudnn for the bench with its cuDNN baseline)"
             .into(),
     ))
+}
+
+/// The values of `t` rounded to bfloat16 (round to nearest even, the `half` crate) and packed two
+/// to an f32 slot, element 2i in the low 16 bits of slot i: the bytes of a dense bf16 tensor, for
+/// cuDNN's BFLOAT16 descriptors. An odd count leaves the last high half zero.
+pub fn pack_bf16(t: &Tensor) -> Result<Tensor> {
+    let v = t.cpu("pack_bf16")?;
+    let bits = |x: f32| u32::from(half::bf16::from_f32(x).to_bits());
+    let packed: Vec<f32> = v
+        .chunks(2)
+        .map(|p| f32::from_bits(bits(p[0]) | (p.get(1).map_or(0, |&h| bits(h)) << 16)))
+        .collect();
+    Tensor::from_vec(&[packed.len()], packed)
 }
 
 /// Printed above every table measured on the emulated driver.
@@ -773,6 +813,29 @@ pub fn render(r: &ConvBenchReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// bf16 packing: round to nearest even (1 + 2^-8 is a tie and goes to 1; 1 + 3 * 2^-9 rounds
+    /// up), element 2i in the low half, and an odd count's last high half zero.
+    #[test]
+    fn pack_bf16_rounds_and_packs_pairs_low_first() {
+        let v = [
+            1.0f32,
+            1.0 + 2f32.powi(-8),
+            1.0 + 3.0 * 2f32.powi(-9),
+            -2.5,
+            7.0,
+        ];
+        let t = Tensor::from_vec(&[5], v.to_vec()).unwrap();
+        let p = pack_bf16(&t).unwrap();
+        assert_eq!(p.shape(), &[3]);
+        let words: Vec<u32> = p.cpu("test").unwrap().iter().map(|f| f.to_bits()).collect();
+        let bf = |x: f32| x.to_bits() >> 16;
+        assert_eq!(words[0] & 0xffff, bf(1.0));
+        assert_eq!(words[0] >> 16, bf(1.0), "the tie rounds to even (1.0)");
+        assert_eq!(words[1] & 0xffff, bf(1.0 + 2f32.powi(-7)), "rounds up");
+        assert_eq!(words[1] >> 16, bf(-2.5));
+        assert_eq!(words[2], bf(7.0), "odd count: high half zero");
+    }
 
     #[test]
     fn resnet18_layers_follow_torchvision() {

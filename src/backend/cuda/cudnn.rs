@@ -39,6 +39,9 @@ pub struct CudnnConv {
     version: usize,
     /// Allow TF32 tensor-core math (CUDNN_DEFAULT_MATH) instead of FMA-only fp32.
     tf32: bool,
+    /// Tensors and filters in bfloat16 (f32 accumulation, tensor cores allowed): the baseline of
+    /// `--precision bf16`. Its buffers hold packed bf16 pairs (see [`CudnnConvPlan`]).
+    bf16: bool,
 }
 
 impl Drop for CudnnConv {
@@ -84,12 +87,20 @@ impl CudnnConv {
             be: be.with_versions(be.conv_version, be.gemm_version),
             version,
             tf32,
+            bf16: false,
         };
         // SAFETY: the handle is valid (created above) and the stream outlives it (the backend
         // clone held in `conv` keeps the device, and so its stream, alive).
         unsafe { result::set_stream(handle, be.stream().cu_stream() as sys::cudaStream_t) }
             .map_err(cudnn_err("set stream"))?;
         Ok(conv)
+    }
+
+    /// The same handle planning bfloat16 convolutions (BFLOAT16 tensors and filters, FLOAT
+    /// compute type, tensor-core math allowed), cuDNN's counterpart of our `_bf16_v1` kernels.
+    pub fn with_bf16(mut self) -> CudnnConv {
+        self.bf16 = true;
+        self
     }
 
     /// cudnnGetVersion(), e.g. 90100 for 9.1.0.
@@ -122,7 +133,13 @@ impl CudnnConv {
                 prm.stride, prm.pad
             )));
         };
-        let f = sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
+        // Data type of x, w and y; the convolution's compute type is FLOAT in every mode.
+        let f = if self.bf16 {
+            sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16
+        } else {
+            sys::cudnnDataType_t::CUDNN_DATA_FLOAT
+        };
+        let acc = sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
         let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
         let xd = TensorDesc::new()?;
         let yd = TensorDesc::new()?;
@@ -137,7 +154,7 @@ impl CudnnConv {
             ])
         };
         let (pad, stride) = (c_int(prm.pad, "pad")?, c_int(prm.stride, "stride")?);
-        let math = if self.tf32 {
+        let math = if self.tf32 || self.bf16 {
             sys::cudnnMathType_t::CUDNN_DEFAULT_MATH
         } else {
             sys::cudnnMathType_t::CUDNN_FMA_MATH
@@ -159,7 +176,7 @@ impl CudnnConv {
                 1,
                 1,
                 sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
-                f,
+                acc,
             )
             .map_err(cudnn_err("convolution descriptor"))?;
             result::set_convolution_math_type(cd.0, math).map_err(cudnn_err("math type"))?;
@@ -282,7 +299,9 @@ fn zeroed_perf<T: Copy>() -> T {
     unsafe { std::mem::zeroed() }
 }
 
-/// One convolution geometry, ready to run its three passes.
+/// One convolution geometry, ready to run its three passes. In bf16 mode every buffer is an f32
+/// tensor of ceil(elements / 2) slots holding bfloat16 pairs (element 2i in the low half of slot
+/// i, as `bench::conv::pack_bf16` writes them), so cuDNN reads the bytes of a dense bf16 tensor.
 pub struct CudnnConvPlan<'a> {
     cudnn: &'a CudnnConv,
     xd: TensorDesc,
@@ -316,6 +335,21 @@ impl CudnnConvPlan<'_> {
     }
 
     fn check(&self, t: &Tensor, want: &[usize], what: &str) -> Result<()> {
+        if self.cudnn.bf16 {
+            // Packed bf16 pairs: half as many f32 slots as the plan's elements, rounded up.
+            let elems: usize = want.iter().product();
+            if t.numel() != elems.div_ceil(2) {
+                return Err(Error::shape(
+                    "cudnn_conv",
+                    format!(
+                        "{what} holds {} packed bf16 pairs, the plan's {want:?} needs {}",
+                        t.numel(),
+                        elems.div_ceil(2)
+                    ),
+                ));
+            }
+            return Ok(());
+        }
         if t.shape() != want {
             return Err(Error::shape(
                 "cudnn_conv",
