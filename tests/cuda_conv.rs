@@ -20,37 +20,9 @@ use advlens::backend::{Backend, Conv2dParams};
 use advlens::bench::conv::conv_layers;
 use advlens::rng::Rng;
 use advlens::Tensor;
-use common::{assert_within, host, randn};
-
-const U32: f64 = 1.0 / 16_777_216.0;
-
-fn gamma(n: usize) -> f64 {
-    let nu = n as f64 * U32;
-    nu / (1.0 - nu)
-}
-
-fn gpu(test: &str) -> Option<CudaBackend> {
-    match CudaBackend::new(0) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            common::skip_gpu(test, &e);
-            None
-        }
-    }
-}
-
-fn seed() -> u64 {
-    let s = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1);
-    println!("seed {s}");
-    s
-}
-
-fn t(shape: &[usize], v: Vec<f32>) -> Tensor {
-    Tensor::from_vec(shape, v).expect("shape")
-}
+use common::{
+    assert_within, cuda_or_skip as gpu, fresh_seed as seed, gamma, host, randn, tensor as t,
+};
 
 fn abs_t(x: &Tensor) -> Tensor {
     t(x.shape(), host(x).iter().map(|v| v.abs()).collect())

@@ -10,7 +10,7 @@ mod common;
 use std::sync::Arc;
 
 use advlens::backend::cpu::CpuBackend;
-use advlens::backend::cuda::{compile, kernel_table, ConvVersion, CudaBackend};
+use advlens::backend::cuda::{compile, kernel_table, ConvVersion};
 use advlens::backend::{AdamParams, Backend, Conv2dParams, DeviceRequest, Pool2dParams, SgdParams};
 use advlens::rng::Rng;
 use advlens::Tensor;
@@ -26,26 +26,7 @@ fn gpu(test: &str) -> Option<Arc<dyn Backend>> {
     }
 }
 
-fn gpu_concrete(test: &str) -> Option<CudaBackend> {
-    match CudaBackend::new(0) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            common::skip_gpu(test, &e);
-            None
-        }
-    }
-}
-
-fn seed() -> u64 {
-    // Fresh inputs every run (the failing seed is printed), so tests cannot pass by accident of
-    // one lucky draw.
-    let s = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1);
-    println!("seed {s}");
-    s
-}
+use common::{cuda_or_skip as gpu_concrete, fresh_seed as seed};
 
 /// The same host values on the CPU and on the GPU.
 fn pair(cpu: &CpuBackend, g: &dyn Backend, shape: &[usize], v: Vec<f32>) -> (Tensor, Tensor) {

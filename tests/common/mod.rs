@@ -206,3 +206,40 @@ pub fn tiny_dataset(
     .unwrap();
     std::sync::Arc::new(advlens::data::Dataset::open(path).unwrap())
 }
+
+/// Unit roundoff of f32 (2^-24).
+pub const U32: f64 = 1.0 / 16_777_216.0;
+
+/// gamma_n = n u / (1 - n u): the classic bound on the relative error of an n-term f32 sum.
+pub fn gamma(n: usize) -> f64 {
+    let nu = n as f64 * U32;
+    nu / (1.0 - nu)
+}
+
+/// A seed from the clock, printed: fresh inputs every run (the failing seed is in the log), so
+/// a test cannot pass by the luck of one draw.
+pub fn fresh_seed() -> u64 {
+    let s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    println!("seed {s}");
+    s
+}
+
+/// A host tensor of `shape` (panics on a length mismatch: a test bug).
+pub fn tensor(shape: &[usize], v: Vec<f32>) -> Tensor {
+    Tensor::from_vec(shape, v).expect("shape")
+}
+
+/// `cuda:0`, or None after `skip_gpu` (which fails under ADVLENS_REQUIRE_GPU=1).
+#[cfg(feature = "cuda")]
+pub fn cuda_or_skip(test: &str) -> Option<advlens::backend::cuda::CudaBackend> {
+    match advlens::backend::cuda::CudaBackend::new(0) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            skip_gpu(test, &e);
+            None
+        }
+    }
+}
