@@ -266,6 +266,42 @@ impl PackB for PaddedIm2col<'_> {
     }
 }
 
+/// dst = src for the short row copies of small planes (2 to 32 values): two overlapping
+/// fixed-size copies, which compile to a few vector moves, instead of a `memcpy` call, which
+/// costs more than such a copy (AlexNet w16 training: `memmove` 5% of the step before the 7x7
+/// grids, 11% with their 7-value rows filled by calls).
+#[inline]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    let n = src.len();
+    let dst = &mut dst[..n];
+    match n {
+        0 => {}
+        1..=3 => {
+            dst[0] = src[0];
+            dst[n - 1] = src[n - 1];
+            dst[n / 2] = src[n / 2];
+        }
+        4..=8 => copy_ends::<4>(dst, src),
+        9..=16 => copy_ends::<8>(dst, src),
+        17..=32 => copy_ends::<16>(dst, src),
+        _ => dst.copy_from_slice(src),
+    }
+}
+
+/// dst = src for N <= len <= 2N: the first N and the last N values, as fixed-size arrays.
+#[inline(always)]
+fn copy_ends<const N: usize>(dst: &mut [f32], src: &[f32]) {
+    let n = src.len();
+    for at in [0, n - N] {
+        if let (Ok(d), Ok(s)) = (
+            <&mut [f32; N]>::try_from(&mut dst[at..at + N]),
+            <&[f32; N]>::try_from(&src[at..at + N]),
+        ) {
+            *d = *s;
+        }
+    }
+}
+
 /// Copy x[C, H, W] into xp[C, H + 2 pad, W + 2 pad] with zero borders.
 fn pad_image(g: &Geom, x: &[f32], xp: &mut [f32]) {
     let (hp, wp, pad) = (g.h + 2 * g.pad, g.w + 2 * g.pad, g.pad);
@@ -277,7 +313,7 @@ fn pad_image(g: &Geom, x: &[f32], xp: &mut [f32]) {
             .zip(src.chunks_exact(g.w))
         {
             row[..pad].fill(0.0);
-            row[pad..pad + g.w].copy_from_slice(s);
+            copy_short(&mut row[pad..pad + g.w], s);
             row[pad + g.w..].fill(0.0);
         }
     }
@@ -439,7 +475,10 @@ impl Grid {
             for (h, row) in body.chunks_exact_mut(wg).enumerate() {
                 for (i, seg) in row.chunks_exact_mut(self.step).enumerate() {
                     seg[..pad].fill(0.0);
-                    seg[pad..].copy_from_slice(&xs[i * g.chw() + ci * hw + h * g.w..][..g.w]);
+                    copy_short(
+                        &mut seg[pad..],
+                        &xs[i * g.chw() + ci * hw + h * g.w..][..g.w],
+                    );
                 }
                 row[self.imgs * self.step..].fill(0.0);
             }
@@ -704,7 +743,7 @@ fn spread_group(g: &Geom, grid: &Grid, dys: &[f32], dyp: &mut [f32]) {
     for (i, dyn_) in dys.chunks_exact(g.k * g.pq()).enumerate() {
         for (ki, plane) in dyn_.chunks_exact(g.pq()).enumerate() {
             for (oi, row) in plane.chunks_exact(g.q).enumerate() {
-                dyp[ki * len + grid.pixel(1, i, oi)..][..g.q].copy_from_slice(row);
+                copy_short(&mut dyp[ki * len + grid.pixel(1, i, oi)..], row);
             }
         }
     }
@@ -746,7 +785,7 @@ fn spread_rows(g: &Geom, wp: usize, len: usize, dy: &[f32], dyp: &mut [f32]) {
     for (dst, src) in dyp.chunks_exact_mut(len).zip(dy.chunks_exact(g.pq())) {
         for (oi, row) in src.chunks_exact(g.q).enumerate() {
             let d = &mut dst[oi * wp..];
-            d[..g.q].copy_from_slice(row);
+            copy_short(d, row);
             if oi + 1 < g.p {
                 d[g.q..wp].fill(0.0);
             }
