@@ -294,7 +294,7 @@ fn conv_backward_matches_direct_loops_on_every_path() {
 /// 64 + 1 on 2x2 planes, 30 = 28 + 2 on 3x3, 6 = 5 + 1 on 7x7), C = 1, R = 1, 3, 5, pad 0, 1, 2
 /// (pad >= R too), stride 2, planes 1x1 to 7x7 and non-square, K past one 96-row GEMM block.
 #[test]
-fn grouped_small_planes_match_direct_loops() {
+fn conv_grouped_small_planes_match_direct_loops() {
     let be = CpuBackend::new();
     let mut rng = Rng::new(14);
     // (n, c, h, w, k, r, stride, pad)
@@ -324,14 +324,22 @@ fn grouped_small_planes_match_direct_loops() {
         let prm = Conv2dParams { stride: s, pad: p };
         let g = conv_geom("t", &x, &wt, prm).unwrap();
         let dy = rand_t(&mut rng, &[n, k, g.p, g.q]);
-        let (xs, ws, dys) = (x.as_cpu().unwrap(), wt.as_cpu().unwrap(), dy.as_cpu().unwrap());
+        let (xs, ws, dys) = (
+            x.as_cpu().unwrap(),
+            wt.as_cpu().unwrap(),
+            dy.as_cpu().unwrap(),
+        );
         let case = (n, c, h, w, k, r, s, p);
         let y = conv::forward(&g, xs, ws, b.as_cpu());
         let want = conv::naive_forward(&g, xs, ws, b.as_cpu());
         assert_close(&format!("forward {case:?}"), &y, &want);
         let gr = be.conv2d_backward(&x, &wt, &dy, prm, true).unwrap();
         let (dx_ref, dw_ref) = naive_backward(&g, xs, ws, dys);
-        assert_close(&format!("dx {case:?}"), gr.dx.unwrap().as_cpu().unwrap(), &dx_ref);
+        assert_close(
+            &format!("dx {case:?}"),
+            gr.dx.unwrap().as_cpu().unwrap(),
+            &dx_ref,
+        );
         assert_close(&format!("dw {case:?}"), gr.dw.as_cpu().unwrap(), &dw_ref);
     }
 }
@@ -339,7 +347,7 @@ fn grouped_small_planes_match_direct_loops() {
 /// The grouped paths give the same bits at any thread count (forward, dx) and from run to run
 /// at a fixed one (dw, whose per-thread runs depend on the count by design).
 #[test]
-fn grouped_small_planes_are_deterministic() {
+fn conv_grouped_small_planes_are_deterministic() {
     let mut rng = Rng::new(15);
     for &(n, c, h, w, k, r, s, p) in &[(70, 3, 2, 2, 20, 3, 1, 1), (40, 4, 7, 7, 24, 3, 2, 1)] {
         let x = rand_t(&mut rng, &[n, c, h, w]);
@@ -347,7 +355,11 @@ fn grouped_small_planes_are_deterministic() {
         let prm = Conv2dParams { stride: s, pad: p };
         let g = conv_geom("t", &x, &wt, prm).unwrap();
         let dy = rand_t(&mut rng, &[n, k, g.p, g.q]);
-        let (xs, ws, dys) = (x.as_cpu().unwrap(), wt.as_cpu().unwrap(), dy.as_cpu().unwrap());
+        let (xs, ws, dys) = (
+            x.as_cpu().unwrap(),
+            wt.as_cpu().unwrap(),
+            dy.as_cpu().unwrap(),
+        );
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
