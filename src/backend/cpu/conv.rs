@@ -990,7 +990,7 @@ mod tests {
     fn conv_copy_short_copies_every_length() {
         let src: Vec<f32> = (0..40).map(|v| v as f32 + 0.5).collect();
         for n in 0..=40 {
-            let mut dst = vec![-1.0f32; 44];
+            let mut dst = [-1.0f32; 44];
             super::copy_short(&mut dst[3..], &src[..n]);
             assert_eq!(&dst[3..3 + n], &src[..n], "len {n}");
             assert!(
