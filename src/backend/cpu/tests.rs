@@ -292,7 +292,7 @@ fn conv_backward_matches_direct_loops_on_every_path() {
 /// The grouped small-plane paths (images side by side on one padded grid: contiguous B runs at
 /// stride 1, gathers otherwise) against the direct loops: groups cut short by the batch (65 =
 /// 64 + 1 on 2x2 planes, 30 = 28 + 2 on 3x3, 6 = 5 + 1 on 7x7), C = 1, R = 1, 3, 5, pad 0, 1, 2
-/// (pad >= R too), stride 2, planes 1x1 to 7x7 and non-square, K past one 96-row GEMM block.
+/// (pad >= R too), R = 2, strides 2 and 3, planes 1x1 to 7x7 and non-square, K past one 96-row GEMM block.
 #[test]
 fn conv_grouped_small_planes_match_direct_loops() {
     let be = CpuBackend::new();
@@ -316,6 +316,9 @@ fn conv_grouped_small_planes_match_direct_loops() {
         (4, 2, 7, 7, 3, 5, 2, 2),
         (3, 1, 8, 6, 3, 3, 2, 0),
         (17, 2, 8, 8, 100, 3, 2, 1),
+        (5, 2, 5, 6, 3, 3, 3, 1),
+        (4, 2, 9, 5, 3, 5, 2, 1),
+        (3, 2, 6, 6, 4, 2, 2, 0),
         (1, 3, 4, 4, 5, 3, 1, 1),
     ] {
         let x = rand_t(&mut rng, &[n, c, h, w]);
