@@ -7,6 +7,8 @@
 //!   backward dx  stride 1: the forward convolution of dy with the flipped, transposed weights
 //!                (`transposed`); otherwise dcol[CRR, PQ] = w^T . dy_n, then col2im scatters
 //!                dcol into dx_n.
+//! Planes under `GROUP_COLS` output pixels run a group of images per product, packed from the
+//! group's zero-padded `Grid` (forward, and dw at stride 1) with no column matrix written.
 //! Column buffers are per-thread and reused across calls (no allocation in steady state).
 
 use std::cell::RefCell;
