@@ -7,6 +7,8 @@
 //!   backward dx  stride 1: the forward convolution of dy with the flipped, transposed weights
 //!                (`transposed`); otherwise dcol[CRR, PQ] = w^T . dy_n, then col2im scatters
 //!                dcol into dx_n.
+//! Planes under `GROUP_COLS` output pixels run a group of images per product, packed from the
+//! group's zero-padded `Grid` (forward, and dw at stride 1) with no column matrix written.
 //! Column buffers are per-thread and reused across calls (no allocation in steady state).
 
 use std::cell::RefCell;
@@ -266,6 +268,42 @@ impl PackB for PaddedIm2col<'_> {
     }
 }
 
+/// dst = src for the short row copies of small planes (2 to 32 values): two overlapping
+/// fixed-size copies, which compile to a few vector moves, instead of a `memcpy` call, which
+/// costs more than such a copy (AlexNet w16 training: `memmove` 5% of the step before the 7x7
+/// grids, 11% with their 7-value rows filled by calls).
+#[inline]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    let n = src.len();
+    let dst = &mut dst[..n];
+    match n {
+        0 => {}
+        1..=3 => {
+            dst[0] = src[0];
+            dst[n - 1] = src[n - 1];
+            dst[n / 2] = src[n / 2];
+        }
+        4..=8 => copy_ends::<4>(dst, src),
+        9..=16 => copy_ends::<8>(dst, src),
+        17..=32 => copy_ends::<16>(dst, src),
+        _ => dst.copy_from_slice(src),
+    }
+}
+
+/// dst = src for N <= len <= 2N: the first N and the last N values, as fixed-size arrays.
+#[inline(always)]
+fn copy_ends<const N: usize>(dst: &mut [f32], src: &[f32]) {
+    let n = src.len();
+    for at in [0, n - N] {
+        if let (Ok(d), Ok(s)) = (
+            <&mut [f32; N]>::try_from(&mut dst[at..at + N]),
+            <&[f32; N]>::try_from(&src[at..at + N]),
+        ) {
+            *d = *s;
+        }
+    }
+}
+
 /// Copy x[C, H, W] into xp[C, H + 2 pad, W + 2 pad] with zero borders.
 fn pad_image(g: &Geom, x: &[f32], xp: &mut [f32]) {
     let (hp, wp, pad) = (g.h + 2 * g.pad, g.w + 2 * g.pad, g.pad);
@@ -277,7 +315,7 @@ fn pad_image(g: &Geom, x: &[f32], xp: &mut [f32]) {
             .zip(src.chunks_exact(g.w))
         {
             row[..pad].fill(0.0);
-            row[pad..pad + g.w].copy_from_slice(s);
+            copy_short(&mut row[pad..pad + g.w], s);
             row[pad + g.w..].fill(0.0);
         }
     }
@@ -381,29 +419,170 @@ fn im2col_group(g: &Geom, xs: &[f32], col: &mut [f32]) -> usize {
     ld
 }
 
-/// y_i[K, PQ] = w . im2col(x_i) (+ b) for a group of images, as one product over their
-/// unfolded columns, then split back into the images' output planes.
+/// The images of a group side by side on one zero-padded grid per channel, xp[C, Hp, Wg] with
+/// Hp = H + 2 pad and Wg = G (W + pad) + pad: pixel (h, w) of image i lies at row pad + h,
+/// column i (W + pad) + pad + w, and neighbours share the pad columns between them. Every window
+/// of image i (rows oi*s + ki, columns i (W + pad) + oj*s + kj) lies inside the grid and reads
+/// zeros where the conv reads padding, so packing from it needs no bounds tests, and the copy
+/// is about 1/(R*R) of the column matrix it replaces.
+#[derive(Clone, Copy)]
+struct Grid {
+    imgs: usize,
+    hp: usize,
+    wg: usize,
+    /// Columns from one image to the next: W + pad.
+    step: usize,
+}
+
+impl Grid {
+    fn new(g: &Geom, imgs: usize) -> Grid {
+        let step = g.w + g.pad;
+        Grid {
+            imgs,
+            hp: g.h + 2 * g.pad,
+            wg: imgs * step + g.pad,
+            step,
+        }
+    }
+
+    fn len(&self, g: &Geom) -> usize {
+        g.c * self.hp * self.wg
+    }
+
+    /// Offset of B row (ci, ki, kj): where its pixel (0, 0) of image 0 reads.
+    fn row_base(&self, r: usize, row: usize) -> usize {
+        let (ci, ki, kj) = (row / (r * r), (row / r) % r, row % r);
+        (ci * self.hp + ki) * self.wg + kj
+    }
+
+    /// Offset of output row oi of image i from a row base, at stride s.
+    fn pixel(&self, s: usize, i: usize, oi: usize) -> usize {
+        oi * s * self.wg + i * self.step
+    }
+
+    /// Stride 1: B columns j = `pixel(1, i, oi) + oj` read row_base + j, one contiguous run per
+    /// B row; this many columns span every output pixel (the others, Wg - G*Q per output row,
+    /// are computed and dropped).
+    fn span(&self, g: &Geom) -> usize {
+        self.pixel(1, self.imgs - 1, g.p - 1) + g.q
+    }
+
+    /// Write the padded planes of the images xs[G, C, H, W].
+    fn fill(&self, g: &Geom, xs: &[f32], xp: &mut [f32]) {
+        let (hw, pad, wg) = (g.h * g.w, g.pad, self.wg);
+        for (ci, plane) in xp.chunks_exact_mut(self.hp * wg).enumerate() {
+            plane[..pad * wg].fill(0.0);
+            plane[(pad + g.h) * wg..].fill(0.0);
+            let body = &mut plane[pad * wg..(pad + g.h) * wg];
+            for (h, row) in body.chunks_exact_mut(wg).enumerate() {
+                for (i, seg) in row.chunks_exact_mut(self.step).enumerate() {
+                    seg[..pad].fill(0.0);
+                    copy_short(
+                        &mut seg[pad..],
+                        &xs[i * g.chw() + ci * hw + h * g.w..][..g.w],
+                    );
+                }
+                row[self.imgs * self.step..].fill(0.0);
+            }
+        }
+    }
+}
+
+/// The grouped im2col as a B operand gathered from a `Grid`: column j (image i, pixel oi, oj)
+/// of row (ci, ki, kj) is xp[row_base + offs[j]], offs[j] = pixel(s, i, oi) + oj*s. For
+/// strides other than 1, whose B rows are not contiguous runs of the grid.
+struct GridGather<'a> {
+    xp: &'a [f32],
+    offs: &'a [usize],
+    grid: Grid,
+    r: usize,
+}
+
+impl PackB for GridGather<'_> {
+    fn pack_panel(&self, p0: usize, j0: usize, w: usize, nr: usize, dst: &mut [f32]) {
+        let offs = &self.offs[j0..j0 + w];
+        for (p, grp) in dst.chunks_exact_mut(nr).enumerate() {
+            let src = &self.xp[self.grid.row_base(self.r, p0 + p)..];
+            for (d, &o) in grp.iter_mut().zip(offs) {
+                *d = src[o];
+            }
+            grp[w..].fill(0.0);
+        }
+    }
+}
+
+thread_local! {
+    /// The column offsets of `GridGather`.
+    static OFFS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+/// y_i[K, PQ] = w . im2col(x_i) (+ b) for a group of images, as one product whose B panels are
+/// packed from the group's `Grid` (no column matrix is written), then split back into the
+/// images' output planes.
 fn forward_group(g: &Geom, a: &PackedA, xs: &[f32], ys: &mut [f32], b: Option<&[f32]>) {
     let (crr, pq, k) = (g.crr(), g.pq(), g.k);
-    let cols = (xs.len() / g.chw()) * pq;
-    with_col(crr * cols, |col| {
-        let ld = im2col_group(g, xs, col);
-        with_buf(&YPAD, k * ld, |yp| {
-            let src = Mat {
-                data: col,
-                rs: ld,
-                cs: 1,
+    let grid = Grid::new(g, xs.len() / g.chw());
+    let a = ASrc::Packed(a);
+    with_buf(&XPAD, grid.len(g), |xp| {
+        grid.fill(g, xs, xp);
+        if g.stride == 1 {
+            let ld = grid.span(g);
+            let src = PaddedIm2col {
+                xp,
+                hp: grid.hp,
+                wp: grid.wg,
+                r: g.r,
             };
-            sgemm_on(isa(), k, crr, ld, ASrc::Packed(a), &src, 0.0, yp, ld, 1);
-            for (i, yn) in ys.chunks_exact_mut(k * pq).enumerate() {
-                for (ki, row) in yn.chunks_exact_mut(pq).enumerate() {
-                    let bk = b.map_or(0.0, |b| b[ki]);
-                    let s = &yp[ki * ld + i * pq..][..pq];
-                    row.iter_mut().zip(s).for_each(|(d, &s)| *d = s + bk);
+            with_buf(&YPAD, k * ld, |yp| {
+                sgemm_on(isa(), k, crr, ld, a, &src, 0.0, yp, ld, 1);
+                crop_group(g, yp, ld, |i, oi| grid.pixel(1, i, oi), ys, b);
+            })
+        } else {
+            let ld = grid.imgs * pq;
+            with_scratch(&OFFS, |offs: &mut Vec<usize>| {
+                offs.clear();
+                for (i, oi, oj) in pixels(g, grid.imgs) {
+                    offs.push(grid.pixel(g.stride, i, oi) + oj * g.stride);
                 }
-            }
-        })
+                let src = GridGather {
+                    xp,
+                    offs,
+                    grid,
+                    r: g.r,
+                };
+                with_buf(&YPAD, k * ld, |yp| {
+                    sgemm_on(isa(), k, crr, ld, a, &src, 0.0, yp, ld, 1);
+                    crop_group(g, yp, ld, |i, oi| i * pq + oi * g.q, ys, b);
+                })
+            })
+        }
     })
+}
+
+/// The output pixels (image, row, column) of a group of `imgs` images, in order.
+fn pixels(g: &Geom, imgs: usize) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+    (0..imgs).flat_map(move |i| (0..g.p).flat_map(move |oi| (0..g.q).map(move |oj| (i, oi, oj))))
+}
+
+/// ys[i, k, oi, ..Q] = yp[k, col(i, oi)..][..Q] + b[k]: the group's product, whose output row
+/// oi of image i starts at column col(i, oi), split into the images' output planes.
+fn crop_group(
+    g: &Geom,
+    yp: &[f32],
+    ld: usize,
+    col: impl Fn(usize, usize) -> usize,
+    ys: &mut [f32],
+    b: Option<&[f32]>,
+) {
+    for (i, yn) in ys.chunks_exact_mut(g.k * g.pq()).enumerate() {
+        for (ki, plane) in yn.chunks_exact_mut(g.pq()).enumerate() {
+            let bk = b.map_or(0.0, |b| b[ki]);
+            for (oi, d) in plane.chunks_exact_mut(g.q).enumerate() {
+                let s = &yp[ki * ld + col(i, oi)..][..g.q];
+                d.iter_mut().zip(s).for_each(|(d, &s)| *d = s + bk);
+            }
+        }
+    }
 }
 
 /// Scratch buffers that outlive one task (the per-run dw partials), kept for the next call:
@@ -522,16 +701,33 @@ fn filter_run_col<'a>(
 
 /// acc += dy_G . col_G^T over one run, a group of images at a time (`group_of`): the images'
 /// columns and their dy rows side by side, so the reduction runs over G*P*Q pixels at once
-/// instead of P*Q per image (ResNet-18's 2x2 planes: 4 pixels per dot product).
+/// instead of P*Q per image (ResNet-18's 2x2 planes: 4 pixels per dot product). Stride 1 reads
+/// col^T as shifted windows of the group's `Grid` (`filter_run_padded` over a group); other
+/// strides unfold into a column matrix.
 fn filter_run_grouped<'a>(
     g: &Geom,
     groups: impl Iterator<Item = (&'a [f32], &'a [f32])>,
     acc: &mut [f32],
 ) {
     let (crr, pq, k) = (g.crr(), g.pq(), g.k);
-    let most = group_of(g) * pq;
-    with_col(crr * most, |col| {
-        with_buf(&DYPAD, k * most, |dyg| {
+    let most = group_of(g);
+    if g.stride == 1 {
+        let full = Grid::new(g, most);
+        return with_buf(&XPAD, full.len(g), |xp| {
+            with_buf(&DYPAD, k * full.span(g), |dyp| {
+                for (xs, dys) in groups {
+                    let grid = Grid::new(g, xs.len() / g.chw());
+                    let (xp, len) = (&mut xp[..grid.len(g)], grid.span(g));
+                    grid.fill(g, xs, xp);
+                    spread_group(g, &grid, dys, &mut dyp[..k * len]);
+                    let brow = |row: usize| grid.row_base(g.r, row);
+                    dot_nt_acc_rows(isa(), k, crr, len, dyp, len, xp, brow, acc, crr);
+                }
+            })
+        });
+    }
+    with_col(crr * most * pq, |col| {
+        with_buf(&DYPAD, k * most * pq, |dyg| {
             for (xs, dys) in groups {
                 let ld = im2col_group(g, xs, col);
                 gather_rows(g, dys, ld, dyg);
@@ -539,6 +735,20 @@ fn filter_run_grouped<'a>(
             }
         })
     })
+}
+
+/// dyp[k, pixel(1, i, oi) + oj] = dy_i[k, oi, oj] on a stride-1 `Grid`'s columns (`span` of
+/// them per row of dyp), zero in the columns no output pixel lands on.
+fn spread_group(g: &Geom, grid: &Grid, dys: &[f32], dyp: &mut [f32]) {
+    let len = dyp.len() / g.k;
+    dyp.fill(0.0);
+    for (i, dyn_) in dys.chunks_exact(g.k * g.pq()).enumerate() {
+        for (ki, plane) in dyn_.chunks_exact(g.pq()).enumerate() {
+            for (oi, row) in plane.chunks_exact(g.q).enumerate() {
+                copy_short(&mut dyp[ki * len + grid.pixel(1, i, oi)..], row);
+            }
+        }
+    }
 }
 
 /// acc += dy_n . col_n^T for a stride-1 conv with no column matrix, on the padded grid of
@@ -577,7 +787,7 @@ fn spread_rows(g: &Geom, wp: usize, len: usize, dy: &[f32], dyp: &mut [f32]) {
     for (dst, src) in dyp.chunks_exact_mut(len).zip(dy.chunks_exact(g.pq())) {
         for (oi, row) in src.chunks_exact(g.q).enumerate() {
             let d = &mut dst[oi * wp..];
-            d[..g.q].copy_from_slice(row);
+            copy_short(d, row);
             if oi + 1 < g.p {
                 d[g.q..wp].fill(0.0);
             }
@@ -772,5 +982,23 @@ impl super::CpuBackend {
                 &self.precision().round_slice(dy.cpu(OP)?),
             ),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every length `copy_short` special-cases, at unaligned offsets, leaves the rest alone.
+    #[test]
+    fn conv_copy_short_copies_every_length() {
+        let src: Vec<f32> = (0..40).map(|v| v as f32 + 0.5).collect();
+        for n in 0..=40 {
+            let mut dst = [-1.0f32; 44];
+            super::copy_short(&mut dst[3..], &src[..n]);
+            assert_eq!(&dst[3..3 + n], &src[..n], "len {n}");
+            assert!(
+                dst[..3].iter().chain(&dst[3 + n..]).all(|&v| v == -1.0),
+                "len {n}"
+            );
+        }
     }
 }

@@ -288,3 +288,97 @@ fn conv_backward_matches_direct_loops_on_every_path() {
         check("dw", gr.dw.as_cpu().unwrap(), &dw_ref);
     }
 }
+
+/// The grouped small-plane paths (images side by side on one padded grid: contiguous B runs at
+/// stride 1, gathers otherwise) against the direct loops: groups cut short by the batch (65 =
+/// 64 + 1 on 2x2 planes, 30 = 28 + 2 on 3x3, 6 = 5 + 1 on 7x7), C = 1, R = 1, 3, 5, pad 0, 1, 2
+/// (pad >= R too), R = 2, strides 2 and 3, planes 1x1 to 7x7 and non-square, K past one 96-row GEMM block.
+#[test]
+fn conv_grouped_small_planes_match_direct_loops() {
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(14);
+    // (n, c, h, w, k, r, stride, pad)
+    for &(n, c, h, w, k, r, s, p) in &[
+        (65, 3, 2, 2, 5, 3, 1, 1),
+        (7, 1, 2, 2, 3, 3, 1, 1),
+        (3, 2, 1, 1, 4, 1, 1, 0),
+        (3, 2, 1, 1, 4, 3, 1, 1),
+        (30, 2, 3, 3, 6, 3, 1, 1),
+        (6, 3, 7, 7, 4, 3, 1, 1),
+        (6, 2, 7, 7, 3, 5, 1, 2),
+        (4, 2, 7, 7, 3, 5, 1, 0),
+        (5, 2, 3, 3, 4, 3, 1, 2),
+        (5, 2, 3, 6, 3, 3, 1, 1),
+        (4, 2, 2, 2, 3, 1, 1, 1),
+        (17, 2, 4, 4, 100, 3, 1, 1),
+        (9, 3, 7, 7, 5, 3, 2, 1),
+        (5, 2, 4, 4, 3, 1, 2, 0),
+        (4, 2, 7, 7, 3, 5, 2, 2),
+        (3, 1, 8, 6, 3, 3, 2, 0),
+        (17, 2, 8, 8, 100, 3, 2, 1),
+        (5, 2, 5, 6, 3, 3, 3, 1),
+        (4, 2, 9, 5, 3, 5, 2, 1),
+        (3, 2, 6, 6, 4, 2, 2, 0),
+        (1, 3, 4, 4, 5, 3, 1, 1),
+    ] {
+        let x = rand_t(&mut rng, &[n, c, h, w]);
+        let wt = rand_t(&mut rng, &[k, c, r, r]);
+        let b = rand_t(&mut rng, &[k]);
+        let prm = Conv2dParams { stride: s, pad: p };
+        let g = conv_geom("t", &x, &wt, prm).unwrap();
+        let dy = rand_t(&mut rng, &[n, k, g.p, g.q]);
+        let (xs, ws, dys) = (
+            x.as_cpu().unwrap(),
+            wt.as_cpu().unwrap(),
+            dy.as_cpu().unwrap(),
+        );
+        let case = (n, c, h, w, k, r, s, p);
+        let y = conv::forward(&g, xs, ws, b.as_cpu());
+        let want = conv::naive_forward(&g, xs, ws, b.as_cpu());
+        assert_close(&format!("forward {case:?}"), &y, &want);
+        let gr = be.conv2d_backward(&x, &wt, &dy, prm, true).unwrap();
+        let (dx_ref, dw_ref) = naive_backward(&g, xs, ws, dys);
+        assert_close(
+            &format!("dx {case:?}"),
+            gr.dx.unwrap().as_cpu().unwrap(),
+            &dx_ref,
+        );
+        assert_close(&format!("dw {case:?}"), gr.dw.as_cpu().unwrap(), &dw_ref);
+    }
+}
+
+/// The grouped paths give the same bits at any thread count (forward, dx) and from run to run
+/// at a fixed one (dw, whose per-thread runs depend on the count by design).
+#[test]
+fn conv_grouped_small_planes_are_deterministic() {
+    let mut rng = Rng::new(15);
+    for &(n, c, h, w, k, r, s, p) in &[(70, 3, 2, 2, 20, 3, 1, 1), (40, 4, 7, 7, 24, 3, 2, 1)] {
+        let x = rand_t(&mut rng, &[n, c, h, w]);
+        let wt = rand_t(&mut rng, &[k, c, r, r]);
+        let prm = Conv2dParams { stride: s, pad: p };
+        let g = conv_geom("t", &x, &wt, prm).unwrap();
+        let dy = rand_t(&mut rng, &[n, k, g.p, g.q]);
+        let (xs, ws, dys) = (
+            x.as_cpu().unwrap(),
+            wt.as_cpu().unwrap(),
+            dy.as_cpu().unwrap(),
+        );
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let y = conv::forward(&g, xs, ws, None);
+                let dx = conv::backward_data(&g, ws, dys);
+                (y, dx, conv::backward_filter(&g, xs, dys))
+            })
+        };
+        let (y1, dx1, dw1) = run(1);
+        let (y3, dx3, dw3) = run(3);
+        assert_eq!(y1, y3, "forward {n} {h}x{w}");
+        assert_eq!(dx1, dx3, "dx {n} {h}x{w}");
+        assert_eq!(dw3, run(3).2, "dw {n} {h}x{w}");
+        assert_eq!(dw1, run(1).2, "dw {n} {h}x{w}");
+    }
+}
