@@ -291,7 +291,8 @@ fn import_idx_bad_inputs_fail_clearly_and_leave_nothing() {
                 "t10k-images-idx3-ubyte.gz",
                 "magic",
                 "0x00000801",
-                "0x00000803",
+                // The expected magic is named for what it is, not only as a number.
+                "0x00000803 (unsigned-byte IDX with 3 dimensions: images)",
             ],
         ),
         (
