@@ -33,7 +33,7 @@ fn conv_matches_direct_loops_on_awkward_shapes() {
     let be = CpuBackend::new();
     let mut rng = Rng::new(11);
     // (n, c, h, w, k, r, stride, pad)
-    for &(n, c, h, w, k, r, s, p) in &[
+    for &case in &[
         (1, 3, 7, 5, 4, 3, 2, 1),
         (3, 2, 11, 13, 5, 3, 1, 1),
         (2, 5, 6, 6, 7, 1, 1, 0),
@@ -47,16 +47,24 @@ fn conv_matches_direct_loops_on_awkward_shapes() {
         (3, 2, 4, 20, 17, 3, 1, 1),
         (5, 2, 20, 20, 3, 3, 2, 1),
     ] {
-        let x = rand_t(&mut rng, &[n, c, h, w]);
-        let wt = rand_t(&mut rng, &[k, c, r, r]);
-        let b = rand_t(&mut rng, &[k]);
-        let prm = Conv2dParams { stride: s, pad: p };
-        let y = be.conv2d(&x, &wt, Some(&b), prm).unwrap();
-        let g = conv_geom("t", &x, &wt, prm).unwrap();
-        let want = conv::naive_forward(&g, x.as_cpu().unwrap(), wt.as_cpu().unwrap(), b.as_cpu());
-        let case = format!("forward {:?}", (n, c, h, w, k, r, s, p));
-        assert_close(&case, y.as_cpu().unwrap(), &want);
+        forward_matches_direct_loops(&be, &mut rng, case);
     }
+}
+
+/// (n, c, h, w, k, r, stride, pad) of one conv test case.
+type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
+
+/// conv2d with a bias, on fresh random inputs, against the f64 direct loops.
+fn forward_matches_direct_loops(be: &CpuBackend, rng: &mut Rng, case: Case) {
+    let (n, c, h, w, k, r, s, p) = case;
+    let x = rand_t(rng, &[n, c, h, w]);
+    let wt = rand_t(rng, &[k, c, r, r]);
+    let b = rand_t(rng, &[k]);
+    let prm = Conv2dParams { stride: s, pad: p };
+    let y = be.conv2d(&x, &wt, Some(&b), prm).unwrap();
+    let g = conv_geom("t", &x, &wt, prm).unwrap();
+    let want = conv::naive_forward(&g, x.as_cpu().unwrap(), wt.as_cpu().unwrap(), b.as_cpu());
+    assert_close(&format!("forward {case:?}"), y.as_cpu().unwrap(), &want);
 }
 
 #[test]
@@ -249,7 +257,7 @@ fn conv_backward_matches_direct_loops_on_every_path() {
     // output channels on fewer than 128 pixels).
     let be = CpuBackend::new();
     let mut rng = Rng::new(13);
-    for &(n, c, h, w, k, r, s, p) in &[
+    for &case in &[
         (2, 3, 13, 12, 5, 3, 1, 1),
         (3, 2, 9, 11, 17, 3, 1, 1),
         (2, 4, 9, 7, 19, 3, 2, 1),
@@ -268,25 +276,30 @@ fn conv_backward_matches_direct_loops_on_every_path() {
         (3, 2, 4, 20, 17, 3, 1, 1),
         (5, 2, 20, 20, 3, 3, 2, 1),
     ] {
-        let x = rand_t(&mut rng, &[n, c, h, w]);
-        let wt = rand_t(&mut rng, &[k, c, r, r]);
-        let prm = Conv2dParams { stride: s, pad: p };
-        let g = conv_geom("t", &x, &wt, prm).unwrap();
-        let dy = rand_t(&mut rng, &[n, k, g.p, g.q]);
-        let gr = be.conv2d_backward(&x, &wt, &dy, prm, true).unwrap();
-        let (dx_ref, dw_ref) = naive_backward(
-            &g,
-            x.as_cpu().unwrap(),
-            wt.as_cpu().unwrap(),
-            dy.as_cpu().unwrap(),
-        );
-        let case = (n, c, h, w, k, r, s, p);
-        let check = |what: &str, got: &[f32], want: &[f64]| {
-            assert_close(&format!("{what} {case:?}"), got, want)
-        };
-        check("dx", gr.dx.unwrap().as_cpu().unwrap(), &dx_ref);
-        check("dw", gr.dw.as_cpu().unwrap(), &dw_ref);
+        backward_matches_direct_loops(&be, &mut rng, case);
     }
+}
+
+/// conv2d_backward (dx and dw) on fresh random inputs against the f64 direct loops.
+fn backward_matches_direct_loops(be: &CpuBackend, rng: &mut Rng, case: Case) {
+    let (n, c, h, w, k, r, s, p) = case;
+    let x = rand_t(rng, &[n, c, h, w]);
+    let wt = rand_t(rng, &[k, c, r, r]);
+    let prm = Conv2dParams { stride: s, pad: p };
+    let g = conv_geom("t", &x, &wt, prm).unwrap();
+    let dy = rand_t(rng, &[n, k, g.p, g.q]);
+    let gr = be.conv2d_backward(&x, &wt, &dy, prm, true).unwrap();
+    let (dx_ref, dw_ref) = naive_backward(
+        &g,
+        x.as_cpu().unwrap(),
+        wt.as_cpu().unwrap(),
+        dy.as_cpu().unwrap(),
+    );
+    let check = |what: &str, got: &[f32], want: &[f64]| {
+        assert_close(&format!("{what} {case:?}"), got, want)
+    };
+    check("dx", gr.dx.unwrap().as_cpu().unwrap(), &dx_ref);
+    check("dw", gr.dw.as_cpu().unwrap(), &dw_ref);
 }
 
 /// The grouped small-plane paths (images side by side on one padded grid: contiguous B runs at
@@ -298,7 +311,7 @@ fn conv_grouped_small_planes_match_direct_loops() {
     let be = CpuBackend::new();
     let mut rng = Rng::new(14);
     // (n, c, h, w, k, r, stride, pad)
-    for &(n, c, h, w, k, r, s, p) in &[
+    for &case in &[
         (65, 3, 2, 2, 5, 3, 1, 1),
         (7, 1, 2, 2, 3, 3, 1, 1),
         (3, 2, 1, 1, 4, 1, 1, 0),
@@ -321,29 +334,8 @@ fn conv_grouped_small_planes_match_direct_loops() {
         (3, 2, 6, 6, 4, 2, 2, 0),
         (1, 3, 4, 4, 5, 3, 1, 1),
     ] {
-        let x = rand_t(&mut rng, &[n, c, h, w]);
-        let wt = rand_t(&mut rng, &[k, c, r, r]);
-        let b = rand_t(&mut rng, &[k]);
-        let prm = Conv2dParams { stride: s, pad: p };
-        let g = conv_geom("t", &x, &wt, prm).unwrap();
-        let dy = rand_t(&mut rng, &[n, k, g.p, g.q]);
-        let (xs, ws, dys) = (
-            x.as_cpu().unwrap(),
-            wt.as_cpu().unwrap(),
-            dy.as_cpu().unwrap(),
-        );
-        let case = (n, c, h, w, k, r, s, p);
-        let y = conv::forward(&g, xs, ws, b.as_cpu());
-        let want = conv::naive_forward(&g, xs, ws, b.as_cpu());
-        assert_close(&format!("forward {case:?}"), &y, &want);
-        let gr = be.conv2d_backward(&x, &wt, &dy, prm, true).unwrap();
-        let (dx_ref, dw_ref) = naive_backward(&g, xs, ws, dys);
-        assert_close(
-            &format!("dx {case:?}"),
-            gr.dx.unwrap().as_cpu().unwrap(),
-            &dx_ref,
-        );
-        assert_close(&format!("dw {case:?}"), gr.dw.as_cpu().unwrap(), &dw_ref);
+        forward_matches_direct_loops(&be, &mut rng, case);
+        backward_matches_direct_loops(&be, &mut rng, case);
     }
 }
 
