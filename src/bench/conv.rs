@@ -205,13 +205,11 @@ pub const CONV_VERSIONS: &[&str] = &["v1", "v2", "v3"];
 impl ConvBenchConfig {
     /// Which of our kernels are timed, for the report ("v3 (default)" unless chosen).
     fn kernels(&self, gpu: bool) -> String {
-        match (&self.conv_version, gpu, self.precision) {
-            (_, false, _) => "cpu".into(),
-            (_, true, Precision::F32) => match &self.conv_version {
-                Some(v) => format!("{v} (--conv-version)"),
-                None => "v3 (default)".into(),
-            },
-            (_, true, p) => format!("{p} tensor-core v1"),
+        match (gpu, self.precision, &self.conv_version) {
+            (false, _, _) => "cpu".into(),
+            (true, Precision::F32, Some(v)) => format!("{v} (--conv-version)"),
+            (true, Precision::F32, None) => "v3 (default)".into(),
+            (true, p, _) => format!("{p} tensor-core v1"),
         }
     }
 
@@ -568,44 +566,38 @@ pub fn run_cuda(cfg: &ConvBenchConfig, ordinal: usize) -> Result<ConvBenchReport
         cfg.peak_tflops
             .unwrap_or_else(|| default_peak(cfg.precision).0),
     );
-    // cuDNN at the same precision: TF32 math for tf32; a bf16 cuDNN baseline needs bf16
-    // tensors and descriptors, which the baseline does not have yet (said in the report).
+    // cuDNN at the same precision: TF32 math for tf32, BFLOAT16 tensors (packed pairs,
+    // `pack_bf16`) with f32 accumulation for bf16.
+    #[cfg(feature = "cudnn")]
+    let bf16 = cfg.precision == Precision::Bf16;
     #[cfg(feature = "cudnn")]
     let cudnn_tf32 = cfg.cudnn_tf32 || cfg.precision == Precision::Tf32;
 
     #[cfg(feature = "cudnn")]
-    let (cudnn, unavailable, baseline) = {
+    let (cudnn, mut unavailable, baseline) = {
         use crate::backend::cuda::cudnn::CudnnConv;
         match CudnnConv::new(&be, cudnn_tf32) {
             Ok(c) => {
                 let v = c.version();
+                let math = if bf16 {
+                    "BFLOAT16 tensors, FLOAT compute, tensor cores allowed (CUDNN_DEFAULT_MATH)"
+                } else if cudnn_tf32 {
+                    "TF32 tensor-core (CUDNN_DEFAULT_MATH)"
+                } else {
+                    "fp32 FMA-only (CUDNN_FMA_MATH)"
+                };
                 let desc = format!(
-                    "cuDNN {}.{}.{} in the same run ({} math; algorithms chosen by \
+                    "cuDNN {}.{}.{} in the same run ({math} math; algorithms chosen by \
                      cudnnFind*Algorithm, as torch.backends.cudnn.benchmark = True)",
                     v / 10000,
                     (v / 100) % 100,
                     v % 100,
-                    if cudnn_tf32 {
-                        "TF32 tensor-core (CUDNN_DEFAULT_MATH)"
-                    } else {
-                        "fp32 FMA-only (CUDNN_FMA_MATH)"
-                    }
                 );
+                let c = if bf16 { c.with_bf16() } else { c };
                 (Some(c), None, desc)
             }
             Err(e) => (None, Some(e.to_string()), "cuDNN".to_string()),
         }
-    };
-    // bf16: cuDNN on BFLOAT16 tensors (packed pairs, `pack_bf16`) with f32 accumulation.
-    #[cfg(feature = "cudnn")]
-    let (cudnn, mut unavailable, baseline) = if cfg.precision == Precision::Bf16 {
-        let desc = baseline.replace(
-            "TF32 tensor-core (CUDNN_DEFAULT_MATH)",
-            "BFLOAT16 tensors, FLOAT compute, tensor cores allowed (CUDNN_DEFAULT_MATH)",
-        );
-        (cudnn.map(|c| c.with_bf16()), unavailable, desc)
-    } else {
-        (cudnn, unavailable, baseline)
     };
     #[cfg(not(feature = "cudnn"))]
     #[allow(unused_mut)]
