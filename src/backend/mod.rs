@@ -1,7 +1,7 @@
 //! The Backend seam: every numeric primitive the models, attacks and analyses need.
 //!
-//! The CPU backend ([`cpu::CpuBackend`]) is the oracle: plain, parallel with rayon, GEMM through
-//! `matrixmultiply`. The CUDA backend (feature `cuda`) implements the same contracts with the
+//! The CPU backend ([`cpu::CpuBackend`]) is the oracle: plain, parallel with rayon, f32 GEMM
+//! through our packed micro-kernels (`cpu::sgemm`), f64 through `matrixmultiply`. The CUDA backend (feature `cuda`) implements the same contracts with the
 //! hand-written kernels in `kernels/`. Models and experiments only ever talk to `dyn Backend`.
 //!
 //! Conventions shared by every implementation:

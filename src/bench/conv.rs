@@ -1,14 +1,15 @@
 //! `advlens bench conv`: forward, backward-data and backward-filter of every conv layer of an
-//! ImageNet-size model, on the CPU (baseline: a plain sgemm of the same GEMM work) or on CUDA
+//! ImageNet-size model, on the CPU (baseline: our sgemm on the same GEMM work) or on CUDA
 //! (baseline: cuDNN in the same run, feature `cudnn`).
 //!
 //! The layer list comes from the model definition itself ([`conv_layers`] walks
 //! `Model::layers()`), so the bench follows any change to the architectures.
 //!
 //! FLOPs of one pass of one layer: 2*N*K*C*R*R*P*Q (a multiply-add counted as two), the same for
-//! forward, backward-data and backward-filter. The hardware floor of a pass is FLOPs / peak; on
-//! CUDA the report gives the fraction of the peak reached, with the peak stated as an
-//! assumption (default: H100 SXM fp32 non-tensor, 67 TFLOP/s).
+//! forward, backward-data and backward-filter. The hardware floor of a pass is FLOPs / peak, and
+//! the report gives the fraction of the peak reached with the peak's origin: on CUDA an
+//! assumption (default: H100 SXM fp32 non-tensor, 67 TFLOP/s), on the CPU a measurement of the
+//! FMA ceiling of the same threads ([`super::cpu_peak`]); `--peak-tflops` overrides either.
 
 use serde::Serialize;
 
@@ -17,12 +18,34 @@ use crate::backend::cpu::{sgemm, CpuBackend, Strides};
 use crate::backend::{out_dim, Backend, Conv2dParams, Precision};
 use crate::error::{Error, Result};
 use crate::nn::layers::{Conv2d, LayerKind};
-use crate::nn::Model;
+use crate::nn::{Model, ModelSpec};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 
-/// Nets the bench knows (the ImageNet-size models of the paper).
-pub const NETS: &[&str] = &["vgg16", "resnet18", "alexnet"];
+/// Nets the bench knows: the ImageNet-size models of the paper (RGB, 224 px by default) and the
+/// small variants the default `reproduce` trains (1 channel, 28 px, a `--width`).
+pub const NETS: &[&str] = &[
+    "vgg16",
+    "resnet18",
+    "alexnet",
+    "small-vgg16",
+    "small-alexnet",
+    "small-resnet18",
+];
+
+/// Whether `net` is one of the small variants (Fashion-MNIST shaped input, 10 classes).
+pub fn is_small(net: &str) -> bool {
+    net.starts_with("small-")
+}
+
+/// Default input side of a net: 224 (ImageNet) or 28 (Fashion-MNIST).
+pub fn default_input(net: &str) -> usize {
+    if is_small(net) {
+        28
+    } else {
+        224
+    }
+}
 
 /// Default fp32 peak used for the floor: H100 SXM5, fp32 without tensor cores.
 pub const H100_FP32_PEAK_TFLOPS: f64 = 67.0;
@@ -31,6 +54,10 @@ pub const H100_TF32_PEAK_TFLOPS: f64 = 495.0;
 pub const H100_BF16_PEAK_TFLOPS: f64 = 990.0;
 const PEAK_ASSUMPTION: &str = "assumed peak: NVIDIA H100 SXM5 fp32 non-tensor-core, 67 TFLOP/s \
      (NVIDIA datasheet; H200 has the same SMs and clocks); override with --peak-tflops";
+
+fn given_peak(p: f64) -> String {
+    format!("peak given with --peak-tflops: {p} TFLOP/s")
+}
 
 /// The default peak of a precision and how it is described.
 fn default_peak(p: Precision) -> (f64, &'static str) {
@@ -126,9 +153,21 @@ fn conv_layer(conv: &Conv2d, x: [usize; 4]) -> Result<ConvLayer> {
     })
 }
 
-/// Every conv layer of `net` (ImageNet-size, 1000 classes) for a batch of `batch` RGB images of
-/// `input` x `input`, in execution order, ResNet downsample convs included.
+/// Every conv layer of `net` for a batch of `batch` images of `input` x `input`, in execution
+/// order, ResNet downsample convs included: ImageNet-size nets take RGB images and 1000 classes,
+/// the small ones single-channel images, 10 classes and their default width.
 pub fn conv_layers(net: &str, batch: usize, input: usize) -> Result<Vec<ConvLayer>> {
+    conv_layers_at(net, batch, input, None)
+}
+
+/// [`conv_layers`] with the width of a small net chosen (`None`: its default; the ImageNet-size
+/// nets have a fixed width and refuse one).
+pub fn conv_layers_at(
+    net: &str,
+    batch: usize,
+    input: usize,
+    width: Option<usize>,
+) -> Result<Vec<ConvLayer>> {
     if !NETS.contains(&net) {
         return Err(Error::unknown("net", net, NETS));
     }
@@ -137,8 +176,20 @@ pub fn conv_layers(net: &str, batch: usize, input: usize) -> Result<Vec<ConvLaye
             "--batch and --input must be at least 1".into(),
         ));
     }
-    let model = Model::build(net, 1000, (3, input, input), 0)?;
-    let mut s = [batch, 3, input, input];
+    let (c, classes) = if is_small(net) { (1, 10) } else { (3, 1000) };
+    let mut spec = ModelSpec::new(net, classes, (c, input, input));
+    match width {
+        Some(_) if !is_small(net) => {
+            return Err(Error::InvalidArg(format!(
+                "--width applies to the small nets; {net} has torchvision's fixed width"
+            )))
+        }
+        Some(0) => return Err(Error::InvalidArg("--width must be at least 1".into())),
+        Some(w) => spec.width = w,
+        None => {}
+    }
+    let model = Model::from_spec(&spec, 0)?;
+    let mut s = [batch, c, input, input];
     let mut out = Vec::new();
     for l in model.layers() {
         match &l.kind {
@@ -188,7 +239,9 @@ pub struct ConvBenchConfig {
     pub iters: usize,
     /// Only these layer names (all when empty).
     pub layers: Vec<String>,
-    /// Peak for the floor on CUDA (TFLOP/s); None: the H100 assumption.
+    /// Width of a small net (None: its default).
+    pub width: Option<usize>,
+    /// Peak for the floor (TFLOP/s); None: the H100 assumption on CUDA, measured on the CPU.
     pub peak_tflops: Option<f64>,
     /// cuDNN with TF32 tensor-core math allowed (default: FMA-only fp32, like our kernels).
     pub cudnn_tf32: bool,
@@ -268,9 +321,9 @@ pub struct OpResult {
     /// baseline time / ours time: the fraction of the baseline's speed reached (conv_cpu's
     /// "ratio" column).
     pub speed_vs_baseline: Option<f64>,
-    /// Floor = FLOPs / peak; this is floor / ours time (CUDA only).
+    /// Floor = FLOPs / peak; this is floor / ours time.
     pub peak_fraction: Option<f64>,
-    /// FLOPs / peak in ms (CUDA only).
+    /// FLOPs / peak in ms.
     pub floor_ms: Option<f64>,
 }
 
@@ -314,6 +367,9 @@ pub struct Totals {
 pub struct ConvBenchReport {
     pub bench: &'static str,
     pub net: String,
+    /// Width of a small net (absent for the ImageNet-size ones).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<usize>,
     pub input: usize,
     pub batch: usize,
     pub dtype: &'static str,
@@ -342,7 +398,7 @@ pub struct ConvBenchReport {
 /// The layers of the config, filtered by `--layers` (an unknown name is an error listing the
 /// known ones).
 pub fn selected_layers(cfg: &ConvBenchConfig) -> Result<Vec<ConvLayer>> {
-    let all = conv_layers(&cfg.net, cfg.batch, cfg.input)?;
+    let all = conv_layers_at(&cfg.net, cfg.batch, cfg.input, cfg.width)?;
     if cfg.layers.is_empty() {
         return Ok(all);
     }
@@ -383,8 +439,9 @@ fn report(
     device_name: String,
     baseline: String,
     baseline_unavailable: Option<String>,
-    peak: Option<f64>,
+    peak: Option<(f64, String)>,
 ) -> ConvBenchReport {
+    let (peak, peak_assumption) = peak.unzip();
     let mut sum_ours = [0.0f64; 3];
     let mut sum_base = [0.0f64; 3];
     let mut sum_flops = 0.0f64;
@@ -433,6 +490,10 @@ fn report(
         bench: "conv",
         kernels,
         net: cfg.net.clone(),
+        width: is_small(&cfg.net).then(|| {
+            cfg.width
+                .unwrap_or_else(|| crate::nn::arch::default_width(&cfg.net))
+        }),
         input: cfg.input,
         batch: cfg.batch,
         dtype: cfg.precision.name(),
@@ -449,13 +510,7 @@ fn report(
         baseline,
         baseline_unavailable,
         peak_tflops: peak,
-        peak_assumption: peak.map(|p| {
-            if cfg.peak_tflops.is_some() {
-                format!("peak given with --peak-tflops: {p} TFLOP/s")
-            } else {
-                default_peak(cfg.precision).1.to_string()
-            }
-        }),
+        peak_assumption,
         layers: out,
         totals,
     }
@@ -523,16 +578,26 @@ pub fn run_cpu(cfg: &ConvBenchConfig) -> Result<ConvBenchReport> {
             algorithms: None,
         });
     }
+    let peak = match cfg.peak_tflops {
+        Some(p) => (p, given_peak(p)),
+        None => {
+            let m = super::cpu_peak::measure();
+            (m.gflops / 1e3, m.describe())
+        }
+    };
     Ok(report(
         cfg,
         &layers,
         times,
         "cpu".into(),
         cpu_name(),
-        "sgemm (matrixmultiply) of the same GEMM work, operands pre-laid-out (no im2col/col2im)"
-            .into(),
+        format!(
+            "advlens sgemm ({} micro-kernel) of the same GEMM work, operands pre-laid-out (no \
+             im2col/col2im)",
+            crate::backend::cpu::sgemm::isa().name()
+        ),
         None,
-        None,
+        Some(peak),
     ))
 }
 
@@ -562,10 +627,13 @@ pub fn run_cuda(cfg: &ConvBenchConfig, ordinal: usize) -> Result<ConvBenchReport
     let be = Arc::new(cuda);
     let sync_be = be.clone();
     let sync = move || sync_be.synchronize();
-    let peak = Some(
-        cfg.peak_tflops
-            .unwrap_or_else(|| default_peak(cfg.precision).0),
-    );
+    let peak = Some(match cfg.peak_tflops {
+        Some(p) => (p, given_peak(p)),
+        None => {
+            let (p, what) = default_peak(cfg.precision);
+            (p, what.to_string())
+        }
+    });
     // cuDNN at the same precision: TF32 math for tf32, BFLOAT16 tensors (packed pairs,
     // `pack_bf16`) with f32 accumulation for bf16.
     #[cfg(feature = "cudnn")]
@@ -735,8 +803,16 @@ pub fn render(r: &ConvBenchReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "advlens bench conv: {} input {}x{} batch {}, {} on {} ({}), commit {}",
-        r.net, r.input, r.input, r.batch, r.dtype, r.device, r.device_name, r.commit
+        "advlens bench conv: {}{} input {}x{} batch {}, {} on {} ({}), commit {}",
+        r.net,
+        r.width.map_or(String::new(), |w| format!(" width {w}")),
+        r.input,
+        r.input,
+        r.batch,
+        r.dtype,
+        r.device,
+        r.device_name,
+        r.commit
     );
     let _ = writeln!(
         s,
@@ -764,7 +840,7 @@ pub fn render(r: &ConvBenchReport) -> String {
         format!("{base} ms"),
         format!("{base} {}", if gpu { "TF/s" } else { "GF/s" }),
         "ours/base",
-        if gpu { "%peak" } else { "" }
+        if r.peak_tflops.is_some() { "%peak" } else { "" }
     );
     let row = |s: &mut String, name: &str, shape: &str, pass: &str, o: &OpResult| {
         let (bms, brate) = match &o.baseline {

@@ -3,6 +3,7 @@
 //! ratio to a baseline measured in the same run (DESIGN section 6).
 
 pub mod conv;
+pub mod cpu_peak;
 pub mod model;
 
 use std::path::Path;

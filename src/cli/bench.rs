@@ -58,15 +58,19 @@ pub struct ModelArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct ConvArgs {
-    /// Model whose conv layers are timed: vgg16, resnet18 or alexnet (ImageNet-size).
+    /// Model whose conv layers are timed: vgg16, resnet18, alexnet (ImageNet-size) or
+    /// small-vgg16, small-alexnet, small-resnet18 (the default run's models).
     #[arg(long)]
     pub net: String,
     /// Batch size (default: 1 on the CPU, 32 on CUDA).
     #[arg(long)]
     pub batch: Option<usize>,
-    /// Input height and width.
-    #[arg(long, default_value_t = 224)]
-    pub input: usize,
+    /// Input height and width (default: 224, or 28 for the small nets).
+    #[arg(long)]
+    pub input: Option<usize>,
+    /// Channel width of a small net (default: its default width, 8).
+    #[arg(long)]
+    pub width: Option<usize>,
     /// Unmeasured runs per pass before timing (default: 1 on the CPU, 3 on CUDA).
     #[arg(long)]
     pub warmup: Option<usize>,
@@ -76,8 +80,9 @@ pub struct ConvArgs {
     /// Only these conv layers (comma-separated torchvision names, e.g. conv1,layer1.0.conv1).
     #[arg(long, value_delimiter = ',')]
     pub layers: Vec<String>,
-    /// Peak of the GPU in TFLOP/s for the floor (default by --precision, H100 SXM: f32 67 without
-    /// tensor cores, tf32 495, bf16 990 dense).
+    /// Peak in TFLOP/s for the floor. Default on CUDA by --precision, H100 SXM: f32 67 without
+    /// tensor cores, tf32 495, bf16 990 dense; on the CPU, measured with an FMA loop on the same
+    /// threads before the layers are timed.
     #[arg(long)]
     pub peak_tflops: Option<f64>,
     /// Let cuDNN use TF32 tensor cores (default: FMA-only fp32, the same arithmetic as ours;
@@ -145,7 +150,8 @@ fn run_conv(ctx: &Ctx, a: &ConvArgs) -> Result<()> {
     let cfg = ConvBenchConfig {
         net: a.net.clone(),
         batch: a.batch.unwrap_or(if gpu { 32 } else { 1 }),
-        input: a.input,
+        input: a.input.unwrap_or_else(|| conv::default_input(&a.net)),
+        width: a.width,
         warmup: a.warmup.unwrap_or(if gpu { 3 } else { 1 }),
         iters: a.iters.unwrap_or(if gpu { 20 } else { 3 }),
         layers: a.layers.clone(),

@@ -409,6 +409,24 @@ fn group_of(g: &Geom) -> usize {
     }
 }
 
+/// Pixels per backward-filter dot product: below this many output pixels per image, images are
+/// grouped for dw (see `filter_run_grouped`). Longer than the forward's `GROUP_COLS` because each
+/// dw element pays a lane reduction per group: at 256, small-alexnet w16's dw (batch 128) took
+/// 14.0 ms, at 1024 7.0 ms; 2048 and 4096 were within the noise of 1024 (`advlens bench conv
+/// --net small-alexnet --width 16 --batch 128`, AMD EPYC, 2 threads). 1024 keeps a group's grid
+/// (C x Hp x Wg floats) within a core's L2 for the widths the default run trains.
+const FILTER_GROUP_COLS: usize = 1024;
+
+/// Images per backward-filter group: each dw element is a dot product over the group's pixels,
+/// whose vector lanes are reduced once per group, so longer groups amortise that reduction.
+fn filter_group_of(g: &Geom) -> usize {
+    if g.pq() == 0 || g.pq() >= FILTER_GROUP_COLS {
+        1
+    } else {
+        (FILTER_GROUP_COLS / g.pq()).clamp(1, g.n.max(1))
+    }
+}
+
 /// Unfold the images of `xs` side by side: col[C*R*R, G*P*Q], image i in columns i*PQ...
 fn im2col_group(g: &Geom, xs: &[f32], col: &mut [f32]) -> usize {
     let imgs = xs.len() / g.chw();
@@ -641,7 +659,7 @@ pub fn backward_filter(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         .zip(x.par_chunks(per * chw))
         .zip(dy.par_chunks(per * k * pq))
         .for_each(|((acc, xs), dys)| {
-            let gi = group_of(g);
+            let gi = filter_group_of(g);
             if gi > 1 {
                 let groups = xs.chunks(gi * chw).zip(dys.chunks(gi * k * pq));
                 filter_run_grouped(g, groups, acc);
@@ -710,7 +728,7 @@ fn filter_run_grouped<'a>(
     acc: &mut [f32],
 ) {
     let (crr, pq, k) = (g.crr(), g.pq(), g.k);
-    let most = group_of(g);
+    let most = filter_group_of(g);
     if g.stride == 1 {
         let full = Grid::new(g, most);
         return with_buf(&XPAD, full.len(g), |xp| {

@@ -1,7 +1,7 @@
 //! The CPU backend: the oracle every other backend is checked against.
 //!
 //! Plain loops over host slices, parallel with rayon over images, channels or rows; matrix
-//! products through `matrixmultiply` (see `conv` for the im2col scheme). Reductions that feed
+//! products through our packed f32 GEMM (`sgemm`; see `conv` for the im2col scheme). Reductions that feed
 //! statistics (batch-norm moments, softmax normalisers, bias gradients, norms) accumulate in f64 so
 //! that this backend stays a trustworthy reference for the f32 GPU kernels.
 

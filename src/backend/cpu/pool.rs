@@ -10,6 +10,7 @@
 
 use std::cell::RefCell;
 
+use super::sgemm::{isa, Isa};
 use crate::backend::Pool2dParams;
 
 /// Flat index (within the H*W plane) of the first maximum of output cell (oi, oj), or None when
@@ -89,7 +90,16 @@ fn row_pair(plane: &[f32], w: usize, oi: usize, qo: usize) -> (&[f32], &[f32]) {
 /// dy of one output row routed into its two input rows (d0, d1: zero on entry). The windows do
 /// not overlap, so every element of the pair is written once, g or 0, with no scatter: the
 /// indexed `+=` was 8.7% of a small-alexnet w16 training step.
-fn route_2x2(r0: &[f32], r1: &[f32], dy: &[f32], d0: &mut [f32], d1: &mut [f32]) {
+fn route_2x2(isa: Isa, r0: &[f32], r1: &[f32], dy: &[f32], d0: &mut [f32], d1: &mut [f32]) {
+    let done = match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F present (the caller's `Isa` is a supported one); the rows hold
+        // 2 dy.len() values (row_pair and the caller's cuts), which route16 requires.
+        Isa::Avx512 => unsafe { avx512::route16(r0, r1, dy, d0, d1) },
+        _ => 0,
+    };
+    let (r0, r1, dy) = (&r0[2 * done..], &r1[2 * done..], &dy[done..]);
+    let (d0, d1) = (&mut d0[2 * done..], &mut d1[2 * done..]);
     for ((((a, b), &g), e0), e1) in r0
         .chunks_exact(2)
         .zip(r1.chunks_exact(2))
@@ -106,19 +116,32 @@ fn route_2x2(r0: &[f32], r1: &[f32], dy: &[f32], d0: &mut [f32], d1: &mut [f32])
     }
 }
 
-/// yp[po*qo] = the pooled plane.
+/// y[j] = the maximum of window j of the row pair (r0, r1: 2 y.len() values each).
+fn max_2x2_row(isa: Isa, r0: &[f32], r1: &[f32], y: &mut [f32]) {
+    let done = match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F present; the rows hold 2 y.len() values (row_pair).
+        Isa::Avx512 => unsafe { avx512::max16(r0, r1, y) },
+        _ => 0,
+    };
+    let (r0, r1, y) = (&r0[2 * done..], &r1[2 * done..], &mut y[done..]);
+    for ((y, a), b) in y.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
+        *y = max_2x2(a, b).0;
+    }
+}
+
+/// yp[po*qo] = the pooled plane, with the process's vector path (`sgemm::isa`).
 pub(super) fn forward_plane(plane: &[f32], h: usize, w: usize, p: Pool2dParams, yp: &mut [f32]) {
+    forward_plane_on(isa(), plane, h, w, p, yp)
+}
+
+/// `forward_plane` on a chosen path (tests run each supported one).
+fn forward_plane_on(isa: Isa, plane: &[f32], h: usize, w: usize, p: Pool2dParams, yp: &mut [f32]) {
     let (po, qo) = out_size(h, w, p);
     if is_2x2(p) {
         for (oi, row) in yp.chunks_exact_mut(qo).enumerate() {
             let (r0, r1) = row_pair(plane, w, oi, qo);
-            for ((y, a), b) in row
-                .iter_mut()
-                .zip(r0.chunks_exact(2))
-                .zip(r1.chunks_exact(2))
-            {
-                *y = max_2x2(a, b).0;
-            }
+            max_2x2_row(isa, r0, r1, row);
         }
         return;
     }
@@ -169,12 +192,24 @@ pub(super) fn backward_plane(
     dyp: &[f32],
     dxp: &mut [f32],
 ) {
+    backward_plane_on(isa(), plane, h, w, p, dyp, dxp)
+}
+
+fn backward_plane_on(
+    isa: Isa,
+    plane: &[f32],
+    h: usize,
+    w: usize,
+    p: Pool2dParams,
+    dyp: &[f32],
+    dxp: &mut [f32],
+) {
     let (po, qo) = out_size(h, w, p);
     if is_2x2(p) {
         for (oi, row) in dyp.chunks_exact(qo).enumerate() {
             let (r0, r1) = row_pair(plane, w, oi, qo);
             let (d0, d1) = dxp[2 * oi * w..].split_at_mut(w);
-            route_2x2(r0, r1, row, &mut d0[..2 * qo], &mut d1[..2 * qo]);
+            route_2x2(isa, r0, r1, row, &mut d0[..2 * qo], &mut d1[..2 * qo]);
         }
         return;
     }
@@ -381,6 +416,115 @@ fn out_size(h: usize, w: usize, p: Pool2dParams) -> (usize, usize) {
     (o(h), o(w))
 }
 
+/// The 2x2 pool sixteen windows at a time: de-interleave each row pair into the four window
+/// positions, find the first maximum with mask compares in row-major order (the same NaN rule
+/// as `beats_nb`), and for the backward pass interleave dy, masked by the winner, back into the
+/// two input rows. A row's last windows (the small models' rows are 3 to 14 windows long) run
+/// the same code under load and store masks. Bit-identical to the scalar code: the masked moves
+/// copy dy's bits.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// Load and store masks of the two 16-float halves covering `cnt` (1..=16) windows.
+    fn halves(cnt: usize) -> (__mmask16, __mmask16) {
+        let bits = |n: usize| ((1u32 << n.min(16)) - 1) as __mmask16;
+        (bits(2 * cnt), bits((2 * cnt).saturating_sub(16)))
+    }
+
+    /// (window maxima, masks of "position 1 / 2 / 3 beat the best so far") of `cnt` windows
+    /// (lanes past `cnt` hold garbage that no caller stores).
+    /// # Safety
+    /// AVX-512F present; r0 and r1 each point at 2 cnt readable values.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn windows(r0: *const f32, r1: *const f32, cnt: usize) -> (__m512, [__mmask16; 3]) {
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let (ml, mh) = halves(cnt);
+        // SAFETY: the masks keep the loads inside the 2 cnt values (masked lanes do not fault).
+        let (a_lo, a_hi, b_lo, b_hi) = unsafe {
+            (
+                _mm512_maskz_loadu_ps(ml, r0),
+                _mm512_maskz_loadu_ps(mh, r0.add(16)),
+                _mm512_maskz_loadu_ps(ml, r1),
+                _mm512_maskz_loadu_ps(mh, r1.add(16)),
+            )
+        };
+        let pos = [
+            _mm512_permutex2var_ps(a_lo, odd, a_hi),
+            _mm512_permutex2var_ps(b_lo, even, b_hi),
+            _mm512_permutex2var_ps(b_lo, odd, b_hi),
+        ];
+        let mut best = _mm512_permutex2var_ps(a_lo, even, a_hi);
+        let mut beat = [0; 3];
+        for (m, v) in beat.iter_mut().zip(pos) {
+            let nan_beats = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v)
+                & !_mm512_cmp_ps_mask::<_CMP_UNORD_Q>(best, best);
+            *m = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, best) | nan_beats;
+            best = _mm512_mask_blend_ps(*m, best, v);
+        }
+        (best, beat)
+    }
+
+    /// y[j] = the maximum of window j, for every window; returns y.len().
+    /// # Safety
+    /// AVX-512F present; r0 and r1 hold at least 2 y.len() values.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn max16(r0: &[f32], r1: &[f32], y: &mut [f32]) -> usize {
+        for j in (0..y.len()).step_by(16) {
+            let cnt = (y.len() - j).min(16);
+            // SAFETY: windows j..j + cnt read values 2j..2(j + cnt) of each row and write
+            // y[j..j + cnt] (masked).
+            unsafe {
+                let (best, _) = windows(r0.as_ptr().add(2 * j), r1.as_ptr().add(2 * j), cnt);
+                let m = ((1u32 << cnt) - 1) as __mmask16;
+                _mm512_mask_storeu_ps(y.as_mut_ptr().add(j), m, best);
+            }
+        }
+        y.len()
+    }
+
+    /// d0/d1 = dy routed to each window's winner, zero elsewhere, for every window; returns
+    /// dy.len().
+    /// # Safety
+    /// AVX-512F present; r0, r1, d0 and d1 hold at least 2 dy.len() values.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn route16(
+        r0: &[f32],
+        r1: &[f32],
+        dy: &[f32],
+        d0: &mut [f32],
+        d1: &mut [f32],
+    ) -> usize {
+        let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        for j in (0..dy.len()).step_by(16) {
+            let cnt = (dy.len() - j).min(16);
+            let (ml, mh) = halves(cnt);
+            // SAFETY: windows j..j + cnt touch values 2j..2(j + cnt) of each row (masked).
+            unsafe {
+                let (_, [m1, m2, m3]) =
+                    windows(r0.as_ptr().add(2 * j), r1.as_ptr().add(2 * j), cnt);
+                let g = _mm512_maskz_loadu_ps(((1u32 << cnt) - 1) as __mmask16, dy.as_ptr().add(j));
+                // The winner is the last position that beat the best so far.
+                let w3 = m3;
+                let w2 = m2 & !m3;
+                let w1 = m1 & !(m2 | m3);
+                let w0 = !(m1 | m2 | m3);
+                let at = |m: __mmask16| _mm512_maskz_mov_ps(m, g);
+                let (o0, o1, o2, o3) = (at(w0), at(w1), at(w2), at(w3));
+                let (p0, p1) = (d0.as_mut_ptr().add(2 * j), d1.as_mut_ptr().add(2 * j));
+                _mm512_mask_storeu_ps(p0, ml, _mm512_permutex2var_ps(o0, lo, o1));
+                _mm512_mask_storeu_ps(p0.add(16), mh, _mm512_permutex2var_ps(o0, hi, o1));
+                _mm512_mask_storeu_ps(p1, ml, _mm512_permutex2var_ps(o2, lo, o3));
+                _mm512_mask_storeu_ps(p1.add(16), mh, _mm512_permutex2var_ps(o2, hi, o3));
+            }
+        }
+        dy.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,21 +596,24 @@ mod tests {
         oracle: impl Fn(usize, usize) -> Option<usize>,
     ) {
         let (po, qo) = out_size(h, w, p);
-        let mut y = vec![0.0; po * qo];
-        forward_plane(plane, h, w, p, &mut y);
-        let dy: Vec<f32> = (0..po * qo).map(|i| i as f32 + 1.0).collect();
-        let mut dx = vec![0.0; h * w];
-        backward_plane(plane, h, w, p, &dy, &mut dx);
-        let mut dx_ref = vec![0.0; h * w];
-        for oi in 0..po {
-            for oj in 0..qo {
-                let case = format!("{p:?} {h}x{w} ({oi},{oj})");
-                let i = oracle(oi, oj).expect("pool_geom admits no all-padding window");
-                assert_eq!(y[oi * qo + oj].to_bits(), plane[i].to_bits(), "{case}");
-                dx_ref[i] += dy[oi * qo + oj];
+        for isa in crate::backend::cpu::sgemm::supported_isas() {
+            let mut y = vec![0.0; po * qo];
+            forward_plane_on(isa, plane, h, w, p, &mut y);
+            // dy of both signs and never zero, so a routed value cannot pass for the zero fill.
+            let dy: Vec<f32> = (0..po * qo).map(|i| i as f32 - 7.5).collect();
+            let mut dx = vec![0.0; h * w];
+            backward_plane_on(isa, plane, h, w, p, &dy, &mut dx);
+            let mut dx_ref = vec![0.0f32; h * w];
+            for oi in 0..po {
+                for oj in 0..qo {
+                    let case = format!("{} {p:?} {h}x{w} ({oi},{oj})", isa.name());
+                    let i = oracle(oi, oj).expect("pool_geom admits no all-padding window");
+                    assert_eq!(y[oi * qo + oj].to_bits(), plane[i].to_bits(), "{case}");
+                    dx_ref[i] += dy[oi * qo + oj];
+                }
             }
+            assert_eq!(dx, dx_ref, "{} {p:?} {h}x{w} backward", isa.name());
         }
-        assert_eq!(dx, dx_ref, "{p:?} {h}x{w} backward");
     }
 
     #[test]
@@ -542,7 +689,17 @@ mod tests {
             pad: 0,
         };
         let mut next = xorshift();
-        for (h, w) in [(2, 2), (3, 5), (7, 7), (28, 28), (13, 2)] {
+        // Rows of 1 to 35 windows: the vector path's full and masked blocks.
+        for (h, w) in [
+            (2, 2),
+            (3, 5),
+            (7, 7),
+            (28, 28),
+            (13, 2),
+            (4, 32),
+            (5, 70),
+            (3, 65),
+        ] {
             let plane = planted(&mut next, h * w);
             planes_follow(&plane, h, w, p, |oi, oj| argmax(&plane, h, w, p, oi, oj));
         }

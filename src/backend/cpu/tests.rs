@@ -275,6 +275,9 @@ fn conv_backward_matches_direct_loops_on_every_path() {
         (2, 2, 33, 35, 3, 3, 2, 1),
         (3, 2, 4, 20, 17, 3, 1, 1),
         (5, 2, 20, 20, 3, 3, 2, 1),
+        // dw on the padded grid of one image at a time (planes of at least FILTER_GROUP_COLS
+        // pixels), several images per thread run.
+        (3, 2, 33, 32, 5, 3, 1, 1),
     ] {
         backward_matches_direct_loops(&be, &mut rng, case);
     }
@@ -333,6 +336,10 @@ fn conv_grouped_small_planes_match_direct_loops() {
         (4, 2, 9, 5, 3, 5, 2, 1),
         (3, 2, 6, 6, 4, 2, 2, 0),
         (1, 3, 4, 4, 5, 3, 1, 1),
+        // dw groups of FILTER_GROUP_COLS / PQ images (20 of 7x7, 5 of 14x14) cut short by the
+        // per-thread runs.
+        (45, 2, 7, 7, 3, 3, 1, 1),
+        (12, 2, 14, 14, 4, 5, 1, 2),
     ] {
         forward_matches_direct_loops(&be, &mut rng, case);
         backward_matches_direct_loops(&be, &mut rng, case);
