@@ -88,6 +88,73 @@ fn bench_conv_cpu_json() {
     let total = &r["totals"]["forward"];
     assert!((positive(&total["gflop"], "total") - flop_sum).abs() < 1e-9);
     positive(&r["totals"]["all"]["ours"]["ms"], "total ms");
+    // The CPU floor comes from a measured FMA peak, and each fraction is floor / time.
+    let peak = positive(&r["peak_tflops"], "peak");
+    let how = r["peak_assumption"].as_str().unwrap_or_default();
+    assert!(
+        how.starts_with("measured peak:") && how.contains("FMA"),
+        "{how}"
+    );
+    for l in layers {
+        let o = &l["forward"];
+        let frac = positive(&o["peak_fraction"], "peak fraction");
+        let floor_s = o["gflop"].as_f64().unwrap() / (peak * 1e3);
+        let ms = o["ours"]["ms"].as_f64().unwrap();
+        assert!((frac - floor_s / (ms * 1e-3)).abs() <= 1e-9 * frac.max(1.0));
+        assert!(frac < 1.05, "a conv cannot beat the FMA peak: {frac}");
+    }
+}
+
+/// The default run's small models: single-channel 28 px input, the chosen width, all five conv
+/// layers of small-alexnet; --width is refused for the fixed-width ImageNet nets.
+#[test]
+fn bench_conv_times_the_small_models() {
+    let out = advlens(&[
+        "--device",
+        "cpu",
+        "--json",
+        "bench",
+        "conv",
+        "--net",
+        "small-alexnet",
+        "--width",
+        "4",
+        "--batch",
+        "3",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "advlens failed: {stderr}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(
+        (r["net"].as_str(), r["width"].as_u64()),
+        (Some("small-alexnet"), Some(4))
+    );
+    assert_eq!(r["input"].as_u64(), Some(28));
+    let layers = r["layers"].as_array().expect("layers");
+    let shape = |l: &serde_json::Value| {
+        let l = &l["layer"];
+        ["n", "c", "h", "k", "r"].map(|f| l[f].as_u64().unwrap())
+    };
+    let shapes: Vec<[u64; 5]> = layers.iter().map(shape).collect();
+    assert_eq!(
+        shapes,
+        [
+            [3, 1, 28, 4, 5],
+            [3, 4, 14, 8, 5],
+            [3, 8, 7, 16, 3],
+            [3, 16, 7, 16, 3],
+            [3, 16, 7, 16, 3]
+        ]
+    );
+    let out = advlens(&[
+        "--device", "cpu", "bench", "conv", "--net", "vgg16", "--width", "8",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--width"), "{err}");
 }
 
 #[test]
