@@ -54,29 +54,41 @@ echo "# load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 import glob, json, os, statistics, sys
 out = sys.argv[1]
 rows = {}
+# Per repeat too: advlens and PyTorch of the same repeat ran back to back, so their ratio is
+# the paired figure, and its range over repeats shows how far the VM's noise moves it.
+paired = {}
 def key(model, width, workload):
     return (model if workload != "ensemble" else "ensemble(3)", width, workload)
+def repeat(f):
+    return os.path.basename(f).rsplit("-r", 1)[1].split(".")[0]
 for side, pat in ((0, "advlens-*.json"), (2, "before-*.json")):
     for f in glob.glob(os.path.join(out, pat)):
         r = json.load(open(f))
         for w in r["workloads"]:
-            rows.setdefault(key(r["model"], r["width"], w["workload"]), ([], [], []))[side].append(w["rows_per_s"])
+            k = key(r["model"], r["width"], w["workload"])
+            rows.setdefault(k, ([], [], []))[side].append(w["rows_per_s"])
+            paired.setdefault((k, repeat(f)), [None, None, None])[side] = w["rows_per_s"]
 for f in glob.glob(os.path.join(out, "torch-*.jsonl")):
     for line in open(f):
         w = json.loads(line)
-        rows.setdefault(key(w["model"], w["width"], w["workload"]), ([], [], []))[1].append(w["rows_per_s"])
+        k = key(w["model"], w["width"], w["workload"])
+        rows.setdefault(k, ([], [], []))[1].append(w["rows_per_s"])
+        paired.setdefault((k, repeat(f)), [None, None, None])[1] = w["rows_per_s"]
 before = any(v[2] for v in rows.values())
-head = "| model | width | workload | advlens rows/s | PyTorch rows/s | advlens/PyTorch |"
+head = "| model | width | workload | advlens rows/s | PyTorch rows/s | advlens/PyTorch | paired range |"
 if before:
     head += " before rows/s | after/before |"
 print(head)
-print("|---|---:|---|---:|---:|---:|" + ("---:|---:|" if before else ""))
+print("|---|---:|---|---:|---:|---:|---|" + ("---:|---:|" if before else ""))
 med = lambda v: statistics.median(v) if v else float("nan")
 for k in sorted(rows):
     a, t, b = (med(v) for v in rows[k])
-    line = f"| {k[0]} | {k[1]} | {k[2]} | {a:,.0f} | {t:,.0f} | {a / t:.2f} |"
+    rs = sorted(p[0] / p[1] for (kk, _), p in paired.items() if kk == k and p[0] and p[1])
+    span = f"{rs[0]:.2f}-{rs[-1]:.2f}" if rs else "-"
+    line = f"| {k[0]} | {k[1]} | {k[2]} | {a:,.0f} | {t:,.0f} | {a / t:.2f} | {span} |"
     if before:
         line += f" {b:,.0f} | {a / b:.2f} |"
     print(line)
-print(f"(rows/s: medians over repeats of each run's median; raw JSON in {out})")
+print(f"(rows/s: medians over repeats of each run's median; paired range: min-max over repeats "
+      f"of advlens/PyTorch within one repeat; raw JSON in {out})")
 EOF
