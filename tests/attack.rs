@@ -346,6 +346,28 @@ fn fgs_step_and_fgs_ifgs_semantics() {
         s1 < 0.5 * s0,
         "target loss {s0} -> {s1} after 10 ifgs steps"
     );
+    // eps 0 is a valid (identity) attack; a negative, infinite or NaN eps is refused by both.
+    let zero = ifgs(&be, &mut m, &x, &targets, 0.0, 2).unwrap();
+    assert_eq!(zero.to_vec().unwrap(), xv);
+    assert_eq!(
+        fgs(&be, &mut m, &x, &labels, 0.0)
+            .unwrap()
+            .0
+            .to_vec()
+            .unwrap(),
+        xv
+    );
+    for bad in [-1.0f32, -1e-6, f32::INFINITY, f32::NEG_INFINITY, f32::NAN] {
+        let e = fgs(&be, &mut m, &x, &labels, bad)
+            .err()
+            .expect("fgs refuses")
+            .to_string();
+        assert!(e.contains("eps must be a finite number"), "{bad}: {e}");
+        assert!(
+            ifgs(&be, &mut m, &x, &targets, bad, 1).is_err(),
+            "ifgs takes eps {bad}"
+        );
+    }
     // Untargeted FGS at eps 5 hurts accuracy on the trained model (measured: 69% -> 50%).
     let rep = advlens::attack::fgs_table(&be, &mut m, &f.r1, &ds, &[1.0, 5.0], 64, None).unwrap();
     assert!(rep.clean.top1 > 0.5, "clean top1 {}", rep.clean.top1);
@@ -657,4 +679,79 @@ fn cli_fgs_and_ifgs_report_tables() {
     assert_eq!(v["images"], 11);
     assert!(v["mean_linf"].as_f64().unwrap() <= 80.0 + 1e-6);
     assert!(v["target_success"].as_f64().unwrap() > 0.5, "{v}");
+}
+
+/// `random_targets`: never the true label, always a class, every wrong class drawn about equally
+/// often, and the draw pinned per (seed, index): adversarial sets and reports name their targets,
+/// so a changed stream would silently change which attacks a seed runs.
+#[test]
+fn random_targets_are_uniform_wrong_classes_and_pinned() {
+    let k = 10;
+    let n = 9000;
+    let idx: Vec<usize> = (0..n).collect();
+    let labels: Vec<u32> = (0..n).map(|i| (i * 7 % k) as u32).collect();
+    let t = advlens::attack::methods::random_targets(11, &idx, &labels, k).unwrap();
+    let mut counts = vec![vec![0usize; k]; k];
+    for (&y, &c) in labels.iter().zip(&t) {
+        assert!(c != y && (c as usize) < k, "label {y} got target {c}");
+        counts[y as usize][c as usize] += 1;
+    }
+    // 900 images per label over 9 wrong classes: 100 each; 3 sigma is +-30.
+    for (y, row) in counts.iter().enumerate() {
+        for (c, &m) in row.iter().enumerate() {
+            if c != y {
+                assert!(
+                    (60..=140).contains(&m),
+                    "label {y} -> {c} drawn {m} times of ~100"
+                );
+            }
+        }
+    }
+    // The same index gives the same target in any batch; another seed gives another stream.
+    let again =
+        advlens::attack::methods::random_targets(11, &idx[4000..4010], &labels[4000..4010], k);
+    assert_eq!(again.unwrap(), t[4000..4010]);
+    let other = advlens::attack::methods::random_targets(12, &idx, &labels, k).unwrap();
+    assert!(other.iter().zip(&t).filter(|(a, b)| a != b).count() > n / 2);
+    assert_eq!(t[..12], PINNED_TARGETS);
+}
+
+/// random_targets(11, 0..12, labels i*7 % 10, 10), recorded when the test was written.
+const PINNED_TARGETS: [u32; 12] = [6, 1, 7, 7, 0, 0, 3, 6, 3, 1, 5, 8];
+
+/// The ensemble attack's settings: steps >= 1, lr finite and > 0, lambda finite and >= 0.
+#[test]
+fn ensemble_attack_validates_its_settings() {
+    use advlens::attack::methods::EnsembleAttack;
+    let ok = EnsembleAttack::default();
+    ok.validate().unwrap();
+    let with = |f: &dyn Fn(&mut EnsembleAttack)| {
+        let mut a = EnsembleAttack::default();
+        f(&mut a);
+        a.validate()
+    };
+    with(&|a| a.lambda = 0.0).unwrap();
+    with(&|a| a.lr = 1e-6).unwrap();
+    with(&|a| a.steps = 1).unwrap();
+    assert!(with(&|a| a.steps = 0).is_err());
+    for bad in [0.0f32, -1.0, f32::INFINITY, f32::NAN] {
+        let e = with(&|a| a.lr = bad).expect_err("bad lr");
+        assert!(e.to_string().contains("--lr"), "{bad}: {e}");
+    }
+    for bad in [-1e-6f32, f32::INFINITY, f32::NAN] {
+        let e = with(&|a| a.lambda = bad).expect_err("bad lambda");
+        assert!(e.to_string().contains("--lambda"), "{bad}: {e}");
+    }
+}
+
+/// argmax_rows takes the first maximum of a row on ties (the paper's predicted class), and a
+/// later strictly larger value wins.
+#[test]
+fn argmax_rows_takes_the_first_maximum() {
+    use advlens::attack::methods::argmax_rows;
+    let logits = [
+        1.0f32, 3.0, 3.0, 0.0, -2.0, -2.0, -2.0, -2.0, 0.5, 0.25, 0.75, 0.75,
+    ];
+    assert_eq!(argmax_rows(&logits, 4), [1, 0, 2]);
+    assert_eq!(argmax_rows(&[5.0, 5.0], 1), [0, 0]);
 }

@@ -551,6 +551,42 @@ fn run_train_eval(f: &Fixture, ck: &mut Check) -> Result<(), Skip> {
                 ck.fail(format!("[train] {} has no last.safetensors", run.display()));
             }
         }
+        resume_cpu_run_on_cuda(f, ck, &run_c, &a)?;
+    }
+    Ok(())
+}
+
+/// The CPU run's checkpoint resumed for a second epoch, on the CPU and on CUDA: the optimiser
+/// state read from the file lives on the host and must be moved to the device before the first
+/// CUDA Adam step (the `is_cpu` test in `Optimizer::step`). Both resumed runs agree.
+fn resume_cpu_run_on_cuda<const N: usize>(
+    f: &Fixture,
+    ck: &mut Check,
+    run_c: &Path,
+    train_args: &dyn Fn(&Path) -> [OsString; N],
+) -> Result<(), Skip> {
+    let from = run_c.join("last.safetensors");
+    let resumed = |out: &Path| {
+        let mut v = train_args(out).to_vec();
+        let at = v.iter().position(|x| x == "--epochs").expect("--epochs") + 1;
+        v[at] = "2".into();
+        v.extend(args!["--resume", &from]);
+        v
+    };
+    let (out_c, out_g) = (scratch(f, "resume-cpu"), scratch(f, "resume-cuda"));
+    let c = cpu(&resumed(&out_c));
+    if let Some(g) = ck.cuda("train --resume", &resumed(&out_g))? {
+        let (hc, hg) = (&c["history"], &g["history"]);
+        ck.same("train --resume", "epochs", &hc[1]["epoch"], &hg[1]["epoch"]);
+        // As for the first epoch: 1e-3 relative on the mean loss of the resumed epoch.
+        ck.close(
+            "train --resume",
+            "epoch 2 loss",
+            num(&hc[1], "/loss"),
+            num(&hg[1], "/loss"),
+            0.0,
+            1e-3,
+        );
     }
     Ok(())
 }
