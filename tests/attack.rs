@@ -358,10 +358,10 @@ fn fgs_step_and_fgs_ifgs_semantics() {
         xv
     );
     for bad in [-1.0f32, -1e-6, f32::INFINITY, f32::NEG_INFINITY, f32::NAN] {
-        let e = fgs(&be, &mut m, &x, &labels, bad)
-            .err()
-            .expect("fgs refuses")
-            .to_string();
+        let Err(e) = fgs(&be, &mut m, &x, &labels, bad) else {
+            panic!("fgs takes eps {bad}");
+        };
+        let e = e.to_string();
         assert!(e.contains("eps must be a finite number"), "{bad}: {e}");
         assert!(
             ifgs(&be, &mut m, &x, &targets, bad, 1).is_err(),

@@ -52,6 +52,7 @@ pub const H100_FP32_PEAK_TFLOPS: f64 = 67.0;
 /// Dense tensor-core peaks of the same part (no sparsity): TF32 and BF16.
 pub const H100_TF32_PEAK_TFLOPS: f64 = 495.0;
 pub const H100_BF16_PEAK_TFLOPS: f64 = 990.0;
+#[cfg(feature = "cuda")]
 const PEAK_ASSUMPTION: &str = "assumed peak: NVIDIA H100 SXM5 fp32 non-tensor-core, 67 TFLOP/s \
      (NVIDIA datasheet; H200 has the same SMs and clocks); override with --peak-tflops";
 
@@ -60,6 +61,7 @@ fn given_peak(p: f64) -> String {
 }
 
 /// The default peak of a precision and how it is described.
+#[cfg(feature = "cuda")]
 fn default_peak(p: Precision) -> (f64, &'static str) {
     match p {
         Precision::F32 => (H100_FP32_PEAK_TFLOPS, PEAK_ASSUMPTION),
