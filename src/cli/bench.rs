@@ -82,7 +82,7 @@ pub struct ConvArgs {
     pub layers: Vec<String>,
     /// Peak in TFLOP/s for the floor. Default on CUDA by --precision, H100 SXM: f32 67 without
     /// tensor cores, tf32 495, bf16 990 dense; on the CPU, measured with an FMA loop on the same
-    /// threads before the layers are timed.
+    /// threads once the layers are timed.
     #[arg(long)]
     pub peak_tflops: Option<f64>,
     /// Let cuDNN use TF32 tensor cores (default: FMA-only fp32, the same arithmetic as ours;

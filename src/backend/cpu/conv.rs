@@ -402,10 +402,16 @@ const GROUP_COLS: usize = 256;
 /// tile empty; a group of images fills them. Fixed by the geometry alone, so the result does not
 /// depend on the thread count.
 fn group_of(g: &Geom) -> usize {
-    if g.pq() == 0 || g.pq() >= GROUP_COLS {
+    images_for(g, GROUP_COLS)
+}
+
+/// Images whose output pixels together reach `cols`: 1 for planes of at least `cols` pixels,
+/// otherwise enough to reach it, at most the batch.
+fn images_for(g: &Geom, cols: usize) -> usize {
+    if g.pq() == 0 || g.pq() >= cols {
         1
     } else {
-        (GROUP_COLS / g.pq()).clamp(1, g.n.max(1))
+        (cols / g.pq()).clamp(1, g.n.max(1))
     }
 }
 
@@ -420,11 +426,7 @@ const FILTER_GROUP_COLS: usize = 1024;
 /// Images per backward-filter group: each dw element is a dot product over the group's pixels,
 /// whose vector lanes are reduced once per group, so longer groups amortise that reduction.
 fn filter_group_of(g: &Geom) -> usize {
-    if g.pq() == 0 || g.pq() >= FILTER_GROUP_COLS {
-        1
-    } else {
-        (FILTER_GROUP_COLS / g.pq()).clamp(1, g.n.max(1))
-    }
+    images_for(g, FILTER_GROUP_COLS)
 }
 
 /// Unfold the images of `xs` side by side: col[C*R*R, G*P*Q], image i in columns i*PQ...

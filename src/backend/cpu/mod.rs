@@ -373,9 +373,10 @@ impl Backend for CpuBackend {
         let xs = x.cpu(OP)?;
         let mut y = vec![0.0f32; n * c * po * qo];
         if !y.is_empty() {
+            let isa = sgemm::isa();
             y.par_chunks_mut(po * qo)
                 .zip(xs.par_chunks(h * w))
-                .for_each(|(yp, plane)| pool::forward_plane(plane, h, w, p, yp));
+                .for_each(|(yp, plane)| pool::forward_plane(isa, plane, h, w, p, yp));
         }
         Tensor::from_vec(&[n, c, po, qo], y)
     }
@@ -387,9 +388,12 @@ impl Backend for CpuBackend {
         let (xs, dys) = (x.cpu(OP)?, dy.cpu(OP)?);
         let mut dx = vec![0.0f32; xs.len()];
         if !dx.is_empty() && po * qo > 0 {
+            let isa = sgemm::isa();
             dx.par_chunks_mut(h * w)
                 .zip(xs.par_chunks(h * w).zip(dys.par_chunks(po * qo)))
-                .for_each(|(dxp, (plane, dyp))| pool::backward_plane(plane, h, w, p, dyp, dxp));
+                .for_each(|(dxp, (plane, dyp))| {
+                    pool::backward_plane(isa, plane, h, w, p, dyp, dxp)
+                });
         }
         Tensor::from_vec(x.shape(), dx)
     }

@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 
-use super::sgemm::{isa, Isa};
+use super::sgemm::Isa;
 use crate::backend::Pool2dParams;
 
 /// Flat index (within the H*W plane) of the first maximum of output cell (oi, oj), or None when
@@ -91,15 +91,14 @@ fn row_pair(plane: &[f32], w: usize, oi: usize, qo: usize) -> (&[f32], &[f32]) {
 /// not overlap, so every element of the pair is written once, g or 0, with no scatter: the
 /// indexed `+=` was 8.7% of a small-alexnet w16 training step.
 fn route_2x2(isa: Isa, r0: &[f32], r1: &[f32], dy: &[f32], d0: &mut [f32], d1: &mut [f32]) {
-    let done = match isa {
-        #[cfg(target_arch = "x86_64")]
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
         // SAFETY: AVX-512F present (the caller's `Isa` is a supported one); the rows hold
         // 2 dy.len() values (row_pair and the caller's cuts), which route16 requires.
-        Isa::Avx512 => unsafe { avx512::route16(r0, r1, dy, d0, d1) },
-        _ => 0,
-    };
-    let (r0, r1, dy) = (&r0[2 * done..], &r1[2 * done..], &dy[done..]);
-    let (d0, d1) = (&mut d0[2 * done..], &mut d1[2 * done..]);
+        return unsafe { avx512::route16(r0, r1, dy, d0, d1) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = isa;
     for ((((a, b), &g), e0), e1) in r0
         .chunks_exact(2)
         .zip(r1.chunks_exact(2))
@@ -118,25 +117,28 @@ fn route_2x2(isa: Isa, r0: &[f32], r1: &[f32], dy: &[f32], d0: &mut [f32], d1: &
 
 /// y[j] = the maximum of window j of the row pair (r0, r1: 2 y.len() values each).
 fn max_2x2_row(isa: Isa, r0: &[f32], r1: &[f32], y: &mut [f32]) {
-    let done = match isa {
-        #[cfg(target_arch = "x86_64")]
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
         // SAFETY: AVX-512F present; the rows hold 2 y.len() values (row_pair).
-        Isa::Avx512 => unsafe { avx512::max16(r0, r1, y) },
-        _ => 0,
-    };
-    let (r0, r1, y) = (&r0[2 * done..], &r1[2 * done..], &mut y[done..]);
+        return unsafe { avx512::max16(r0, r1, y) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = isa;
     for ((y, a), b) in y.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
         *y = max_2x2(a, b).0;
     }
 }
 
-/// yp[po*qo] = the pooled plane, with the process's vector path (`sgemm::isa`).
-pub(super) fn forward_plane(plane: &[f32], h: usize, w: usize, p: Pool2dParams, yp: &mut [f32]) {
-    forward_plane_on(isa(), plane, h, w, p, yp)
-}
-
-/// `forward_plane` on a chosen path (tests run each supported one).
-fn forward_plane_on(isa: Isa, plane: &[f32], h: usize, w: usize, p: Pool2dParams, yp: &mut [f32]) {
+/// yp[po*qo] = the pooled plane, on the vector path `isa` (callers pass `sgemm::isa()`; the
+/// tests run each supported one).
+pub(super) fn forward_plane(
+    isa: Isa,
+    plane: &[f32],
+    h: usize,
+    w: usize,
+    p: Pool2dParams,
+    yp: &mut [f32],
+) {
     let (po, qo) = out_size(h, w, p);
     if is_2x2(p) {
         for (oi, row) in yp.chunks_exact_mut(qo).enumerate() {
@@ -183,19 +185,9 @@ fn scan_backward(plane: &[f32], h: usize, w: usize, p: Pool2dParams, dyp: &[f32]
     }
 }
 
-/// dxp[h*w] += dy routed to each window's first maximum (dxp zeroed by the caller).
+/// dxp[h*w] += dy routed to each window's first maximum (dxp zeroed by the caller), on the
+/// vector path `isa`.
 pub(super) fn backward_plane(
-    plane: &[f32],
-    h: usize,
-    w: usize,
-    p: Pool2dParams,
-    dyp: &[f32],
-    dxp: &mut [f32],
-) {
-    backward_plane_on(isa(), plane, h, w, p, dyp, dxp)
-}
-
-fn backward_plane_on(
     isa: Isa,
     plane: &[f32],
     h: usize,
@@ -426,10 +418,14 @@ fn out_size(h: usize, w: usize, p: Pool2dParams) -> (usize, usize) {
 mod avx512 {
     use std::arch::x86_64::*;
 
+    /// The first `n` (at most 16) lanes.
+    fn first(n: usize) -> __mmask16 {
+        ((1u32 << n.min(16)) - 1) as __mmask16
+    }
+
     /// Load and store masks of the two 16-float halves covering `cnt` (1..=16) windows.
     fn halves(cnt: usize) -> (__mmask16, __mmask16) {
-        let bits = |n: usize| ((1u32 << n.min(16)) - 1) as __mmask16;
-        (bits(2 * cnt), bits((2 * cnt).saturating_sub(16)))
+        (first(2 * cnt), first((2 * cnt).saturating_sub(16)))
     }
 
     /// (window maxima, masks of "position 1 / 2 / 3 beat the best so far") of `cnt` windows
@@ -467,36 +463,27 @@ mod avx512 {
         (best, beat)
     }
 
-    /// y[j] = the maximum of window j, for every window; returns y.len().
+    /// y[j] = the maximum of window j, for every window.
     /// # Safety
     /// AVX-512F present; r0 and r1 hold at least 2 y.len() values.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn max16(r0: &[f32], r1: &[f32], y: &mut [f32]) -> usize {
+    pub unsafe fn max16(r0: &[f32], r1: &[f32], y: &mut [f32]) {
         for j in (0..y.len()).step_by(16) {
             let cnt = (y.len() - j).min(16);
             // SAFETY: windows j..j + cnt read values 2j..2(j + cnt) of each row and write
             // y[j..j + cnt] (masked).
             unsafe {
                 let (best, _) = windows(r0.as_ptr().add(2 * j), r1.as_ptr().add(2 * j), cnt);
-                let m = ((1u32 << cnt) - 1) as __mmask16;
-                _mm512_mask_storeu_ps(y.as_mut_ptr().add(j), m, best);
+                _mm512_mask_storeu_ps(y.as_mut_ptr().add(j), first(cnt), best);
             }
         }
-        y.len()
     }
 
-    /// d0/d1 = dy routed to each window's winner, zero elsewhere, for every window; returns
-    /// dy.len().
+    /// d0/d1 = dy routed to each window's winner, zero elsewhere, for every window.
     /// # Safety
     /// AVX-512F present; r0, r1, d0 and d1 hold at least 2 dy.len() values.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn route16(
-        r0: &[f32],
-        r1: &[f32],
-        dy: &[f32],
-        d0: &mut [f32],
-        d1: &mut [f32],
-    ) -> usize {
+    pub unsafe fn route16(r0: &[f32], r1: &[f32], dy: &[f32], d0: &mut [f32], d1: &mut [f32]) {
         let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
         let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
         for j in (0..dy.len()).step_by(16) {
@@ -506,7 +493,7 @@ mod avx512 {
             unsafe {
                 let (_, [m1, m2, m3]) =
                     windows(r0.as_ptr().add(2 * j), r1.as_ptr().add(2 * j), cnt);
-                let g = _mm512_maskz_loadu_ps(((1u32 << cnt) - 1) as __mmask16, dy.as_ptr().add(j));
+                let g = _mm512_maskz_loadu_ps(first(cnt), dy.as_ptr().add(j));
                 // The winner is the last position that beat the best so far.
                 let w3 = m3;
                 let w2 = m2 & !m3;
@@ -521,7 +508,6 @@ mod avx512 {
                 _mm512_mask_storeu_ps(p1.add(16), mh, _mm512_permutex2var_ps(o2, hi, o3));
             }
         }
-        dy.len()
     }
 }
 
@@ -598,11 +584,11 @@ mod tests {
         let (po, qo) = out_size(h, w, p);
         for isa in crate::backend::cpu::sgemm::supported_isas() {
             let mut y = vec![0.0; po * qo];
-            forward_plane_on(isa, plane, h, w, p, &mut y);
+            forward_plane(isa, plane, h, w, p, &mut y);
             // dy of both signs and never zero, so a routed value cannot pass for the zero fill.
             let dy: Vec<f32> = (0..po * qo).map(|i| i as f32 - 7.5).collect();
             let mut dx = vec![0.0; h * w];
-            backward_plane_on(isa, plane, h, w, p, &dy, &mut dx);
+            backward_plane(isa, plane, h, w, p, &dy, &mut dx);
             let mut dx_ref = vec![0.0f32; h * w];
             for oi in 0..po {
                 for oj in 0..qo {
