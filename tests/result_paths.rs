@@ -4,7 +4,7 @@
 
 mod common;
 
-use advlens::analysis::pd::prediction_difference_batch;
+use advlens::analysis::pd::{above_threshold, prediction_difference_batch, top_n};
 use advlens::analysis::ratios::{mean_within_distance, row_distance_sums};
 use advlens::analysis::semantics::{lc_curve, uniform_edges, NeuronSemantics};
 use advlens::analysis::topk::{top_fraction_k, Hit, TopK};
@@ -182,6 +182,50 @@ fn pd_batch_rejects_a_removed_set_of_the_wrong_shape() {
         let r = prediction_difference_batch(&g, &vec![0.3f32; bad], &c, k);
         assert!(r.is_err(), "g_removed of {bad} values accepted");
     }
+}
+
+/// Mutants: the two batch-shape checks of `prediction_difference_batch` with `||` -> `&&`. Each
+/// bad length here is one the per-image check downstream cannot see: g of 7 values at K = 3
+/// still cuts into two images, and 13 removed values over B = 2 still cut into two runs of 6.
+#[test]
+fn pd_batch_rejects_shapes_the_per_image_check_cannot_see() {
+    let k = 3;
+    let c: Vec<f64> = (0..k * k)
+        .map(|i| if i % (k + 1) == 0 { 1.0 } else { 0.5 })
+        .collect();
+    let g6 = vec![0.2f32, 0.3, 0.5, 0.6, 0.3, 0.1];
+    let g7 = [g6.clone(), vec![0.4]].concat();
+    assert!(prediction_difference_batch(&g6, &[0.3f32; 12], &c, k).is_ok());
+    assert!(
+        prediction_difference_batch(&g7, &[0.3f32; 12], &c, k).is_err(),
+        "g of 7 values accepted at K = 3"
+    );
+    assert!(
+        prediction_difference_batch(&g6, &[0.3f32; 13], &c, k).is_err(),
+        "13 removed values accepted for B = 2, K = 3"
+    );
+    assert!(prediction_difference_batch(&[], &[], &c, k).is_err());
+    assert!(prediction_difference_batch(&g6, &[0.3f32; 12], &c, 0).is_err());
+}
+
+/// Mutants: `top_n`'s NaN arms deleted (a NaN then compares equal to everything and keeps its
+/// index order) and `above_threshold`'s rule (`>` -> `>=` / `==` / `<`, or a constant result).
+#[test]
+fn pd_ranking_puts_nan_last_and_keeps_only_values_above_the_threshold() {
+    let nan = f64::NAN;
+    let pd = [nan, 1.0, 3.0, nan, 2.0, 0.5];
+    let got: Vec<usize> = top_n(&pd, 6).iter().map(|&(i, _)| i).collect();
+    assert_eq!(got, [2, 4, 1, 5, 0, 3], "NaN must rank last, ties by index");
+    let rev = [2.0, nan, 1.0];
+    let got: Vec<usize> = top_n(&rev, 3).iter().map(|&(i, _)| i).collect();
+    assert_eq!(got, [0, 2, 1]);
+    assert_eq!(top_n(&pd, 2), vec![(2, 3.0), (4, 2.0)]);
+    assert_eq!(above_threshold(&pd, 1.0), vec![(2, 3.0), (4, 2.0)]);
+    assert_eq!(
+        above_threshold(&pd, 0.4),
+        vec![(2, 3.0), (4, 2.0), (1, 1.0), (5, 0.5)]
+    );
+    assert_eq!(above_threshold(&pd, 3.0), vec![]);
 }
 
 fn tiny_model(seed: u64) -> Model {
