@@ -400,6 +400,10 @@ mod tests {
         let want = crate::analysis::roc::roc_auc(&scores, &labels).unwrap();
         let got = Ranked::new(&pos, &neg).auc(&wp, &wn).unwrap();
         assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+        // A resample that drew no positives, or no negatives, has no AUC.
+        let r = Ranked::new(&pos, &neg);
+        assert_eq!(r.auc(&[0; 5], &wn), None);
+        assert_eq!(r.auc(&wp, &[0; 4]), None);
     }
 
     #[test]
@@ -498,6 +502,173 @@ mod tests {
     }
 
     #[test]
+    fn an_interval_touching_the_threshold_from_either_side_is_inconclusive() {
+        let ci = |lo, hi| Ci {
+            est: (lo + hi) / 2.0,
+            lo,
+            hi,
+            n: 10,
+        };
+        // The other side's bound touching the threshold does not exclude it either.
+        assert_eq!(
+            decide(Some(&ci(0.8, 1.0)), 1.0, Side::Above),
+            Verdict::Inconclusive
+        );
+        assert_eq!(
+            decide(Some(&ci(1.0, 1.2)), 1.0, Side::Below),
+            Verdict::Inconclusive
+        );
+        assert_eq!(
+            decide(Some(&ci(f64::NEG_INFINITY, 0.5)), 1.0, Side::Above),
+            Verdict::NotMeasured
+        );
+        assert_eq!(
+            decide(Some(&ci(0.5, f64::INFINITY)), 1.0, Side::Above),
+            Verdict::NotMeasured
+        );
+    }
+
+    #[test]
+    fn scaled_intervals_and_verdict_labels() {
+        let c = Ci {
+            est: 0.25,
+            lo: 0.125,
+            hi: 0.5,
+            n: 7,
+        };
+        let p = c.scaled(100.0);
+        assert_eq!((p.est, p.lo, p.hi, p.n), (25.0, 12.5, 50.0, 7));
+        assert_eq!(c.show(3), "0.250 [0.125, 0.500]");
+        let labels: Vec<&str> = [
+            Verdict::Reproduced,
+            Verdict::Contradicted,
+            Verdict::Inconclusive,
+            Verdict::NotMeasured,
+        ]
+        .iter()
+        .map(|v| v.label())
+        .collect();
+        assert_eq!(
+            labels,
+            ["reproduced", "contradicted", "inconclusive", "not measured"]
+        );
+    }
+
+    /// A statistic whose full-sample value is `est` and whose first `bad` resamples are NaN.
+    fn counted(r: usize, est: f64, bad: usize) -> Option<Ci> {
+        let calls = std::cell::Cell::new(0usize);
+        let c = BootConfig {
+            resamples: r,
+            level: 0.9,
+            seed: 1,
+        };
+        bootstrap(&[5], &c, "counted", &|w| {
+            let i = calls.get();
+            calls.set(i + 1);
+            Some(match i {
+                0 => est,
+                i if i <= bad => f64::NAN,
+                _ => wmean(&[1.0, 2.0, 3.0, 4.0, 5.0], w[0])?,
+            })
+        })
+    }
+
+    #[test]
+    fn an_interval_needs_a_finite_estimate_and_half_the_resamples_finite() {
+        assert!(counted(100, 3.0, 0).is_some());
+        assert!(
+            counted(100, 3.0, 50).is_some(),
+            "exactly half finite is enough"
+        );
+        assert!(counted(100, 3.0, 51).is_none(), "49 of 100 finite");
+        assert!(counted(100, 3.0, 60).is_none());
+        assert!(counted(100, f64::INFINITY, 0).is_none());
+        assert!(counted(100, f64::NAN, 0).is_none());
+        let c = counted(100, 3.0, 50).unwrap();
+        assert!(c.lo >= 1.0 && c.hi <= 5.0 && c.lo < c.hi, "{c:?}");
+    }
+
+    #[test]
+    fn bootstrap_refuses_no_groups_an_empty_group_and_no_resamples() {
+        let one = |_: &[&[u32]]| Some(1.0);
+        assert!(bootstrap(&[4], &cfg(0), "b", &one).is_some());
+        assert!(bootstrap(&[], &cfg(0), "b", &one).is_none());
+        assert!(bootstrap(&[3, 0], &cfg(0), "b", &one).is_none());
+        assert!(bootstrap(&[0, 3], &cfg(0), "b", &one).is_none());
+        let none = BootConfig {
+            resamples: 0,
+            ..cfg(0)
+        };
+        assert!(bootstrap(&[4], &none, "b", &one).is_none());
+    }
+
+    #[test]
+    fn resample_streams_are_keyed_by_the_fnv1a_hash_of_the_label() {
+        // FNV-1a 64: the published offset basis and prime; "a" is the reference test vector.
+        assert_eq!(label_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(label_hash("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(label_hash("foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    /// Pearson of the expanded sample (each pair repeated by its weight), two-pass.
+    fn pearson_expanded(x: &[f64], y: &[f64], w: &[u32]) -> f64 {
+        let (mut ex, mut ey) = (Vec::new(), Vec::new());
+        for ((&a, &b), &c) in x.iter().zip(y).zip(w) {
+            for _ in 0..c {
+                ex.push(a);
+                ey.push(b);
+            }
+        }
+        let n = ex.len() as f64;
+        let (mx, my) = (ex.iter().sum::<f64>() / n, ey.iter().sum::<f64>() / n);
+        let sxy: f64 = ex.iter().zip(&ey).map(|(a, b)| (a - mx) * (b - my)).sum();
+        let sxx: f64 = ex.iter().map(|a| (a - mx) * (a - mx)).sum();
+        let syy: f64 = ey.iter().map(|b| (b - my) * (b - my)).sum();
+        sxy / (sxx * syy).sqrt()
+    }
+
+    #[test]
+    fn weighted_moments_match_the_expanded_sample_far_from_the_origin() {
+        let mut g = Rng::new(21);
+        let x: Vec<f64> = (0..37).map(|_| 50.0 + 3.0 * g.normal()).collect();
+        let y: Vec<f64> = x.iter().map(|&a| -20.0 + 0.5 * a + g.normal()).collect();
+        let w: Vec<u32> = (0..37).map(|i| [0u32, 1, 2, 5][i % 4]).collect();
+        let want = pearson_expanded(&x, &y, &w);
+        let got = wpearson(&x, &y, &w).unwrap();
+        assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+        assert!(want > 0.5 && want < 0.95, "{want}");
+        let n: u32 = w.iter().sum();
+        let mean = x.iter().zip(&w).map(|(a, &c)| a * c as f64).sum::<f64>() / n as f64;
+        assert!((wmean(&x, &w).unwrap() - mean).abs() < 1e-12);
+        // No weight, or no spread on either side: undefined.
+        assert_eq!(wmean(&[1.0, 2.0], &[0, 0]), None);
+        assert_eq!(wpearson(&[1.0, 2.0], &[3.0, 4.0], &[0, 0]), None);
+        assert_eq!(
+            wpearson(&[1.0, 1.0, 1.0], &[3.0, 4.0, 6.0], &[1, 1, 1]),
+            None
+        );
+        assert_eq!(
+            wpearson(&[1.0, 2.0, 3.0], &[5.0, 5.0, 5.0], &[1, 1, 1]),
+            None
+        );
+        assert_eq!(
+            wpearson(&[1.0, 2.0, 3.0], &[3.0, 4.0, 6.0], &[0, 2, 0]),
+            None
+        );
+    }
+
+    #[test]
+    fn pearson_interval_needs_three_pairs_of_equal_length() {
+        let x = [1.0, 2.0, 3.0, 5.0, 4.0];
+        let y = [2.0, 1.0, 4.0, 6.0, 5.0];
+        assert!(pearson_ci(&x, &y, &cfg(0), "r").is_some());
+        assert!(pearson_ci(&x[..3], &y[..3], &cfg(0), "r").is_some());
+        assert!(pearson_ci(&x[..2], &y[..2], &cfg(0), "r").is_none());
+        assert!(pearson_ci(&x, &y[..4], &cfg(0), "r").is_none());
+        assert!(pearson_ci(&x[..4], &y, &cfg(0), "r").is_none());
+    }
+
+    #[test]
     fn quantiles_and_bits_round_trip() {
         let s = [1.0, 2.0, 3.0, 4.0, 5.0];
         assert_eq!(quantile(&s, 0.0), 1.0);
@@ -508,5 +679,7 @@ mod tests {
         assert_eq!(bits_to_string(&b), "1001");
         assert_eq!(bits_from_str("1001"), Some(b));
         assert_eq!(bits_from_str("10x1"), None);
+        assert_eq!(flags(&[true, false, false, true]), [1.0, 0.0, 0.0, 1.0]);
+        assert_eq!(flags(&[]), Vec::<f64>::new());
     }
 }
