@@ -4,6 +4,7 @@
 
 mod common;
 
+use advlens::analysis::detect::{GaussianAccumulator, GaussianConfig, Shrinkage};
 use advlens::analysis::pd::{above_threshold, prediction_difference_batch, top_n};
 use advlens::analysis::ratios::{mean_within_distance, row_distance_sums};
 use advlens::analysis::semantics::{lc_curve, uniform_edges, NeuronSemantics};
@@ -141,6 +142,22 @@ fn top_fraction_k_rounds_near_integers_and_ceils_the_rest() {
     assert_eq!(top_fraction_k(150, 0.01), 2);
     assert_eq!(top_fraction_k(10, 0.0001), 1);
     assert_eq!(top_fraction_k(10, 2.0), 10);
+}
+
+/// Mutants: the tolerance of the near-integer rule relative to the product (`*` -> `/`), an
+/// infinite fraction taken as 100% (`&&` -> `||`), and the two accessors of `TopK`.
+#[test]
+fn top_fraction_k_tolerance_scales_with_the_product() {
+    // 2e6 x 0.50000000005 = 1e6 + 1e-4: within 1e-9 of the product of an integer, so 1e6;
+    // an absolute tolerance would make it 1e6 + 1.
+    assert_eq!(top_fraction_k(2_000_000, 0.500_000_000_05), 1_000_000);
+    assert_eq!(top_fraction_k(2_000_000, 0.500_000_01), 1_000_001);
+    for bad in [f64::INFINITY, f64::NAN, -0.5, 0.0] {
+        assert_eq!(top_fraction_k(50, bad), 1, "fraction {bad}");
+    }
+    assert_eq!(top_fraction_k(0, 0.5), 1);
+    let t = TopK::new(5, 3).unwrap();
+    assert_eq!((t.channels(), t.k()), (5, 3));
 }
 
 /// Mutant: `LcBin.hi` (or `lo`) not the bin's edges in the Fig. 4 output.
@@ -439,4 +456,235 @@ fn set_lr_scales_the_next_update() {
         "lr 0.03 / 0.01 moved the weights {ratio} times as far"
     );
     assert_eq!(norm(&zero), 0.0, "lr 0 still moved the weights");
+}
+
+/// Dense f64 Gaussian of one class written out plainly: the mean, the MLE covariance S, the
+/// shrunk `(1 - l) S + l (tr S / D) I` plus `eps I`, and the log-density by Gaussian
+/// elimination with partial pivoting (not a Cholesky, so it shares no code path with the fit).
+struct DirectGaussian {
+    mean: Vec<f64>,
+    sigma: Vec<f64>,
+}
+
+fn direct_moments(rows: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>) {
+    let (n, d) = (rows.len() as f64, rows[0].len());
+    let mean: Vec<f64> = (0..d)
+        .map(|j| rows.iter().map(|r| r[j]).sum::<f64>() / n)
+        .collect();
+    let mut s = vec![0.0; d * d];
+    for r in rows {
+        for i in 0..d {
+            for j in 0..d {
+                s[i * d + j] += (r[i] - mean[i]) * (r[j] - mean[j]) / n;
+            }
+        }
+    }
+    (mean, s)
+}
+
+impl DirectGaussian {
+    fn new(mean: Vec<f64>, s: &[f64], lambda: f64, eps: f64) -> DirectGaussian {
+        let d = mean.len();
+        let mu = (0..d).map(|i| s[i * d + i]).sum::<f64>() / d as f64;
+        let mut sigma: Vec<f64> = s.iter().map(|v| v * (1.0 - lambda)).collect();
+        for i in 0..d {
+            sigma[i * d + i] += lambda * mu + eps;
+        }
+        DirectGaussian { mean, sigma }
+    }
+
+    fn log_density(&self, x: &[f64]) -> f64 {
+        let d = self.mean.len();
+        let mut a = self.sigma.clone();
+        let mut b: Vec<f64> = x.iter().zip(&self.mean).map(|(x, m)| x - m).collect();
+        let r0 = b.clone();
+        let mut log_det = 0.0;
+        for col in 0..d {
+            let p = (col..d)
+                .max_by(|&i, &j| a[i * d + col].abs().total_cmp(&a[j * d + col].abs()))
+                .unwrap();
+            for j in 0..d {
+                a.swap(col * d + j, p * d + j);
+            }
+            b.swap(col, p);
+            let piv = a[col * d + col];
+            log_det += piv.abs().ln();
+            for i in col + 1..d {
+                let f = a[i * d + col] / piv;
+                for j in col..d {
+                    a[i * d + j] -= f * a[col * d + j];
+                }
+                b[i] -= f * b[col];
+            }
+        }
+        let mut sol = vec![0.0; d];
+        for i in (0..d).rev() {
+            let s: f64 = (i + 1..d).map(|j| a[i * d + j] * sol[j]).sum();
+            sol[i] = (b[i] - s) / a[i * d + i];
+        }
+        let maha: f64 = r0.iter().zip(&sol).map(|(r, s)| r * s).sum();
+        -0.5 * (d as f64 * (2.0 * std::f64::consts::PI).ln() + log_det + maha)
+    }
+}
+
+/// Mutants: the class-conditional Gaussians past D = 2 (packed-row offsets, the rank-1 and
+/// GEMM moment paths mixed in one class), the ridge relative to the mean variance, a class with
+/// one sample (nothing to shrink: l = 1), more than one 64-sample block of a class in the
+/// batched log-density, and the per-class summary.
+#[test]
+fn gaussians_match_a_dense_f64_fit_in_five_dimensions() {
+    let (d, k) = (5usize, 4usize);
+    let mut rng = Rng::new(20261207);
+    // Class 0: 150 correlated rows far from the origin; class 1: 9; class 2: none; class 3: 1.
+    let sizes = [150usize, 9, 0, 1];
+    let mut rows: Vec<(Vec<f64>, u32)> = Vec::new();
+    for (c, &m) in sizes.iter().enumerate() {
+        for _ in 0..m {
+            let z: Vec<f64> = (0..d).map(|_| rng.normal()).collect();
+            let r: Vec<f64> = (0..d)
+                .map(|j| {
+                    let v = 40.0 * c as f64 - 7.0 * j as f64
+                        + (j as f64 + 1.0) * z[j]
+                        + 0.7 * z[(j + 2) % d];
+                    (v as f32) as f64
+                })
+                .collect();
+            rows.push((r, c as u32));
+        }
+    }
+    // Interleave the classes so that batches mix them; batch sizes put class 0 through both
+    // the rank-1 (< 8 rows of a class) and the GEMM path.
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    let feats: Vec<f32> = order
+        .iter()
+        .flat_map(|&i| rows[i].0.iter().map(|&v| v as f32))
+        .collect();
+    let labels: Vec<u32> = order.iter().map(|&i| rows[i].1).collect();
+    let mut acc = GaussianAccumulator::new(k, d).unwrap();
+    let mut start = 0;
+    for b in [3usize, 5, 40, 1, 7, 200] {
+        let e = (start + b).min(labels.len());
+        acc.add_batch(&feats[start * d..e * d], &labels[start..e])
+            .unwrap();
+        start = e;
+    }
+    assert_eq!(start, labels.len());
+    assert_eq!(acc.counts(), vec![150, 9, 0, 1]);
+    assert_eq!((acc.dim(), acc.num_classes()), (d, k));
+
+    let per_class: Vec<Option<(Vec<f64>, Vec<f64>)>> = (0..k as u32)
+        .map(|c| {
+            let rs: Vec<Vec<f64>> = rows
+                .iter()
+                .filter(|r| r.1 == c)
+                .map(|r| r.0.clone())
+                .collect();
+            (!rs.is_empty()).then(|| direct_moments(&rs))
+        })
+        .collect();
+    let trace_over_d = |s: &[f64]| (0..d).map(|i| s[i * d + i]).sum::<f64>() / d as f64;
+    let fitted: Vec<f64> = per_class
+        .iter()
+        .flatten()
+        .map(|(_, s)| trace_over_d(s))
+        .collect();
+    let mean_var = fitted.iter().sum::<f64>() / fitted.len() as f64;
+
+    for (ridge, l) in [(1e-3, 0.3), (0.05, 0.0)] {
+        let cfg = GaussianConfig {
+            shrinkage: Shrinkage::Fixed(l),
+            ridge,
+        };
+        let g = acc.fit(&cfg).unwrap();
+        let eps = ridge * mean_var;
+        assert!(
+            (g.ridge() - eps).abs() < 1e-9 * eps,
+            "ridge {} vs {eps}",
+            g.ridge()
+        );
+        assert_eq!(g.dim(), d);
+        let summary = g.summary();
+        assert_eq!(
+            summary.iter().map(|s| (s.class, s.n)).collect::<Vec<_>>(),
+            [(0, 150), (1, 9), (3, 1)]
+        );
+        let mut want_all = Vec::new();
+        for (c, pc) in per_class.iter().enumerate() {
+            let Some((mean, s)) = pc else {
+                assert!(g.mean(c).is_none());
+                continue;
+            };
+            // One sample: S = 0 is already a multiple of I, so the fit takes l = 1 only under
+            // Ledoit-Wolf; a fixed l is used as given.
+            let dg = DirectGaussian::new(mean.clone(), s, l, eps);
+            let probe: Vec<f64> = mean
+                .iter()
+                .enumerate()
+                .map(|(j, m)| m + 1.5 - j as f64)
+                .collect();
+            let p32: Vec<f32> = probe.iter().map(|&v| v as f32).collect();
+            let p64: Vec<f64> = p32.iter().map(|&v| v as f64).collect();
+            let want = dg.log_density(&p64);
+            let got = g.log_density(&p32, c).unwrap();
+            assert!(
+                (got - want).abs() < 1e-6 * (1.0 + want.abs()),
+                "ridge {ridge} l {l} class {c}: {got} vs {want}"
+            );
+            let sm = summary.iter().find(|x| x.class == c).unwrap();
+            assert_eq!(sm.shrinkage, l);
+            let log_det_want = -2.0 * dg.log_density(&dg.mean.clone())
+                - d as f64 * (2.0 * std::f64::consts::PI).ln();
+            assert!(
+                (sm.log_det - log_det_want).abs() < 1e-6 * (1.0 + log_det_want.abs()),
+                "class {c} log det {} vs {log_det_want}",
+                sm.log_det
+            );
+            for (a, b) in g.mean(c).unwrap().iter().zip(mean) {
+                assert!((a - b).abs() < 1e-9 * (1.0 + b.abs()), "class {c} mean");
+            }
+            want_all.push((c, dg));
+        }
+        // The batched log-density over every sample of the fitted classes (class 0 spans three
+        // 64-sample blocks), against the dense reference.
+        let (bx, bc): (Vec<f32>, Vec<u32>) = rows
+            .iter()
+            .flat_map(|(r, c)| r.iter().map(move |&v| (v as f32, *c)))
+            .unzip();
+        let bc: Vec<u32> = bc.chunks(d).map(|c| c[0]).collect();
+        let got = g.log_density_batch(&bx, &bc).unwrap();
+        for (i, (r, c)) in rows.iter().enumerate() {
+            let dg = &want_all.iter().find(|w| w.0 == *c as usize).unwrap().1;
+            let want = dg.log_density(r);
+            assert!(
+                (got[i] - want).abs() < 1e-6 * (1.0 + want.abs()),
+                "batch row {i} class {c}: {} vs {want}",
+                got[i]
+            );
+        }
+        assert!(g.log_density_batch(&bx[..d], &[2]).is_err());
+        assert!(g.log_density_batch(&bx[..d], &[9]).is_err());
+        assert!(g.log_density(&bx[..d], 9).is_err());
+    }
+    // Ledoit-Wolf on the one-sample class: S = 0, nothing to shrink toward, l = 1.
+    let lw = acc.fit(&GaussianConfig::default()).unwrap();
+    let one = lw.summary().into_iter().find(|s| s.class == 3).unwrap();
+    assert_eq!(one.shrinkage, 1.0);
+    // Refusals: a ridge below 0 or not finite, a fixed l outside [0, 1].
+    for ridge in [-1e-9, f64::NAN, f64::INFINITY] {
+        let cfg = GaussianConfig {
+            shrinkage: Shrinkage::Fixed(0.1),
+            ridge,
+        };
+        assert!(acc.fit(&cfg).is_err(), "ridge {ridge} accepted");
+    }
+    for l in [-0.01, 1.01] {
+        let cfg = GaussianConfig {
+            shrinkage: Shrinkage::Fixed(l),
+            ridge: 1e-3,
+        };
+        assert!(acc.fit(&cfg).is_err(), "shrinkage {l} accepted");
+    }
 }
