@@ -7,7 +7,9 @@ mod common;
 use advlens::analysis::detect::{GaussianAccumulator, GaussianConfig, Shrinkage};
 use advlens::analysis::pd::{above_threshold, prediction_difference_batch, top_n};
 use advlens::analysis::ratios::{mean_within_distance, row_distance_sums};
-use advlens::analysis::semantics::{lc_curve, uniform_edges, NeuronSemantics};
+use advlens::analysis::semantics::{
+    lc_curve, neuron_semantics_from_labels, quadforms, uniform_edges, NeuronSemantics,
+};
 use advlens::analysis::topk::{top_fraction_k, Hit, TopK};
 use advlens::attack::methods::{ensemble_attack, ensemble_mean_probs, input_grad, EnsembleAttack};
 use advlens::backend::cpu::CpuBackend;
@@ -158,6 +160,56 @@ fn top_fraction_k_tolerance_scales_with_the_product() {
     assert_eq!(top_fraction_k(0, 0.5), 1);
     let t = TopK::new(5, 3).unwrap();
     assert_eq!((t.channels(), t.k()), (5, 3));
+}
+
+/// Mutants: the CPU backend's `TopKStream` (what E3 mining runs) ignoring a pushed batch or
+/// finishing with nothing: it must keep what `TopK::push_batch` keeps.
+#[test]
+fn cpu_topk_stream_keeps_what_topk_keeps() {
+    let (c, k) = (5usize, 3usize);
+    let mut rng = Rng::new(77);
+    let be = CpuBackend::new();
+    let mut stream = be.topk_stream(c, k).unwrap();
+    let mut direct = TopK::new(c, k).unwrap();
+    let mut next = 0u32;
+    for b in [4usize, 1, 6] {
+        let acts: Vec<f32> = (0..b * c).map(|_| rng.normal() as f32).collect();
+        let ids: Vec<u32> = (next..next + b as u32).collect();
+        next += b as u32;
+        stream
+            .push(&Tensor::from_vec(&[b, c], acts.clone()).unwrap(), &ids)
+            .unwrap();
+        direct.push_batch(&acts, &ids).unwrap();
+    }
+    let got = stream.finish().unwrap();
+    assert_eq!(got.len(), c);
+    assert!(got.iter().all(|h| h.len() == k));
+    assert_eq!(got, direct.finish());
+}
+
+/// Mutant: `quadforms`'s zero-norm rule (`den > 0` -> `>=`). Under a C that is not positive
+/// semi-definite, |p|_C = 0 does not force p^T C q = 0, so a `>=` would divide a non-zero by 0.
+#[test]
+fn quadform_cosine_is_nan_whenever_a_norm_is_zero() {
+    let c = [0.0, 1.0, 1.0, 0.0];
+    let (p, q) = ([1.0, 0.0], [0.0, 1.0]);
+    let f = quadforms(&p, &c, &q, 1, 2).unwrap();
+    assert_eq!((f.pcq[0], f.pcp[0], f.qcq[0]), (1.0, 0.0, 0.0));
+    assert!(f.cos[0].is_nan(), "cos {}", f.cos[0]);
+}
+
+/// Mutant: `neuron_semantics_from_labels` accepting label lists of different counts (`||` ->
+/// `&&`); the refusal must name the lists, not surface later as a matrix-shape error.
+#[test]
+fn neuron_semantics_refuses_unequal_label_lists_by_name() {
+    let c = [1.0, 0.5, 0.5, 1.0];
+    let two = vec![vec![0u32, 1], vec![1]];
+    let one = vec![vec![0u32]];
+    assert!(neuron_semantics_from_labels(&two, &two, &two, &c, 2).is_ok());
+    for (a, b) in [(&one, &two), (&two, &one)] {
+        let e = neuron_semantics_from_labels(&two, a, b, &c, 2).unwrap_err();
+        assert!(e.to_string().contains("label lists"), "{e}");
+    }
 }
 
 /// Mutant: `LcBin.hi` (or `lo`) not the bin's edges in the Fig. 4 output.
