@@ -8,7 +8,7 @@ use advlens::analysis::detect::{GaussianAccumulator, GaussianConfig, Shrinkage};
 use advlens::analysis::pd::{above_threshold, prediction_difference_batch, top_n};
 use advlens::analysis::ratios::{mean_within_distance, row_distance_sums};
 use advlens::analysis::semantics::{
-    lc_curve, neuron_semantics_from_labels, quadforms, uniform_edges, NeuronSemantics,
+    bin_index, lc_curve, neuron_semantics_from_labels, quadforms, uniform_edges, NeuronSemantics,
 };
 use advlens::analysis::topk::{top_fraction_k, Hit, TopK};
 use advlens::attack::methods::{ensemble_attack, ensemble_mean_probs, input_grad, EnsembleAttack};
@@ -232,6 +232,47 @@ fn lc_curve_bins_carry_their_own_edges() {
     let counts: Vec<usize> = bins.iter().map(|b| b.count).collect();
     assert_eq!(counts, [1, 2, 0, 1]);
     assert!((bins[1].cs1_mean.unwrap() - 0.1775).abs() < 1e-12);
+    // An empty bin, and a bin whose only neuron has NaN cosines, have no mean (not NaN).
+    assert_eq!((bins[2].cs1_mean, bins[2].cs2_mean), (None, None));
+    let nan = NeuronSemantics {
+        lc: 0.5,
+        cs1: f64::NAN,
+        cs2: f64::NAN,
+    };
+    let two = lc_curve(&[nan], &[0.0, 1.0]).unwrap();
+    assert_eq!(two.len(), 1, "two edges make one bin");
+    assert_eq!(
+        (two[0].count, two[0].cs1_mean, two[0].cs2_mean),
+        (1, None, None)
+    );
+    assert!(lc_curve(&[nan], &[0.0]).is_err());
+}
+
+/// Mutants: `bin_index`'s range rule (`||` -> `&&` twice, `x < lo` -> `==` / `<=`): NaN, values
+/// below the first edge and a single edge have no bin; the first edge is in bin 0 and the last
+/// edge in the last bin.
+#[test]
+fn bin_index_takes_the_first_edge_and_refuses_outside_values() {
+    let e = [0.0, 1.0, 2.0, 4.0];
+    assert_eq!(bin_index(&e, 0.0), Some(0));
+    assert_eq!(bin_index(&e, 0.999), Some(0));
+    assert_eq!(bin_index(&e, 1.0), Some(1));
+    assert_eq!(bin_index(&e, 4.0), Some(2));
+    assert_eq!(bin_index(&e, -0.5), None);
+    assert_eq!(bin_index(&e, -1e-300), None);
+    assert_eq!(bin_index(&e, 4.5), None);
+    assert_eq!(bin_index(&e, f64::NAN), None);
+    assert_eq!(bin_index(&[1.0], 1.0), None);
+    assert_eq!(bin_index(&[], 1.0), None);
+}
+
+/// Mutant: `dist_sums`' empty-set shortcut sized by `a.len() * d` instead of the row count.
+#[test]
+fn distance_sums_to_an_empty_set_are_one_zero_per_row() {
+    let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+    assert_eq!(row_distance_sums(&a, &[], 2), vec![0.0; 3]);
+    assert_eq!(row_distance_sums(&[], &a, 2), Vec::<f64>::new());
+    assert_eq!(mean_within_distance(&a[..2], 2), None);
 }
 
 /// Mutant: `prediction_difference_batch` accepting a g_removed that is not B x M x K.
