@@ -336,6 +336,17 @@ fn pd_ranking_puts_nan_last_and_keeps_only_values_above_the_threshold() {
         vec![(2, 3.0), (4, 2.0), (1, 1.0), (5, 0.5)]
     );
     assert_eq!(above_threshold(&pd, 3.0), vec![]);
+    // Past the insertion-sort length the sort compares a NaN on either side: every NaN must
+    // still come after every number, and the numbers in descending order.
+    let mut rng = Rng::new(5);
+    let long: Vec<f64> = (0..97)
+        .map(|i| if i % 7 == 0 { nan } else { rng.normal() })
+        .collect();
+    let ranked = top_n(&long, long.len());
+    let first_nan = ranked.iter().position(|r| r.1.is_nan()).unwrap();
+    assert_eq!(first_nan, 97 - 14, "NaN ranked among the numbers");
+    assert!(ranked[first_nan..].iter().all(|r| r.1.is_nan()));
+    assert!(ranked[..first_nan].windows(2).all(|w| w[0].1 >= w[1].1));
 }
 
 fn tiny_model(seed: u64) -> Model {
