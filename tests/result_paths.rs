@@ -6,7 +6,7 @@ mod common;
 
 use advlens::analysis::detect::{GaussianAccumulator, GaussianConfig, Shrinkage};
 use advlens::analysis::pd::{above_threshold, prediction_difference_batch, top_n};
-use advlens::analysis::ratios::{mean_within_distance, row_distance_sums};
+use advlens::analysis::ratios::{mean_between_distance, mean_within_distance, row_distance_sums};
 use advlens::analysis::semantics::{
     bin_index, lc_curve, neuron_semantics_from_labels, quadforms, uniform_edges, NeuronSemantics,
 };
@@ -264,6 +264,44 @@ fn bin_index_takes_the_first_edge_and_refuses_outside_values() {
     assert_eq!(bin_index(&e, f64::NAN), None);
     assert_eq!(bin_index(&[1.0], 1.0), None);
     assert_eq!(bin_index(&[], 1.0), None);
+}
+
+/// Mutants: the within-set mean's diagonal correction (`+` -> `-`: the Gram form's self-distance
+/// of a point is sqrt of rounding noise, about 1e-8 of its norm, not 0, and must be taken back
+/// out), two points being enough for a within-set mean, and an empty set having no between-set
+/// mean.
+#[test]
+fn within_set_mean_takes_the_diagonal_noise_back_out() {
+    let mut rng = Rng::new(3);
+    let (n, d) = (12usize, 16usize);
+    // Spread so that each point's norm is large against the float spacing of its square.
+    let s: Vec<f64> = (0..n * d)
+        .map(|i| (1.0 + (i % 5) as f64) * 37.0 * rng.normal())
+        .collect();
+    let mut total = 0.0;
+    for i in 0..n {
+        for j in i + 1..n {
+            let dd: f64 = (0..d).map(|k| (s[i * d + k] - s[j * d + k]).powi(2)).sum();
+            total += dd.sqrt();
+        }
+    }
+    let want = total / (n * (n - 1) / 2) as f64;
+    let got = mean_within_distance(&s, d).unwrap();
+    assert!(
+        (got - want).abs() <= 1e-13 * want,
+        "within {got} vs {want}: rel {:e}",
+        (got - want).abs() / want
+    );
+    let two = &s[..2 * d];
+    let d01: f64 = (0..d)
+        .map(|k| (two[k] - two[d + k]).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let w2 = mean_within_distance(two, d).expect("two points have a within-set mean");
+    assert!((w2 - d01).abs() <= 1e-12 * d01, "{w2} vs {d01}");
+    assert_eq!(mean_between_distance(&s, &[], d), None);
+    assert_eq!(mean_between_distance(&[], &s, d), None);
+    assert!(mean_between_distance(two, &s, d).unwrap() > 0.0);
 }
 
 /// Mutant: `dist_sums`' empty-set shortcut sized by `a.len() * d` instead of the row count.
