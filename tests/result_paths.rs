@@ -6,7 +6,9 @@ mod common;
 
 use advlens::analysis::detect::{GaussianAccumulator, GaussianConfig, Shrinkage};
 use advlens::analysis::pd::{above_threshold, prediction_difference_batch, top_n};
-use advlens::analysis::ratios::{mean_between_distance, mean_within_distance, row_distance_sums};
+use advlens::analysis::ratios::{
+    distance_ratios, histogram, mean_between_distance, mean_within_distance, row_distance_sums,
+};
 use advlens::analysis::semantics::{
     bin_index, lc_curve, neuron_semantics_from_labels, quadforms, uniform_edges, NeuronSemantics,
 };
@@ -302,6 +304,55 @@ fn within_set_mean_takes_the_diagonal_noise_back_out() {
     assert_eq!(mean_between_distance(&s, &[], d), None);
     assert_eq!(mean_between_distance(&[], &s, d), None);
     assert!(mean_between_distance(two, &s, d).unwrap() > 0.0);
+}
+
+/// Mutants: a zero denominator (every real point of the class the same) giving an infinite or
+/// NaN ratio instead of none (`d > 0` -> `>=` / `true`).
+#[test]
+fn ratios_with_a_zero_denominator_are_undefined() {
+    let d = 2;
+    // Class 0: two identical points (within mean 0); class 1: a real spread.
+    let real = [1.0f32, 1.0, 1.0, 1.0, 5.0, 0.0, 7.0, 1.0, 6.0, 3.0];
+    let labels = [0u32, 0, 1, 1, 1];
+    let adv = [2.0f32, 2.0, 6.0, 1.0];
+    let r = distance_ratios(
+        &real,
+        &labels,
+        &adv,
+        &[0, 1],
+        &[0, 0],
+        d,
+        2,
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!(r.r1[0], None, "r1 over a zero within-class mean");
+    assert_eq!(
+        r.r2[0], None,
+        "r2 with y = y* over a zero within-class mean"
+    );
+    assert!(r.r1[1].is_some_and(|v| v.is_finite() && v > 0.0));
+    assert!(r.r2[1].is_some_and(|v| v.is_finite() && v > 0.0));
+}
+
+/// Mutants: `histogram`'s edge checks (two edges are enough; non-increasing finite edges are
+/// refused) and a value on the first edge counted in bin 0, not below.
+#[test]
+fn histogram_takes_two_edges_and_counts_the_first_edge_in() {
+    let h = histogram(&[Some(0.0), Some(0.5), Some(1.0), Some(-0.1)], &[0.0, 1.0]).unwrap();
+    assert_eq!(h.counts, vec![3]);
+    assert_eq!((h.below, h.above, h.n), (1, 0, 4));
+    for bad in [
+        &[0.0, 2.0, 1.0][..],
+        &[0.0, 1.0, 1.0],
+        &[0.0, f64::NAN],
+        &[0.0],
+    ] {
+        assert!(
+            histogram(&[Some(0.5)], bad).is_err(),
+            "edges {bad:?} accepted"
+        );
+    }
 }
 
 /// Mutant: `dist_sums`' empty-set shortcut sized by `a.len() * d` instead of the row count.
