@@ -98,6 +98,7 @@ fn wordnet_parser_on_synthetic_lines() {
 00000030 03 n 01 e 0 002 @i 00001740 n 0000 @ 00000099 v 0000 | e  \n";
     let wn = WordNet::parse(text, Path::new("synthetic")).unwrap();
     assert_eq!(wn.len(), 4);
+    assert!(!wn.is_empty());
     let a = wn.get(10).unwrap();
     assert_eq!(a.lemmas, vec!["a_b", "c"]);
     assert_eq!(a.hypernyms, vec![1740]);
@@ -114,6 +115,31 @@ fn wordnet_parser_on_synthetic_lines() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("bad.noun") && e.contains("line 1"), "{e}");
+}
+
+/// Mutants (cargo-mutants, issue 14): `hypernym_cycle` (its loop bound, where the cycle starts,
+/// a constant answer) and `distance` with one offset unknown (`||` -> `&&`: a known synset whose
+/// hypernym pointer dangles would reach the unknown offset at distance 1).
+#[test]
+fn hypernym_cycles_and_dangling_pointers_on_synthetic_lines() {
+    let text = "00001740 03 n 01 entity 0 000 | root\n\
+00000010 03 n 01 a 0 001 @ 00000020 n 0000 | a\n\
+00000020 03 n 01 b 0 002 @ 00001740 n 0000 @ 00000010 n 0000 | b\n\
+00000030 03 n 01 c 0 001 @ 00000010 n 0000 | c\n\
+00000040 03 n 01 d 0 002 @ 00000050 n 0000 @ 00000060 n 0000 | d\n\
+00000050 03 n 01 e 0 001 @ 00001740 n 0000 | e\n\
+00000060 03 n 01 f 0 002 @ 00000050 n 0000 @ 00000077 n 0000 | f\n";
+    let wn = WordNet::parse(text, Path::new("cycle")).unwrap();
+    assert_eq!(wn.hypernym_cycle(10), Some(vec![10, 20, 10]));
+    assert_eq!(wn.hypernym_cycle(20), Some(vec![20, 10, 20]));
+    // Reached from below: the cycle is listed from its first node, without the path into it.
+    assert_eq!(wn.hypernym_cycle(30), Some(vec![10, 20, 10]));
+    // A diamond (d -> e, d -> f -> e) and a dangling pointer are not cycles.
+    assert_eq!(wn.hypernym_cycle(40), None);
+    assert_eq!(wn.hypernym_cycle(1740), None);
+    assert_eq!(wn.distance(40, 50), Some(1));
+    assert_eq!(wn.distance(77, 60), None, "77 is not a synset");
+    assert_eq!(wn.distance(60, 77), None, "77 is not a synset");
 }
 
 #[test]

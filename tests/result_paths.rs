@@ -342,6 +342,8 @@ fn histogram_takes_two_edges_and_counts_the_first_edge_in() {
     let h = histogram(&[Some(0.0), Some(0.5), Some(1.0), Some(-0.1)], &[0.0, 1.0]).unwrap();
     assert_eq!(h.counts, vec![3]);
     assert_eq!((h.below, h.above, h.n), (1, 0, 4));
+    let none = histogram(&[None, Some(f64::NAN)], &[0.0, 1.0]).unwrap();
+    assert_eq!((none.n, none.missing, none.mean), (0, 2, None));
     for bad in [
         &[0.0, 2.0, 1.0][..],
         &[0.0, 1.0, 1.0],
