@@ -13,7 +13,7 @@ use advlens::analysis::semantics::{
 };
 use advlens::analysis::topk::{top_fraction_k, Hit, TopK};
 use advlens::analysis::wordnet::{
-    correlation, parse_class_list, parse_wnid, wnid, Hierarchy, WordNet,
+    correlation, parse_class_list, parse_wnid, wnid, Hierarchy, WordNet, MAX_PATH_FRONTIER,
 };
 use advlens::rng::Rng;
 
@@ -140,6 +140,93 @@ fn hypernym_cycles_and_dangling_pointers_on_synthetic_lines() {
     assert_eq!(wn.distance(40, 50), Some(1));
     assert_eq!(wn.distance(77, 60), None, "77 is not a synset");
     assert_eq!(wn.distance(60, 77), None, "77 is not a synset");
+}
+
+/// Mutants: `hypernym_paths` revisiting a node (`&&` -> `||`: a cycle would add ever longer
+/// paths), and its per-length cap on partial paths (`<` -> `<=`).
+#[test]
+fn hypernym_paths_never_revisit_a_node_and_keep_at_most_the_cap() {
+    let cyc = "00001740 03 n 01 entity 0 000 | root\n\
+00000010 03 n 01 a 0 001 @ 00000020 n 0000 | a\n\
+00000020 03 n 01 b 0 002 @ 00001740 n 0000 @ 00000010 n 0000 | b\n";
+    let wn = WordNet::parse(cyc, Path::new("cycle")).unwrap();
+    assert_eq!(wn.hypernym_paths(10, 50), vec![vec![1740, 20, 10]]);
+    // x -> 129 parents -> 128 grandparents each -> entity: 16,512 partial paths of length 3,
+    // of which the cap keeps the first 16,384 in pointer order.
+    let (na, nb) = (129u32, 128u32);
+    let mut text = String::from("00001740 03 n 01 entity 0 000 | root\n");
+    let ptr = |o: u32| format!("@ {o:08} n 0000");
+    let a_ids: Vec<u32> = (0..na).map(|i| 2_000_000 + i).collect();
+    let ps: Vec<String> = a_ids.iter().map(|&o| ptr(o)).collect();
+    text += &format!("00000010 03 n 01 x 0 {:03} {} | x\n", na, ps.join(" "));
+    for (i, &a) in a_ids.iter().enumerate() {
+        let b_ids: Vec<u32> = (0..nb).map(|j| 3_000_000 + i as u32 * nb + j).collect();
+        let ps: Vec<String> = b_ids.iter().map(|&o| ptr(o)).collect();
+        text += &format!("{a:08} 03 n 01 a 0 {nb:03} {} | a\n", ps.join(" "));
+        for b in b_ids {
+            text += &format!("{b:08} 03 n 01 b 0 001 {} | b\n", ptr(1740));
+        }
+    }
+    let wn = WordNet::parse(&text, Path::new("wide")).unwrap();
+    let paths = wn.hypernym_paths(10, 100_000);
+    assert_eq!(
+        paths.len(),
+        MAX_PATH_FRONTIER,
+        "partial paths kept at length 3"
+    );
+    assert_eq!(MAX_PATH_FRONTIER, 16_384);
+    assert!(paths
+        .iter()
+        .all(|p| p.len() == 4 && p[0] == 1740 && p[3] == 10));
+}
+
+/// Mutants: the word and pointer count limits of `parse_line` (255 words and 999 pointers are
+/// WordNet's own maxima and must parse; one more is refused by name, not by running out of
+/// fields), and the clipped bad line in the error message.
+#[test]
+fn parser_count_limits_and_the_quoted_line() {
+    let root = "00001740 03 n 01 entity 0 000 | root\n";
+    let words: Vec<String> = (0..255).map(|i| format!("w{i} 0")).collect();
+    let ok = format!(
+        "{root}00000010 03 n ff {} 000 | many words\n",
+        words.join(" ")
+    );
+    let wn = WordNet::parse(&ok, Path::new("w")).unwrap();
+    assert_eq!(wn.get(10).unwrap().lemmas.len(), 255);
+    let words: Vec<String> = (0..256).map(|i| format!("w{i} 0")).collect();
+    let bad = format!(
+        "{root}00000010 03 n 100 {} 000 | too many\n",
+        words.join(" ")
+    );
+    let e = WordNet::parse(&bad, Path::new("w"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("limit of 255"), "{e}");
+    let ptrs = |n: usize| -> String {
+        (0..n)
+            .map(|_| "@ 00001740 n 0000".to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let ok = format!("{root}00000010 03 n 01 a 0 999 {} | a\n", ptrs(999));
+    let wn = WordNet::parse(&ok, Path::new("p")).unwrap();
+    assert_eq!(wn.get(10).unwrap().hypernyms.len(), 999);
+    let bad = format!("{root}00000010 03 n 01 a 0 1000 {} | a\n", ptrs(1000));
+    let e = WordNet::parse(&bad, Path::new("p"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("limit of 999"), "{e}");
+    // The offending line is quoted, cut to 80 characters.
+    let long = format!("00000010 03 x 01 {} | gloss\n", "y".repeat(200));
+    let e = WordNet::parse(&format!("{root}{long}"), Path::new("q"))
+        .unwrap_err()
+        .to_string();
+    let quoted: String = long.chars().take(80).collect();
+    assert!(e.contains(&quoted), "{e}");
+    assert!(
+        !e.contains(&long.chars().take(81).collect::<String>()),
+        "{e}"
+    );
 }
 
 #[test]
