@@ -229,6 +229,29 @@ fn parser_count_limits_and_the_quoted_line() {
     );
 }
 
+/// Mutants: `Hierarchy::build`'s sigma check (0 and +inf must be refused) and the line numbers
+/// of a repeated class in `parse_class_list`.
+#[test]
+fn hierarchy_refuses_a_zero_or_infinite_sigma_and_names_repeated_lines() {
+    let text = "00001740 03 n 01 entity 0 000 | root\n\
+00000010 03 n 01 a 0 001 @ 00001740 n 0000 | a\n\
+00000020 03 n 01 b 0 001 @ 00000010 n 0000 | b\n";
+    let wn = WordNet::parse(text, Path::new("syn")).unwrap();
+    let list = parse_class_list("n00000010\nn00000020\n", Path::new("c.txt")).unwrap();
+    let h = Hierarchy::build(&wn, &list, 1.5, Path::new("c.txt")).unwrap();
+    assert_eq!(h.num_classes(), 2);
+    for sigma in [0.0, -1.0, f64::INFINITY, f64::NAN] {
+        assert!(
+            Hierarchy::build(&wn, &list, sigma, Path::new("c.txt")).is_err(),
+            "sigma {sigma} accepted"
+        );
+    }
+    let e = parse_class_list("n00000010\n# c\nn00000010\n", Path::new("c.txt"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("line 3: n00000010 repeats line 1"), "{e}");
+}
+
 #[test]
 fn class_list_errors_name_the_line() {
     let wn = wordnet();
