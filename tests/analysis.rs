@@ -250,6 +250,38 @@ fn hierarchy_refuses_a_zero_or_infinite_sigma_and_names_repeated_lines() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("line 3: n00000010 repeats line 1"), "{e}");
+
+    // Hierarchy::load refuses a distance matrix that is not K x K (no classes, a missing row,
+    // a short row) instead of returning a hierarchy or panicking on it.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("h.json");
+    h.write_json(&out, 100).unwrap();
+    assert_eq!(Hierarchy::load(&out).unwrap(), h);
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let edit = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut w = v.clone();
+        f(&mut w);
+        let p = dir.path().join("bad.json");
+        std::fs::write(&p, serde_json::to_vec(&w).unwrap()).unwrap();
+        Hierarchy::load(&p)
+    };
+    assert!(edit(&|_| {}).is_ok());
+    let none = edit(&|w| {
+        w["classes"] = serde_json::json!([]);
+        w["distance"] = serde_json::json!([]);
+    });
+    assert!(none.is_err(), "a hierarchy of no classes loaded");
+    let missing_row = edit(&|w| {
+        w["distance"].as_array_mut().unwrap().pop();
+    });
+    assert!(
+        missing_row.is_err(),
+        "a 1 x 2 distance loaded for 2 classes"
+    );
+    let short_row = edit(&|w| {
+        w["distance"][1].as_array_mut().unwrap().pop();
+    });
+    assert!(short_row.is_err(), "a short distance row loaded");
 }
 
 #[test]
