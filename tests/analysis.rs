@@ -282,6 +282,10 @@ fn hierarchy_refuses_a_zero_or_infinite_sigma_and_names_repeated_lines() {
         w["distance"][1].as_array_mut().unwrap().pop();
     });
     assert!(short_row.is_err(), "a short distance row loaded");
+    for sigma in [0.0, -1.0] {
+        let bad = edit(&|w| w["sigma"] = serde_json::json!(sigma));
+        assert!(bad.is_err(), "sigma {sigma} loaded");
+    }
 }
 
 #[test]
