@@ -201,20 +201,25 @@ mod tests {
             .num_threads(1)
             .build()
             .unwrap();
-        // The peak before and after the GEMM, the larger kept: the suite runs tests side by
-        // side, and a neighbour that slowed every peak trial must not fail this one.
+        // Both figures are best-of-trials, so a neighbour can only lower them. The suite runs
+        // tests side by side (and the machine may be shared): a neighbour that happened to slow
+        // the peak trials more than the GEMM's gets up to four rounds to be outrun, each keeping
+        // the highest peak and the fastest GEMM seen. A wrong FLOP count or a removed loop is off
+        // by far more than any round can recover, in every round.
         let (peak, gemm) = pool.install(|| {
-            let first = measure();
-            let gemm = gemm_gflops(384);
-            let again = measure();
-            (
-                if again.gflops > first.gflops {
-                    again
-                } else {
-                    first
-                },
-                gemm,
-            )
+            let mut peak = measure();
+            let mut gemm = gemm_gflops(384);
+            for _ in 0..3 {
+                if gemm <= peak.gflops * 1.10 {
+                    break;
+                }
+                let p = measure();
+                if p.gflops > peak.gflops {
+                    peak = p;
+                }
+                gemm = gemm.max(gemm_gflops(384));
+            }
+            (peak, gemm)
         });
         assert!(peak.gflops.is_finite() && peak.gflops > 0.0, "{peak:?}");
         assert!(peak.gflops < 384.0, "implausible one-core peak {peak:?}");
