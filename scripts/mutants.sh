@@ -70,5 +70,5 @@ if [[ $want == all || $want == optim ]]; then
   run optim --file src/nn/optim.rs -C --test=nn -C --test=train -C --test=result_paths -C --lib
 fi
 if [[ $want == all || $want == idx ]]; then
-  run idx --file src/data/idx.rs -C --test=data -C --test=result_paths
+  run idx --file src/data/idx.rs -C --lib -C --test=data -C --test=result_paths
 fi

@@ -893,3 +893,27 @@ fn import_folder_portrait_small_crop_bad_files_and_cli() {
     .unwrap_err();
     assert_err_mentions(&e, &["--size 50"]);
 }
+
+/// Mutants (cargo-mutants, issue 14): `read_err`'s corrupt-gzip arm deleted (the error would
+/// read as a plain I/O error) and the two "too short" checks of the header reversed (the error
+/// would come later, as a wrong magic or no error at all, without saying what was cut).
+#[test]
+fn idx_header_errors_say_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let put = |name: &str, bytes: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let msg = |p: &Path| read_header(p).unwrap_err().to_string();
+    let e = msg(&put("a.gz", b"this is not a gzip stream at all"));
+    assert!(e.contains("corrupt data") && e.contains("a.gz"), "{e}");
+    let e = msg(&put("b", &[0, 0]));
+    assert!(e.contains("2 bytes, too short for an IDX header"), "{e}");
+    let e = msg(&put("c", &idx_bytes(0x803, &[3], &[])));
+    assert!(e.contains("ends before dimension 1 of 3"), "{e}");
+    let e = msg(&put("d.gz", &gz(&idx_bytes(0x803, &[3, 28], &[]))));
+    assert!(e.contains("ends before dimension 2 of 3"), "{e}");
+    let ok = read_header(&put("e", &idx_bytes(0x801, &[2], &[1, 2]))).unwrap();
+    assert_eq!(ok.dims, vec![2]);
+}

@@ -399,3 +399,57 @@ pub fn import_fashion_mnist(
     let _ = std::fs::remove_dir_all(&staging);
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::fill;
+    use std::io::{Error, ErrorKind, Read};
+
+    /// Hands out one byte a call, after an `Interrupted` error before every other byte (a
+    /// signal landing mid-read), then a hard error once `fail_at` bytes are out.
+    struct Flaky {
+        data: Vec<u8>,
+        pos: usize,
+        calls: usize,
+        fail_at: usize,
+    }
+
+    impl Read for Flaky {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.calls += 1;
+            if self.calls % 2 == 1 {
+                return Err(Error::new(ErrorKind::Interrupted, "signal"));
+            }
+            if self.pos == self.fail_at {
+                return Err(Error::new(ErrorKind::Other, "disk gone"));
+            }
+            if self.pos == self.data.len() || buf.is_empty() {
+                return Ok(0);
+            }
+            buf[0] = self.data[self.pos];
+            self.pos += 1;
+            Ok(1)
+        }
+    }
+
+    #[test]
+    fn fill_retries_interruptions_and_stops_at_the_end_or_an_error() {
+        let flaky = |fail_at| Flaky {
+            data: vec![1, 2, 3, 4, 5],
+            pos: 0,
+            calls: 0,
+            fail_at,
+        };
+        let mut buf = [0u8; 4];
+        assert_eq!(fill(&mut flaky(99), &mut buf).unwrap(), 4);
+        assert_eq!(buf, [1, 2, 3, 4]);
+        let mut long = [0u8; 8];
+        assert_eq!(
+            fill(&mut flaky(99), &mut long).unwrap(),
+            5,
+            "short at the end"
+        );
+        let e = fill(&mut flaky(2), &mut long).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Other);
+    }
+}
