@@ -421,7 +421,7 @@ mod tests {
                 return Err(Error::new(ErrorKind::Interrupted, "signal"));
             }
             if self.pos == self.fail_at {
-                return Err(Error::new(ErrorKind::Other, "disk gone"));
+                return Err(Error::other("disk gone"));
             }
             if self.pos == self.data.len() || buf.is_empty() {
                 return Ok(0);
