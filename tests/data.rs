@@ -914,6 +914,13 @@ fn idx_header_errors_say_what_is_wrong() {
     assert!(e.contains("ends before dimension 1 of 3"), "{e}");
     let e = msg(&put("d.gz", &gz(&idx_bytes(0x803, &[3, 28], &[]))));
     assert!(e.contains("ends before dimension 2 of 3"), "{e}");
+    // A magic that is neither: both accepted kinds are named (describe_magic's labels arm).
+    let e = msg(&put("f", &idx_bytes(0x802, &[2], &[1, 2])));
+    assert!(
+        e.contains("0x00000801 (unsigned-byte IDX with 1 dimension: labels)")
+            && e.contains("0x00000803 (unsigned-byte IDX with 3 dimensions: images)"),
+        "{e}"
+    );
     let ok = read_header(&put("e", &idx_bytes(0x801, &[2], &[1, 2]))).unwrap();
     assert_eq!(ok.dims, vec![2]);
 }
