@@ -882,4 +882,14 @@ fn gaussians_match_a_dense_f64_fit_in_five_dimensions() {
         };
         assert!(acc.fit(&cfg).is_err(), "shrinkage {l} accepted");
     }
+    // Every class constant: no variance for the ridge to scale, said as such (not as a failed
+    // Cholesky further on).
+    let mut flat = GaussianAccumulator::new(2, 3).unwrap();
+    flat.add_batch(&[1.0, 2.0, 3.0, 1.0, 2.0, 3.0, 4.0, 4.0, 4.0], &[0, 0, 1])
+        .unwrap();
+    let e = flat
+        .fit(&GaussianConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("zero variance"), "{e}");
 }
