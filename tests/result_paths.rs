@@ -4,7 +4,7 @@
 
 mod common;
 
-use advlens::analysis::detect::{GaussianAccumulator, GaussianConfig, Shrinkage};
+use advlens::analysis::detect::{cholesky_packed, GaussianAccumulator, GaussianConfig, Shrinkage};
 use advlens::analysis::pd::{above_threshold, prediction_difference_batch, top_n};
 use advlens::analysis::ratios::{
     distance_ratios, histogram, mean_between_distance, mean_within_distance, row_distance_sums,
@@ -651,6 +651,37 @@ fn set_lr_scales_the_next_update() {
         "lr 0.03 / 0.01 moved the weights {ratio} times as far"
     );
     assert_eq!(norm(&zero), 0.0, "lr 0 still moved the weights");
+}
+
+/// Mutants: `cholesky_packed`'s refusal of a NaN, infinite or non-positive pivot (`||` ->
+/// `&&`), and its packed-lower indexing past D = 2.
+#[test]
+fn cholesky_reproduces_its_matrix_and_refuses_bad_pivots() {
+    let d = 4;
+    let b = [
+        2.0, 0.1, -0.3, 0.7, 0.4, 1.5, 0.2, -0.1, 0.3, 0.9, 3.0, 0.5, -0.6, 0.2, 0.8, 1.1,
+    ];
+    // A = B B^T + I: symmetric positive definite.
+    let mut a = vec![0.0f64; d * d];
+    for i in 0..d {
+        for j in 0..d {
+            a[i * d + j] = (0..d).map(|k| b[i * d + k] * b[j * d + k]).sum::<f64>()
+                + if i == j { 1.0 } else { 0.0 };
+        }
+    }
+    let l = cholesky_packed(&a, d).unwrap();
+    let at = |i: usize, j: usize| if j <= i { l[i * (i + 1) / 2 + j] } else { 0.0 };
+    for i in 0..d {
+        for j in 0..d {
+            let llt: f64 = (0..d).map(|k| at(i, k) * at(j, k)).sum();
+            assert!((llt - a[i * d + j]).abs() < 1e-12, "(L L^T)[{i}][{j}]");
+        }
+    }
+    for bad in [f64::NAN, f64::INFINITY, 0.0, -1.0] {
+        let mut m = a.clone();
+        m[2 * d + 2] = bad;
+        assert_eq!(cholesky_packed(&m, d), None, "pivot {bad} accepted");
+    }
 }
 
 /// Dense f64 Gaussian of one class written out plainly: the mean, the MLE covariance S, the
