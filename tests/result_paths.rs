@@ -904,7 +904,8 @@ fn gaussians_match_a_dense_f64_fit_in_five_dimensions() {
             shrinkage: Shrinkage::Fixed(0.1),
             ridge,
         };
-        assert!(acc.fit(&cfg).is_err(), "ridge {ridge} accepted");
+        let e = acc.fit(&cfg).unwrap_err().to_string();
+        assert!(e.contains("ridge must be >= 0"), "ridge {ridge}: {e}");
     }
     for l in [-0.01, 1.01] {
         let cfg = GaussianConfig {
@@ -913,6 +914,38 @@ fn gaussians_match_a_dense_f64_fit_in_five_dimensions() {
         };
         assert!(acc.fit(&cfg).is_err(), "shrinkage {l} accepted");
     }
+    // The shift is taken from the class's own first row: a class at 1e7 with a spread of 10,
+    // whose first row comes after a class near 0 in its batch, keeps a variance that a shift from
+    // the other class would lose to cancellation (1e-16 x 1e14 / 100 = 1e-4 of it).
+    let mut far = GaussianAccumulator::new(2, 2).unwrap();
+    let mut rows = Vec::new();
+    let mut labels = Vec::new();
+    for i in 0..40 {
+        let c = u32::from(i >= 4);
+        let base = if c == 1 { 1.0e7 } else { 0.0 };
+        rows.push((base + 10.0 * rng.normal()) as f32);
+        rows.push((base - 10.0 * rng.normal()) as f32);
+        labels.push(c);
+    }
+    far.add_batch(&rows, &labels).unwrap();
+    let g = far
+        .fit(&GaussianConfig {
+            shrinkage: Shrinkage::Fixed(0.0),
+            ridge: 0.0,
+        })
+        .unwrap();
+    let class1: Vec<Vec<f64>> = (4..40)
+        .map(|i| vec![rows[2 * i] as f64, rows[2 * i + 1] as f64])
+        .collect();
+    let (m1, s1) = direct_moments(&class1);
+    let dg = DirectGaussian::new(m1, &s1, 0.0, 0.0);
+    let probe = [rows[10], rows[11]];
+    let want = dg.log_density(&[probe[0] as f64, probe[1] as f64]);
+    let got = g.log_density(&probe, 1).unwrap();
+    assert!(
+        (got - want).abs() < 1e-7 * want.abs(),
+        "far class: {got} vs {want}"
+    );
     // Every class constant: no variance for the ridge to scale, said as such (not as a failed
     // Cholesky further on).
     let mut flat = GaussianAccumulator::new(2, 3).unwrap();
