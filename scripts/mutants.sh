@@ -17,8 +17,9 @@
 #   ITERATE=1 IN_PLACE=1 bash scripts/mutants.sh analysis   # re-test only the last survivors
 #
 # Output: mutants.out/<group>/ (cargo-mutants' own folder: caught.txt, missed.txt, timeout.txt,
-# unviable.txt). The score is caught / (caught + missed); list each survivor in the session note
-# as a missing test or as an equivalent mutant with the reason.
+# unviable.txt). The score is (caught + timeouts) / (caught + timeouts + missed): a timeout is a
+# mutant that made a loop never end, which the tests did notice. List each survivor in
+# docs/mutation-testing.md as a missing test or as an equivalent mutant with the reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo-mutants >/dev/null || cargo install --locked cargo-mutants
@@ -47,10 +48,11 @@ run() {  # group, then --file and target arguments
     echo "$group: cargo-mutants wrote no outcomes (see its output above)" >&2
     return 1
   fi
-  local c m
+  local c t m
   c=$(wc -l < "mutants.out/$group/mutants.out/caught.txt" 2>/dev/null || echo 0)
+  t=$(wc -l < "mutants.out/$group/mutants.out/timeout.txt" 2>/dev/null || echo 0)
   m=$(wc -l < "mutants.out/$group/mutants.out/missed.txt" 2>/dev/null || echo 0)
-  echo "$group: caught $c, missed $m"
+  echo "$group: caught $c, timeouts $t, missed $m"
 }
 
 want=${1:-all}

@@ -280,14 +280,8 @@ fn within_set_mean_takes_the_diagonal_noise_back_out() {
     let s: Vec<f64> = (0..n * d)
         .map(|i| (1.0 + (i % 5) as f64) * 37.0 * rng.normal())
         .collect();
-    let mut total = 0.0;
-    for i in 0..n {
-        for j in i + 1..n {
-            let dd: f64 = (0..d).map(|k| (s[i * d + k] - s[j * d + k]).powi(2)).sum();
-            total += dd.sqrt();
-        }
-    }
-    let want = total / (n * (n - 1) / 2) as f64;
+    // Every ordered pair once (the zero self-distances add nothing).
+    let want = direct_sums(&s, &s, d).iter().sum::<f64>() / (n * (n - 1)) as f64;
     let got = mean_within_distance(&s, d).unwrap();
     assert!(
         (got - want).abs() <= 1e-13 * want,
@@ -295,10 +289,7 @@ fn within_set_mean_takes_the_diagonal_noise_back_out() {
         (got - want).abs() / want
     );
     let two = &s[..2 * d];
-    let d01: f64 = (0..d)
-        .map(|k| (two[k] - two[d + k]).powi(2))
-        .sum::<f64>()
-        .sqrt();
+    let d01 = direct_sums(&two[..d], &two[d..], d)[0];
     let w2 = mean_within_distance(two, d).expect("two points have a within-set mean");
     assert!((w2 - d01).abs() <= 1e-12 * d01, "{w2} vs {d01}");
     assert_eq!(mean_between_distance(&s, &[], d), None);
@@ -861,8 +852,8 @@ fn gaussians_match_a_dense_f64_fit_in_five_dimensions() {
             );
             let sm = summary.iter().find(|x| x.class == c).unwrap();
             assert_eq!(sm.shrinkage, l);
-            let log_det_want = -2.0 * dg.log_density(&dg.mean.clone())
-                - d as f64 * (2.0 * std::f64::consts::PI).ln();
+            let log_det_want =
+                -2.0 * dg.log_density(&dg.mean) - d as f64 * (2.0 * std::f64::consts::PI).ln();
             assert!(
                 (sm.log_det - log_det_want).abs() < 1e-6 * (1.0 + log_det_want.abs()),
                 "class {c} log det {} vs {log_det_want}",
@@ -875,11 +866,11 @@ fn gaussians_match_a_dense_f64_fit_in_five_dimensions() {
         }
         // The batched log-density over every sample of the fitted classes (class 0 spans three
         // 64-sample blocks), against the dense reference.
-        let (bx, bc): (Vec<f32>, Vec<u32>) = rows
+        let bx: Vec<f32> = rows
             .iter()
-            .flat_map(|(r, c)| r.iter().map(move |&v| (v as f32, *c)))
-            .unzip();
-        let bc: Vec<u32> = bc.chunks(d).map(|c| c[0]).collect();
+            .flat_map(|(r, _)| r.iter().map(|&v| v as f32))
+            .collect();
+        let bc: Vec<u32> = rows.iter().map(|r| r.1).collect();
         let got = g.log_density_batch(&bx, &bc).unwrap();
         for (i, (r, c)) in rows.iter().enumerate() {
             let dg = &want_all.iter().find(|w| w.0 == *c as usize).unwrap().1;
@@ -914,9 +905,15 @@ fn gaussians_match_a_dense_f64_fit_in_five_dimensions() {
         };
         assert!(acc.fit(&cfg).is_err(), "shrinkage {l} accepted");
     }
-    // The shift is taken from the class's own first row: a class at 1e7 with a spread of 10,
-    // whose first row comes after a class near 0 in its batch, keeps a variance that a shift from
-    // the other class would lose to cancellation (1e-16 x 1e14 / 100 = 1e-4 of it).
+}
+
+/// Mutant: the shift of a class's moment sums taken from another row than the class's own
+/// first (`r[0] * d` -> `r[0] / d`). A class at 1e7 with a spread of 10, whose first row comes
+/// after a class near 0 in its batch, keeps a variance that a shift from the other class would
+/// lose to cancellation (1e-16 x 1e14 / 100 = 1e-4 of it).
+#[test]
+fn a_class_far_from_the_origin_keeps_its_variance() {
+    let mut rng = Rng::new(20261208);
     let mut far = GaussianAccumulator::new(2, 2).unwrap();
     let mut rows = Vec::new();
     let mut labels = Vec::new();
@@ -946,8 +943,12 @@ fn gaussians_match_a_dense_f64_fit_in_five_dimensions() {
         (got - want).abs() < 1e-7 * want.abs(),
         "far class: {got} vs {want}"
     );
-    // Every class constant: no variance for the ridge to scale, said as such (not as a failed
-    // Cholesky further on).
+}
+
+/// Mutant: the zero-variance refusal (`eps > 0` -> `>=`): every class constant leaves no
+/// variance for the ridge to scale, said as such (not as a failed Cholesky further on).
+#[test]
+fn constant_features_are_refused_as_zero_variance() {
     let mut flat = GaussianAccumulator::new(2, 3).unwrap();
     flat.add_batch(&[1.0, 2.0, 3.0, 1.0, 2.0, 3.0, 4.0, 4.0, 4.0], &[0, 0, 1])
         .unwrap();

@@ -449,14 +449,18 @@ mod tests {
         assert_eq!(decide(Some(&u), 0.0, Side::Above), Verdict::Inconclusive);
     }
 
-    #[test]
-    fn verdicts_on_constructed_intervals() {
-        let ci = |lo, hi| Ci {
+    /// An interval [lo, hi] around its midpoint, for the verdict tests.
+    fn ci(lo: f64, hi: f64) -> Ci {
+        Ci {
             est: (lo + hi) / 2.0,
             lo,
             hi,
             n: 10,
-        };
+        }
+    }
+
+    #[test]
+    fn verdicts_on_constructed_intervals() {
         assert_eq!(
             decide(Some(&ci(1.1, 1.3)), 1.0, Side::Above),
             Verdict::Reproduced
@@ -503,12 +507,6 @@ mod tests {
 
     #[test]
     fn an_interval_touching_the_threshold_from_either_side_is_inconclusive() {
-        let ci = |lo, hi| Ci {
-            est: (lo + hi) / 2.0,
-            lo,
-            hi,
-            n: 10,
-        };
         // The other side's bound touching the threshold does not exclude it either.
         assert_eq!(
             decide(Some(&ci(0.8, 1.0)), 1.0, Side::Above),
