@@ -18,7 +18,8 @@ use rayon::prelude::*;
 
 use super::gemm::{sgemm, Strides};
 use super::sgemm::{
-    copy_row, dot_nt_acc, dot_nt_acc_rows, isa, sgemm_on, with_scratch, ASrc, Mat, PackB, PackedA,
+    copy_fixed, copy_row, dot_nt_acc, dot_nt_acc_rows, isa, sgemm_on, with_scratch, ASrc, Mat,
+    PackB, PackedA,
 };
 
 /// Geometry of one convolution, validated by the caller.
@@ -290,17 +291,12 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
     }
 }
 
-/// dst = src for N <= len <= 2N: the first N and the last N values, as fixed-size arrays.
+/// dst = src for N <= len <= 2N: the first N and the last N values, as fixed-size copies.
 #[inline(always)]
 fn copy_ends<const N: usize>(dst: &mut [f32], src: &[f32]) {
     let n = src.len();
     for at in [0, n - N] {
-        if let (Ok(d), Ok(s)) = (
-            <&mut [f32; N]>::try_from(&mut dst[at..at + N]),
-            <&[f32; N]>::try_from(&src[at..at + N]),
-        ) {
-            *d = *s;
-        }
+        copy_fixed::<N>(&mut dst[at..], &src[at..]);
     }
 }
 
