@@ -256,11 +256,14 @@ fn rows_backward(plane: &[f32], h: usize, w: usize, p: Pool2dParams, dyp: &[f32]
     });
 }
 
+/// The row pass's buffers: winners' values, their columns, one input row split into its
+/// stride phases, and the plan of the window columns.
+type RowBufs = (Vec<f32>, Vec<u32>, Vec<f32>, Vec<(usize, u32)>);
+
 thread_local! {
-    /// The row pass of the plane on this thread: winners' values, then their columns (as f32
-    /// bits), then one input row split into its stride phases.
-    static ROWS: RefCell<(Vec<f32>, Vec<u32>, Vec<f32>)> = const {
-        RefCell::new((Vec::new(), Vec::new(), Vec::new()))
+    /// The row pass buffers of this thread (grown and kept).
+    static ROWS: RefCell<RowBufs> = const {
+        RefCell::new((Vec::new(), Vec::new(), Vec::new(), Vec::new()))
     };
 }
 
@@ -281,7 +284,11 @@ struct RowPass<'a> {
     col: &'a [u32],
 }
 
-/// Run `f` on the row pass of `plane` (thread-local buffers, grown and kept).
+/// Run `f` on the row pass of `plane`. The buffers are taken out of the thread-local slot for
+/// the duration rather than used inside `LocalKey::with`: a closure run by `with` is compiled
+/// apart from the AVX2 copy of its caller, and was scalar code (10% of a small-resnet18 w8
+/// I-FGS step, Zen 3). A task that rayon runs on this thread meanwhile finds the slot empty and
+/// grows its own buffers.
 #[inline(always)]
 fn with_row_pass<R>(
     plane: &[f32],
@@ -291,27 +298,58 @@ fn with_row_pass<R>(
     qo: usize,
     f: impl FnOnce(&RowPass) -> R,
 ) -> R {
-    ROWS.with(|cell| {
-        let mut guard = cell.borrow_mut();
-        let (val, col, phases) = &mut *guard;
-        val.resize(h * qo, 0.0);
-        col.resize(h * qo, 0);
-        for ((r, v), c) in plane
-            .chunks_exact(w)
-            .zip(val.chunks_exact_mut(qo))
-            .zip(col.chunks_exact_mut(qo))
-        {
-            row_winners(r, p, phases, v, c);
+    let (mut val, mut col, mut phases, mut plan) =
+        ROWS.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
+    val.resize(h * qo, 0.0);
+    col.resize(h * qo, 0);
+    let cols = WindowCols::new(w, p, qo, &mut plan);
+    for ((r, v), c) in plane
+        .chunks_exact(w)
+        .zip(val.chunks_exact_mut(qo))
+        .zip(col.chunks_exact_mut(qo))
+    {
+        row_winners(r, p, &cols, &mut phases, v, c);
+    }
+    let out = f(&RowPass {
+        h,
+        w,
+        p,
+        qo,
+        val: &val,
+        col: &col,
+    });
+    ROWS.with(|cell| *cell.borrow_mut() = (val, col, phases, plan));
+    out
+}
+
+/// What every row of a plane shares: the interior output columns [jl, jr) (whose windows lie
+/// inside the row), the phase length, and for each window column kj where its run starts in
+/// the phases and the input column of its first interior output. Computed once a plane: the
+/// divisions it takes, once per row, were a visible part of the row pass on small planes.
+struct WindowCols<'a> {
+    jl: usize,
+    jr: usize,
+    plen: usize,
+    /// (start in `phases`, input column of output jl) for kj = 0..k.
+    runs: &'a [(usize, u32)],
+}
+
+impl<'a> WindowCols<'a> {
+    #[inline(always)]
+    fn new(w: usize, p: Pool2dParams, qo: usize, runs: &'a mut Vec<(usize, u32)>) -> Self {
+        let (jl, jr) = interior(w, p, qo);
+        let (s, plen) = (p.stride, w.div_ceil(p.stride));
+        runs.clear();
+        for kj in 0..p.kernel {
+            let d = kj as isize - p.pad as isize;
+            let (ph, off) = (d.rem_euclid(s as isize) as usize, d.div_euclid(s as isize));
+            // jl*s + d >= 0 for an interior column, so jl + off >= 0 (when jl < jr).
+            let start = (ph * plen) as isize + jl as isize + off;
+            let c0 = (jl * s) as isize + d;
+            runs.push((start.max(0) as usize, c0.max(0) as u32));
         }
-        f(&RowPass {
-            h,
-            w,
-            p,
-            qo,
-            val,
-            col,
-        })
-    })
+        WindowCols { jl, jr, plen, runs }
+    }
 }
 
 /// Output columns [jl, jr) whose window lies inside a row of `w` columns.
@@ -331,12 +369,13 @@ fn interior(w: usize, p: Pool2dParams, qo: usize) -> (usize, usize) {
 fn row_winners(
     row: &[f32],
     p: Pool2dParams,
+    cols: &WindowCols,
     phases: &mut Vec<f32>,
     val: &mut [f32],
     col: &mut [u32],
 ) {
     let (w, k, s, pad, qo) = (row.len(), p.kernel, p.stride, p.pad, val.len());
-    let (jl, jr) = interior(w, p, qo);
+    let (jl, jr) = (cols.jl, cols.jr);
     for oj in (0..jl).chain(jr..qo) {
         // Clipped window: columns oj*s + kj - pad inside [0, w), at least one (pool_geom).
         let lo = (oj * s).max(pad) - pad;
@@ -355,7 +394,7 @@ fn row_winners(
     }
     // Phase ph holds row[ph], row[ph + s], ...: column oj*s + d is phase d mod s at oj + d / s,
     // so each window column is one contiguous, shifted run over the interior outputs.
-    let plen = w.div_ceil(s);
+    let plen = cols.plen;
     phases.resize(s * plen, 0.0);
     for (ph, dst) in phases.chunks_exact_mut(plen).enumerate() {
         for (d, &v) in dst.iter_mut().zip(row.iter().skip(ph).step_by(s)) {
@@ -363,23 +402,24 @@ fn row_winners(
         }
     }
     let (val, col) = (&mut val[jl..jr], &mut col[jl..jr]);
-    for kj in 0..k {
-        let d = kj as isize - pad as isize;
-        let (ph, off) = (d.rem_euclid(s as isize) as usize, d.div_euclid(s as isize));
-        // jl*s + d >= 0 for an interior column, so jl + off >= 0.
-        let start = ph * plen + (jl as isize + off) as usize;
+    let s32 = s as u32;
+    for (kj, &(start, c0)) in cols.runs.iter().enumerate() {
         let src = &phases[start..start + val.len()];
-        let c0 = (jl * s) as isize + d;
-        let here = |t: usize| (c0 + (t * s) as isize) as u32;
         if kj == 0 {
             val.copy_from_slice(src);
-            col.iter_mut().enumerate().for_each(|(t, c)| *c = here(t));
+            let mut c = c0;
+            for e in col.iter_mut() {
+                *e = c;
+                c = c.wrapping_add(s32);
+            }
             continue;
         }
-        for (t, ((v, c), &x)) in val.iter_mut().zip(col.iter_mut()).zip(src).enumerate() {
+        let mut here = c0;
+        for ((v, c), &x) in val.iter_mut().zip(col.iter_mut()).zip(src) {
             let m = mask(beats_nb(x, *v));
             *v = blend_f32(m, x, *v);
-            *c = blend_u32(m, here(t), *c);
+            *c = blend_u32(m, here, *c);
+            here = here.wrapping_add(s32);
         }
     }
 }
