@@ -7,8 +7,8 @@
 //! portable one multiplies and adds separately), so for a fixed KC every C element sees the same
 //! operation sequence whatever the thread count or the tiling of m and n.
 //!
-//! Register tiles: AVX-512 12x32 (24 zmm accumulators, 2 for B, 1 broadcast), AVX2 6x16 (12
-//! ymm accumulators), portable 4x16 (plain arrays the compiler vectorises for the baseline ISA).
+//! Register tiles: AVX-512 12x32 (24 zmm accumulators, 2 for B, 1 broadcast), AVX2 4x24 (12
+//! ymm accumulators, 3 for B, 1 broadcast), portable 4x16 (plain arrays the compiler vectorises for the baseline ISA).
 
 /// Where one micro-tile goes: `c` points at C[0, 0] of the tile, row stride `rs`, column
 /// stride `cs` (elements), `mr x nr` of the kernel's MR x NR tile are stored.
@@ -71,16 +71,25 @@ pub mod portable {
 pub mod avx2 {
     use super::{store_scalar, TileOut};
     use std::arch::x86_64::*;
-    pub const MR: usize = 6;
-    pub const NR: usize = 16;
+    /// 4 x 24: 12 ymm accumulators, 3 for the B step and 1 broadcast fill all 16 registers.
+    /// Per k step 3 B loads and 4 broadcasts feed 12 FMAs (6 x 16 made 8 loads for 12). Channel
+    /// counts are multiples of 4 (the small models' 8, 16, 32, ...) where 6 rows left a 2-row
+    /// tile of 4 FMA chains, too few to hide the FMA latency: m = 8 ran as 6 + 2.
+    pub const MR: usize = 4;
+    pub const NR: usize = 24;
 
     /// # Safety
     /// AVX2 and FMA present; `a` holds `kc * MR` values, `b` `kc * NR`, `o` a writable tile.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, o: TileOut) {
         match o.mr {
-            6 => tile::<6>(kc, a, b, o),
-            5 => tile::<5>(kc, a, b, o),
+            4 if kc > 0 => {
+                let mut c = [[_mm256_setzero_ps(); 3]; MR];
+                // SAFETY: kc > 0 and the caller's panels hold kc steps.
+                unsafe { full_steps(kc, a, b, &mut c) };
+                // SAFETY: the caller vouched for the tile.
+                unsafe { store(&c, o) }
+            }
             4 => tile::<4>(kc, a, b, o),
             3 => tile::<3>(kc, a, b, o),
             2 => tile::<2>(kc, a, b, o),
@@ -90,42 +99,135 @@ pub mod avx2 {
 
     #[target_feature(enable = "avx2,fma")]
     unsafe fn tile<const R: usize>(kc: usize, a: *const f32, b: *const f32, o: TileOut) {
-        let mut c0 = [_mm256_setzero_ps(); R];
-        let mut c1 = [_mm256_setzero_ps(); R];
+        let mut c = [[_mm256_setzero_ps(); 3]; R];
+        // SAFETY: the caller's panels hold kc steps.
+        unsafe { steps(kc, a, b, &mut c) };
+        // SAFETY: the caller vouched for the tile.
+        unsafe { store(&c, o) }
+    }
+
+    /// c[i][h] += A[., i] (x) B[., 8h..8h + 8] over kc steps, for R < MR rows (few enough
+    /// accumulators for the compiler to keep them all in registers).
+    /// # Safety
+    /// AVX2 and FMA present; `a` holds kc * MR values and `b` kc * NR.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn steps<const R: usize>(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: &mut [[__m256; 3]; R],
+    ) {
         for p in 0..kc {
             // SAFETY: step p of each panel lies inside the lengths the caller vouched for.
             unsafe {
-                let b0 = _mm256_loadu_ps(b.add(p * NR));
-                let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
-                for i in 0..R {
+                let bp = b.add(p * NR);
+                let bv = [
+                    _mm256_loadu_ps(bp),
+                    _mm256_loadu_ps(bp.add(8)),
+                    _mm256_loadu_ps(bp.add(16)),
+                ];
+                for (i, row) in c.iter_mut().enumerate() {
                     let ai = _mm256_broadcast_ss(&*a.add(p * MR + i));
-                    c0[i] = _mm256_fmadd_ps(ai, b0, c0[i]);
-                    c1[i] = _mm256_fmadd_ps(ai, b1, c1[i]);
+                    for (acc, &bj) in row.iter_mut().zip(&bv) {
+                        *acc = _mm256_fmadd_ps(ai, bj, *acc);
+                    }
                 }
             }
         }
+    }
+
+    /// `steps` for the full 4 rows, written out in assembly: 12 accumulators, 3 B vectors and a
+    /// broadcast need all 16 ymm registers, and LLVM, left to itself, kept one accumulator on
+    /// the stack, so its FMA chain ran through a store and a reload every k step. Each step
+    /// loads B[p, 0..24] into ymm12-14 and broadcasts A[p, i] into ymm15 for row i; every
+    /// element still gets one fused multiply-add per step in k order, as in `steps`.
+    /// # Safety
+    /// AVX2 and FMA present; kc > 0; `a` holds kc * MR values and `b` kc * NR.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn full_steps(kc: usize, a: *const f32, b: *const f32, c: &mut [[__m256; 3]; MR]) {
+        let [[c00, c01, c02], [c10, c11, c12], [c20, c21, c22], [c30, c31, c32]] = c;
+        // SAFETY: the loop reads kc steps of 4 (A) and 24 (B) floats, inside the panels the
+        // caller vouched for, and writes only the named registers.
+        unsafe {
+            std::arch::asm!(
+                "2:",
+                "vmovups ymm12, ymmword ptr [{b}]",
+                "vmovups ymm13, ymmword ptr [{b} + 32]",
+                "vmovups ymm14, ymmword ptr [{b} + 64]",
+                "vbroadcastss ymm15, dword ptr [{a}]",
+                "vfmadd231ps ymm0, ymm15, ymm12",
+                "vfmadd231ps ymm1, ymm15, ymm13",
+                "vfmadd231ps ymm2, ymm15, ymm14",
+                "vbroadcastss ymm15, dword ptr [{a} + 4]",
+                "vfmadd231ps ymm3, ymm15, ymm12",
+                "vfmadd231ps ymm4, ymm15, ymm13",
+                "vfmadd231ps ymm5, ymm15, ymm14",
+                "vbroadcastss ymm15, dword ptr [{a} + 8]",
+                "vfmadd231ps ymm6, ymm15, ymm12",
+                "vfmadd231ps ymm7, ymm15, ymm13",
+                "vfmadd231ps ymm8, ymm15, ymm14",
+                "vbroadcastss ymm15, dword ptr [{a} + 12]",
+                "vfmadd231ps ymm9, ymm15, ymm12",
+                "vfmadd231ps ymm10, ymm15, ymm13",
+                "vfmadd231ps ymm11, ymm15, ymm14",
+                "add {a}, 16",
+                "add {b}, 96",
+                "dec {k}",
+                "jnz 2b",
+                a = inout(reg) a => _,
+                b = inout(reg) b => _,
+                k = inout(reg) kc => _,
+                inout("ymm0") *c00,
+                inout("ymm1") *c01,
+                inout("ymm2") *c02,
+                inout("ymm3") *c10,
+                inout("ymm4") *c11,
+                inout("ymm5") *c12,
+                inout("ymm6") *c20,
+                inout("ymm7") *c21,
+                inout("ymm8") *c22,
+                inout("ymm9") *c30,
+                inout("ymm10") *c31,
+                inout("ymm11") *c32,
+                out("ymm12") _,
+                out("ymm13") _,
+                out("ymm14") _,
+                out("ymm15") _,
+                options(nostack, readonly),
+            );
+        }
+    }
+
+    /// Store the finished tile `c` into C (scaled by beta unless beta is 0).
+    /// # Safety
+    /// AVX2 and FMA present; `o` describes a writable tile of at most R x NR.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn store<const R: usize>(c: &[[__m256; 3]; R], o: TileOut) {
         if o.cs == 1 && o.nr == NR {
             let beta = _mm256_set1_ps(o.beta);
-            for i in 0..R {
-                // SAFETY: a full-width row i of the tile is writable (cs == 1, nr == NR).
-                unsafe {
-                    let row = o.c.add(i * o.rs);
-                    let (mut v0, mut v1) = (c0[i], c1[i]);
-                    if o.beta != 0.0 {
-                        v0 = _mm256_fmadd_ps(_mm256_loadu_ps(row), beta, v0);
-                        v1 = _mm256_fmadd_ps(_mm256_loadu_ps(row.add(8)), beta, v1);
+            for (i, row) in c.iter().enumerate() {
+                for (h, &v) in row.iter().enumerate() {
+                    // SAFETY: a full-width row i of the tile is writable (cs == 1, nr == NR).
+                    unsafe {
+                        let at = o.c.add(i * o.rs + 8 * h);
+                        let v = if o.beta != 0.0 {
+                            _mm256_fmadd_ps(_mm256_loadu_ps(at), beta, v)
+                        } else {
+                            v
+                        };
+                        _mm256_storeu_ps(at, v);
                     }
-                    _mm256_storeu_ps(row, v0);
-                    _mm256_storeu_ps(row.add(8), v1);
                 }
             }
         } else {
             let mut acc = [0.0f32; MR * NR];
-            for i in 0..R {
-                // SAFETY: row i of `acc` has NR floats.
-                unsafe {
-                    _mm256_storeu_ps(acc.as_mut_ptr().add(i * NR), c0[i]);
-                    _mm256_storeu_ps(acc.as_mut_ptr().add(i * NR + 8), c1[i]);
+            for (i, row) in c.iter().enumerate() {
+                for (h, &v) in row.iter().enumerate() {
+                    // SAFETY: row i of `acc` has NR floats.
+                    unsafe { _mm256_storeu_ps(acc.as_mut_ptr().add(i * NR + 8 * h), v) };
                 }
             }
             // SAFETY: the caller vouched for the tile.

@@ -20,12 +20,27 @@ use rayon::prelude::*;
 
 use kernels::TileOut;
 
-/// k-block: the depth of one packed panel pass.
+/// k-block: the depth of one packed panel pass (`kc_of`).
 const KC: usize = 256;
+/// The AVX2 k-block: its 24-wide B panel at depth 256 (24 KiB) and the A panels streaming past
+/// it overfilled Zen 3's 32 KiB L1.
+const KC_AVX2: usize = 128;
+
+/// The k-block of `isa`'s path. Each C element's sum is split at multiples of it, so it is part
+/// of the summation order (fixed per path).
+fn kc_of(isa: Isa) -> usize {
+    if isa == Isa::Avx2 {
+        KC_AVX2
+    } else {
+        KC
+    }
+}
 /// Rows of C per block (a multiple of every MR).
 const MC: usize = 96;
-/// Columns of C per block (a multiple of every NR).
+/// Columns of C per block (a multiple of the path's NR): 512 on AVX-512 and the portable
+/// path, 480 on AVX2 (NR = 24).
 const NC: usize = 512;
+const NC_AVX2: usize = 480;
 /// Below this many multiply-adds a GEMM runs on the calling thread.
 const PAR_MIN_FMAS: usize = 1 << 20;
 
@@ -194,18 +209,19 @@ pub fn sgemm_on(
         );
     }
     let spec = isa.spec();
+    let ncb = if isa == Isa::Avx2 { NC_AVX2 } else { NC };
     let cp = CPtr(c.as_mut_ptr());
-    let (mb, nb) = (m.div_ceil(MC), n.div_ceil(NC));
+    let (mb, nb) = (m.div_ceil(MC), n.div_ceil(ncb));
     let block = |t: usize| {
         let (ib, jb) = (t / nb, t % nb);
-        let (i0, j0) = (ib * MC, jb * NC);
-        let (mc, nc) = (MC.min(m - i0), NC.min(n - j0));
+        let (i0, j0) = (ib * MC, jb * ncb);
+        let (mc, nc) = (MC.min(m - i0), ncb.min(n - j0));
         with_scratch(&PACK, |(pa, pb)| {
             block_task(
                 spec,
                 (i0, mc),
                 (j0, nc),
-                k,
+                (k, kc_of(isa)),
                 a,
                 b,
                 beta,
@@ -229,7 +245,7 @@ fn block_task(
     (mr, nr, kernel): (usize, usize, KernelFn),
     (i0, mc): (usize, usize),
     (j0, nc): (usize, usize),
-    k: usize,
+    (k, kcb): (usize, usize),
     a: ASrc,
     b: &impl PackB,
     beta: f32,
@@ -238,8 +254,8 @@ fn block_task(
     pb: &mut Vec<f32>,
 ) {
     let (mp, np) = (mc.div_ceil(mr), nc.div_ceil(nr));
-    for p0 in (0..k).step_by(KC) {
-        let kc = KC.min(k - p0);
+    for p0 in (0..k).step_by(kcb) {
+        let kc = kcb.min(k - p0);
         let pa: &[f32] = match a {
             ASrc::Mat(a) => {
                 pack_a(a, i0, mc, p0, kc, mr, pa);
@@ -295,8 +311,9 @@ impl PackedA {
         let panels = m.div_ceil(mr);
         let mut data = vec![0.0f32; panels * mr * k];
         let mut buf = Vec::new();
-        for p0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - p0);
+        let kcb = kc_of(isa);
+        for p0 in (0..k).step_by(kcb) {
+            let kc = kcb.min(k - p0);
             pack_a(a, 0, m, p0, kc, mr, &mut buf);
             data[p0 * panels * mr..][..panels * kc * mr].copy_from_slice(&buf[..panels * kc * mr]);
         }
@@ -361,6 +378,7 @@ pub fn copy_row(dst: &mut [f32], src: &[f32]) {
     let w = src.len();
     match (dst.len(), w) {
         (32, 32) => copy_fixed::<32>(dst, src),
+        (24, 24) => copy_fixed::<24>(dst, src),
         (16, 16) => copy_fixed::<16>(dst, src),
         _ => {
             dst[..w].copy_from_slice(src);
@@ -369,36 +387,27 @@ pub fn copy_row(dst: &mut [f32], src: &[f32]) {
     }
 }
 
-/// dst[..N] = src[..N] for N in {4, 8, 16, 32}, as straight-line SSE moves (SSE is part of the
-/// x86-64 baseline). Neither fixed-size array copies nor a loop of vector moves are enough:
-/// LLVM turns the loop into a `memcpy` and merges the 16- and 32-float arms of `copy_row` and
+/// dst[..N] = src[..N] for N in {4, 8, 16, 24, 32}, as straight-line SSE moves (SSE is part
+/// of the x86-64 baseline). Neither fixed-size array copies nor a loop of vector moves are
+/// enough: LLVM turns the loop into a `memcpy` and merges the fixed-size arms of `copy_row` and
 /// its general arm into one `memcpy` call of variable size, and that call was 16-18% of an
-/// I-FGS step (small-alexnet w8, Zen 3). All loads come before the stores, as a block, so
-/// there is no load/store loop to recognise. Panics if either slice is shorter than N.
+/// I-FGS step (small-alexnet w8, Zen 3). Loads come before stores in blocks of 16, 8 or 4
+/// values, so there is no load/store loop to recognise. Panics if either slice is shorter
+/// than N.
 #[inline(always)]
 pub fn copy_fixed<const N: usize>(dst: &mut [f32], src: &[f32]) {
     let (dst, src) = (&mut dst[..N], &src[..N]);
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_loadu_ps, _mm_storeu_ps};
-        const { assert!(matches!(N, 4 | 8 | 16 | 32)) };
+        const { assert!(matches!(N, 4 | 8 | 16 | 24 | 32)) };
         let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
         // SAFETY: every offset below is < N, and both slices hold N values (cut above).
         unsafe {
             let mut at = 0;
-            while at < N {
-                // One block of up to 16 values: four loads, then four stores.
+            while at + 16 <= N {
                 let v0 = _mm_loadu_ps(s.add(at));
-                if N == 4 {
-                    _mm_storeu_ps(d.add(at), v0);
-                    break;
-                }
                 let v1 = _mm_loadu_ps(s.add(at + 4));
-                if N == 8 {
-                    _mm_storeu_ps(d.add(at), v0);
-                    _mm_storeu_ps(d.add(at + 4), v1);
-                    break;
-                }
                 let v2 = _mm_loadu_ps(s.add(at + 8));
                 let v3 = _mm_loadu_ps(s.add(at + 12));
                 _mm_storeu_ps(d.add(at), v0);
@@ -406,6 +415,14 @@ pub fn copy_fixed<const N: usize>(dst: &mut [f32], src: &[f32]) {
                 _mm_storeu_ps(d.add(at + 8), v2);
                 _mm_storeu_ps(d.add(at + 12), v3);
                 at += 16;
+            }
+            if N - at == 8 {
+                let v0 = _mm_loadu_ps(s.add(at));
+                let v1 = _mm_loadu_ps(s.add(at + 4));
+                _mm_storeu_ps(d.add(at), v0);
+                _mm_storeu_ps(d.add(at + 4), v1);
+            } else if N - at == 4 {
+                _mm_storeu_ps(d.add(at), _mm_loadu_ps(s.add(at)));
             }
         }
     }
