@@ -250,6 +250,16 @@ struct PaddedIm2col<'a> {
 }
 
 impl PackB for PaddedIm2col<'_> {
+    fn rows(&self) -> Option<&[f32]> {
+        Some(self.xp)
+    }
+
+    fn row_offset(&self, p: usize) -> usize {
+        let rr = self.r * self.r;
+        let (ci, ki, kj) = (p / rr, (p / self.r) % self.r, p % self.r);
+        (ci * self.hp + ki) * self.wp + kj
+    }
+
     fn pack_panel(&self, p0: usize, j0: usize, w: usize, nr: usize, dst: &mut [f32]) {
         let rr = self.r * self.r;
         let (mut ci, mut ki, mut kj) = (p0 / rr, (p0 / self.r) % self.r, p0 % self.r);

@@ -200,6 +200,132 @@ pub mod avx2 {
         }
     }
 
+    /// `kernel` with B read in place: step p's 24 floats are at `b + offs[p]`.
+    /// # Safety
+    /// AVX2 and FMA present; `a` holds `kc * MR` values; `offs` holds kc offsets and
+    /// `b + offs[p]` 24 readable floats for each p < kc; `o` a writable tile.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn kernel_rows(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        offs: *const usize,
+        o: TileOut,
+    ) {
+        match o.mr {
+            4 if kc > 0 => {
+                let mut c = [[_mm256_setzero_ps(); 3]; MR];
+                // SAFETY: kc > 0 and the caller vouches for the panel and the offsets.
+                unsafe { full_steps_rows(kc, a, b, offs, &mut c) };
+                // SAFETY: the caller vouched for the tile.
+                unsafe { store(&c, o) }
+            }
+            4 => tile_rows::<4>(kc, a, b, offs, o),
+            3 => tile_rows::<3>(kc, a, b, offs, o),
+            2 => tile_rows::<2>(kc, a, b, offs, o),
+            _ => tile_rows::<1>(kc, a, b, offs, o),
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile_rows<const R: usize>(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        offs: *const usize,
+        o: TileOut,
+    ) {
+        let mut c = [[_mm256_setzero_ps(); 3]; R];
+        for p in 0..kc {
+            // SAFETY: step p lies inside the panel and offsets the caller vouched for.
+            unsafe {
+                let bp = b.add(*offs.add(p));
+                let bv = [
+                    _mm256_loadu_ps(bp),
+                    _mm256_loadu_ps(bp.add(8)),
+                    _mm256_loadu_ps(bp.add(16)),
+                ];
+                for (i, row) in c.iter_mut().enumerate() {
+                    let ai = _mm256_broadcast_ss(&*a.add(p * MR + i));
+                    for (acc, &bj) in row.iter_mut().zip(&bv) {
+                        *acc = _mm256_fmadd_ps(ai, bj, *acc);
+                    }
+                }
+            }
+        }
+        // SAFETY: the caller vouched for the tile.
+        unsafe { store(&c, o) }
+    }
+
+    /// `full_steps` with step p's B at `b + offs[p]` (one more load per step, for the offset).
+    /// # Safety
+    /// AVX2 and FMA present; kc > 0; `a` holds kc * MR values; `b + offs[p]` holds 24 readable
+    /// floats for each p < kc.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn full_steps_rows(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        offs: *const usize,
+        c: &mut [[__m256; 3]; MR],
+    ) {
+        let [[c00, c01, c02], [c10, c11, c12], [c20, c21, c22], [c30, c31, c32]] = c;
+        // SAFETY: the loop reads kc offsets, kc steps of 4 floats of A and 24 of B at the
+        // offsets, all vouched for by the caller, and writes only the named registers.
+        unsafe {
+            std::arch::asm!(
+                "2:",
+                "mov {t}, qword ptr [{offs}]",
+                "vmovups ymm12, ymmword ptr [{b} + 4*{t}]",
+                "vmovups ymm13, ymmword ptr [{b} + 4*{t} + 32]",
+                "vmovups ymm14, ymmword ptr [{b} + 4*{t} + 64]",
+                "vbroadcastss ymm15, dword ptr [{a}]",
+                "vfmadd231ps ymm0, ymm15, ymm12",
+                "vfmadd231ps ymm1, ymm15, ymm13",
+                "vfmadd231ps ymm2, ymm15, ymm14",
+                "vbroadcastss ymm15, dword ptr [{a} + 4]",
+                "vfmadd231ps ymm3, ymm15, ymm12",
+                "vfmadd231ps ymm4, ymm15, ymm13",
+                "vfmadd231ps ymm5, ymm15, ymm14",
+                "vbroadcastss ymm15, dword ptr [{a} + 8]",
+                "vfmadd231ps ymm6, ymm15, ymm12",
+                "vfmadd231ps ymm7, ymm15, ymm13",
+                "vfmadd231ps ymm8, ymm15, ymm14",
+                "vbroadcastss ymm15, dword ptr [{a} + 12]",
+                "vfmadd231ps ymm9, ymm15, ymm12",
+                "vfmadd231ps ymm10, ymm15, ymm13",
+                "vfmadd231ps ymm11, ymm15, ymm14",
+                "add {a}, 16",
+                "add {offs}, 8",
+                "dec {k}",
+                "jnz 2b",
+                a = inout(reg) a => _,
+                b = in(reg) b,
+                offs = inout(reg) offs => _,
+                k = inout(reg) kc => _,
+                t = out(reg) _,
+                inout("ymm0") *c00,
+                inout("ymm1") *c01,
+                inout("ymm2") *c02,
+                inout("ymm3") *c10,
+                inout("ymm4") *c11,
+                inout("ymm5") *c12,
+                inout("ymm6") *c20,
+                inout("ymm7") *c21,
+                inout("ymm8") *c22,
+                inout("ymm9") *c30,
+                inout("ymm10") *c31,
+                inout("ymm11") *c32,
+                out("ymm12") _,
+                out("ymm13") _,
+                out("ymm14") _,
+                out("ymm15") _,
+                options(nostack, readonly),
+            );
+        }
+    }
+
     /// Store the finished tile `c` into C (scaled by beta unless beta is 0).
     /// # Safety
     /// AVX2 and FMA present; `o` describes a writable tile of at most R x NR.

@@ -85,6 +85,17 @@ impl Isa {
         }
     }
 
+    /// The path's in-place B kernel, if it has one (AVX2: for small channel counts, packing the
+    /// im2col panels cost 20% of a small-alexnet w8 I-FGS step, more than half the kernel's own
+    /// time, since each packed value fed only m = 8-32 FMAs).
+    fn rows_kernel(self) -> Option<RowsKernelFn> {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Some(kernels::avx2::kernel_rows),
+            _ => None,
+        }
+    }
+
     /// (MR, NR, kernel) of the path; only called for a supported ISA.
     fn spec(self) -> (usize, usize, KernelFn) {
         match self {
@@ -106,6 +117,9 @@ impl Isa {
 }
 
 type KernelFn = unsafe fn(usize, *const f32, *const f32, TileOut);
+/// A micro-kernel that reads B in place: step p of the panel is the NR floats at
+/// `b + offs[p]` (`kernels::avx2::kernel_rows`).
+type RowsKernelFn = unsafe fn(usize, *const f32, *const f32, *const usize, TileOut);
 
 /// The ISAs this machine supports, best first (tests run each of them).
 pub fn supported_isas() -> Vec<Isa> {
@@ -161,8 +175,10 @@ unsafe impl Send for CPtr {}
 unsafe impl Sync for CPtr {}
 
 thread_local! {
-    /// Packed A block and packed B block of the task running on this thread.
-    static PACK: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Packed A block, packed B block and B's row offsets (in-place panels) of the task running
+    /// on this thread.
+    static PACK: RefCell<(Vec<f32>, Vec<f32>, Vec<usize>)> =
+        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 /// Run `f` on this thread's grow-only scratch `slot`, taken out for the duration: a task that
@@ -216,9 +232,9 @@ pub fn sgemm_on(
         let (ib, jb) = (t / nb, t % nb);
         let (i0, j0) = (ib * MC, jb * ncb);
         let (mc, nc) = (MC.min(m - i0), ncb.min(n - j0));
-        with_scratch(&PACK, |(pa, pb)| {
+        with_scratch(&PACK, |(pa, pb, offs)| {
             block_task(
-                spec,
+                (spec, isa.rows_kernel()),
                 (i0, mc),
                 (j0, nc),
                 (k, kc_of(isa)),
@@ -226,8 +242,7 @@ pub fn sgemm_on(
                 b,
                 beta,
                 (cp, rs_c, cs_c),
-                pa,
-                pb,
+                (pa, pb, offs),
             );
         });
     };
@@ -242,7 +257,7 @@ pub fn sgemm_on(
 /// One MC x NC block of C over all of k.
 #[allow(clippy::too_many_arguments)]
 fn block_task(
-    (mr, nr, kernel): (usize, usize, KernelFn),
+    ((mr, nr, kernel), rows_kernel): ((usize, usize, KernelFn), Option<RowsKernelFn>),
     (i0, mc): (usize, usize),
     (j0, nc): (usize, usize),
     (k, kcb): (usize, usize),
@@ -250,10 +265,10 @@ fn block_task(
     b: &impl PackB,
     beta: f32,
     (cp, rs_c, cs_c): (CPtr, usize, usize),
-    pa: &mut Vec<f32>,
-    pb: &mut Vec<f32>,
+    (pa, pb, offs): (&mut Vec<f32>, &mut Vec<f32>, &mut Vec<usize>),
 ) {
     let (mp, np) = (mc.div_ceil(mr), nc.div_ceil(nr));
+    let in_place = rows_kernel.and_then(|rk| b.rows().map(|data| (rk, data)));
     for p0 in (0..k).step_by(kcb) {
         let kc = kcb.min(k - p0);
         let pa: &[f32] = match a {
@@ -263,29 +278,64 @@ fn block_task(
             }
             ASrc::Packed(pk) => &pk.data[pk.offset(p0, kc, i0)..][..mp * kc * mr],
         };
-        pack_b(b, p0, kc, j0, nc, nr, pb);
+        // Past this many floats from a row start, an in-place panel would read beyond `data`.
+        let mut reach = usize::MAX;
+        if let Some((_, data)) = in_place {
+            offs.clear();
+            offs.extend((0..kc).map(|p| b.row_offset(p0 + p)));
+            let last = offs.iter().copied().max().unwrap_or(0);
+            reach = data.len().saturating_sub(last);
+        } else {
+            pack_b(b, p0, kc, j0, nc, nr, pb);
+        }
         let beta = if p0 == 0 { beta } else { 1.0 };
         for jp in 0..np {
-            let bp = &pb[jp * kc * nr..(jp + 1) * kc * nr];
+            let tj = j0 + jp * nr;
+            let w = nr.min(j0 + nc - tj);
+            let src = match in_place {
+                Some((rk, data)) if w == nr && tj + nr <= reach => BPanel::InPlace(rk, data, tj),
+                Some(_) => {
+                    // A short or last panel: packed alone (zero-padded past the edge).
+                    pack_b(b, p0, kc, tj, w, nr, pb);
+                    BPanel::Packed(&pb[..kc * nr])
+                }
+                None => BPanel::Packed(&pb[jp * kc * nr..(jp + 1) * kc * nr]),
+            };
             for ip in 0..mp {
                 let ap = &pa[ip * kc * mr..(ip + 1) * kc * mr];
-                let (ti, tj) = (i0 + ip * mr, j0 + jp * nr);
+                let ti = i0 + ip * mr;
                 let o = TileOut {
                     c: cp.0.wrapping_add(ti * rs_c + tj * cs_c),
                     rs: rs_c,
                     cs: cs_c,
                     mr: mr.min(i0 + mc - ti),
-                    nr: nr.min(j0 + nc - tj),
+                    nr: w,
                     beta,
                 };
-                // SAFETY: `ap` and `bp` hold exactly kc*MR and kc*NR packed values; the tile
-                // (ti.., tj..) of o.mr x o.nr lies inside C's m x n extent, which the caller
-                // proved `c` spans, and no other task writes it (blocks are disjoint). The
-                // kernel matches `isa`, which the caller checked is supported.
-                unsafe { kernel(kc, ap.as_ptr(), bp.as_ptr(), o) };
+                match src {
+                    // SAFETY: `ap` holds kc*MR packed values; offs[p] + tj + NR <= data.len()
+                    // for every p < kc (`reach`), so each step's NR floats lie in `data`; the
+                    // tile (ti.., tj..) of o.mr x o.nr lies inside C's m x n extent, which the
+                    // caller proved `c` spans, and no other task writes it. The kernel is the
+                    // in-place twin of `isa`'s, which the caller checked is supported.
+                    BPanel::InPlace(rk, data, tj) => unsafe {
+                        rk(kc, ap.as_ptr(), data.as_ptr().add(tj), offs.as_ptr(), o)
+                    },
+                    // SAFETY: `ap` and `bp` hold exactly kc*MR and kc*NR packed values; the
+                    // tile is C's and this task's alone, as above.
+                    BPanel::Packed(bp) => unsafe { kernel(kc, ap.as_ptr(), bp.as_ptr(), o) },
+                }
             }
         }
     }
+}
+
+/// Where a micro-tile's B panel comes from: read in place from the operand's rows (by the
+/// row kernel, at column tj), or packed.
+#[derive(Clone, Copy)]
+enum BPanel<'a> {
+    InPlace(RowsKernelFn, &'a [f32], usize),
+    Packed(&'a [f32]),
 }
 
 /// The A operand of a product: a matrix packed block by block as the tasks need it, or packed
@@ -436,9 +486,29 @@ pub trait PackB: Sync {
     /// Write B[p0 + p, j0 + jj] to `dst[p * nr + jj]` for p < dst.len() / nr and jj < w, and
     /// zero for w <= jj < nr.
     fn pack_panel(&self, p0: usize, j0: usize, w: usize, nr: usize, dst: &mut [f32]);
+
+    /// When each row of B is a contiguous run of one slice, B[p, j] = data[row_offset(p) + j]:
+    /// that slice. A path with an in-place kernel then reads full-width panels straight from
+    /// it instead of packing them (same values, same FMA order, so the same bits).
+    fn rows(&self) -> Option<&[f32]> {
+        None
+    }
+
+    /// Start of row p in `rows()` (only called when `rows()` is Some).
+    fn row_offset(&self, _p: usize) -> usize {
+        0
+    }
 }
 
 impl PackB for Mat<'_> {
+    fn rows(&self) -> Option<&[f32]> {
+        (self.cs == 1).then_some(self.data)
+    }
+
+    fn row_offset(&self, p: usize) -> usize {
+        p * self.rs
+    }
+
     fn pack_panel(&self, p0: usize, j0: usize, w: usize, nr: usize, dst: &mut [f32]) {
         for (p, g) in dst.chunks_exact_mut(nr).enumerate() {
             let src = (p0 + p) * self.rs + j0 * self.cs;
