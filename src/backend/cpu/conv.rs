@@ -260,6 +260,27 @@ impl PackB for PaddedIm2col<'_> {
         (ci * self.hp + ki) * self.wp + kj
     }
 
+    fn row_offsets(&self, p0: usize, kc: usize, out: &mut Vec<usize>) {
+        out.clear();
+        let (mut kj, mut row) = (p0 % self.r, self.row_offset(p0) - p0 % self.r);
+        let mut ki = (p0 / self.r) % self.r;
+        for _ in 0..kc {
+            out.push(row + kj);
+            kj += 1;
+            if kj == self.r {
+                kj = 0;
+                ki += 1;
+                // The next kernel row, or the first row of the next channel's plane.
+                row += if ki == self.r {
+                    ki = 0;
+                    self.wp * (self.hp - self.r + 1)
+                } else {
+                    self.wp
+                };
+            }
+        }
+    }
+
     fn pack_panel(&self, p0: usize, j0: usize, w: usize, nr: usize, dst: &mut [f32]) {
         let rr = self.r * self.r;
         let (mut ci, mut ki, mut kj) = (p0 / rr, (p0 / self.r) % self.r, p0 % self.r);
@@ -1013,6 +1034,30 @@ impl super::CpuBackend {
 
 #[cfg(test)]
 mod tests {
+    /// The stepped row starts of the in-place GEMM path agree with `row_offset`'s divisions, from
+    /// any first row and across channel boundaries.
+    #[test]
+    fn padded_rows_step_like_the_divisions() {
+        use super::super::sgemm::PackB;
+        let xp = vec![0.0f32; 3 * 9 * 11];
+        for r in [1, 2, 3, 5] {
+            let src = super::PaddedIm2col {
+                xp: &xp,
+                hp: 9,
+                wp: 11,
+                r,
+            };
+            for p0 in [0, 1, r, r * r - 1, r * r + 2] {
+                let mut got = Vec::new();
+                src.row_offsets(p0, 2 * r * r + 1, &mut got);
+                let want: Vec<usize> = (p0..p0 + 2 * r * r + 1)
+                    .map(|p| src.row_offset(p))
+                    .collect();
+                assert_eq!(got, want, "r {r} p0 {p0}");
+            }
+        }
+    }
+
     /// Every length `copy_short` special-cases, at unaligned offsets, leaves the rest alone.
     #[test]
     fn conv_copy_short_copies_every_length() {

@@ -281,8 +281,7 @@ fn block_task(
         // Past this many floats from a row start, an in-place panel would read beyond `data`.
         let mut reach = usize::MAX;
         if let Some((_, data)) = in_place {
-            offs.clear();
-            offs.extend((0..kc).map(|p| b.row_offset(p0 + p)));
+            b.row_offsets(p0, kc, offs);
             let last = offs.iter().copied().max().unwrap_or(0);
             reach = data.len().saturating_sub(last);
         } else {
@@ -497,6 +496,13 @@ pub trait PackB: Sync {
     /// Start of row p in `rows()` (only called when `rows()` is Some).
     fn row_offset(&self, _p: usize) -> usize {
         0
+    }
+
+    /// out = the starts of rows p0..p0 + kc (an implementation may step through them without
+    /// `row_offset`'s divisions).
+    fn row_offsets(&self, p0: usize, kc: usize, out: &mut Vec<usize>) {
+        out.clear();
+        out.extend((p0..p0 + kc).map(|p| self.row_offset(p)));
     }
 }
 
