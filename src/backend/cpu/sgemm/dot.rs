@@ -4,9 +4,9 @@
 //! product of two contiguous rows, kept in vector lanes and reduced once at the end.
 //!
 //! Order of summation per C element (fixed for a given ISA, whatever the thread count): lane l
-//! sums p = l, l + L, l + 2L, ... in order (L = 16 on every path: one zmm on AVX-512, two ymm
-//! on AVX2, an array in the generic code), then the lanes are added in a fixed tree, then the
-//! result is added to C. AVX-512 and AVX2 fuse each multiply-add; the generic code does not.
+//! sums p = l, l + L, l + 2L, ... in order (L = 16 on AVX-512 and in the generic code, 8 on
+//! AVX2), then the lanes are added in a fixed tree, then the result is added to C. AVX-512 and
+//! AVX2 fuse each multiply-add; the generic code does not.
 
 use super::Isa;
 
@@ -187,16 +187,17 @@ mod avx512 {
     }
 }
 
-/// Register-tiled dot products on AVX2: RI rows of A against RJ rows of B, each C element in
-/// two ymm accumulators (its lanes 0-7 and 8-15), so that every load of A or B feeds RJ or RI
-/// multiply-adds. 12 accumulators, 2 A vectors and 1 B vector fill 15 of the 16 ymm registers;
-/// per 8 values of p the tile makes 5 loads for 6 FMAs, where one element at a time made 2
-/// loads per FMA (the generic code was 58% of a small-alexnet w8 training step on Zen 3).
+/// Register-tiled dot products on AVX2: RI = 3 rows of A against RJ = 4 rows of B, each C
+/// element in one ymm accumulator (8 lanes), so that every load of A or B feeds 4 or 3
+/// multiply-adds. 12 accumulators, 3 A vectors and 1 B vector fill the 16 ymm registers; per 8
+/// values of p the tile makes 7 loads for 12 FMAs. (Two ymm per element, to keep the generic
+/// code's 16 lanes, allowed only a 2 x 3 tile: 10 loads for 12 FMAs. One element at a time made
+/// 2 loads per FMA: the generic code was 58% of a small-alexnet w8 training step on Zen 3.)
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
-    const RI: usize = 2;
-    const RJ: usize = 3;
+    const RI: usize = 3;
+    const RJ: usize = 4;
 
     /// # Safety
     /// AVX2 and FMA present; rows i < m of A (stride lda), j < n of B (at `brow(j)`) hold
@@ -214,13 +215,10 @@ mod avx2 {
         c: &mut [f32],
         ldc: usize,
     ) {
-        let tail = len % 16;
-        let lane = |t: usize| {
-            let m: [i32; 8] = std::array::from_fn(|l| if l < t { -1 } else { 0 });
-            // SAFETY: an 8-lane array read whole.
-            unsafe { _mm256_loadu_si256(m.as_ptr().cast()) }
-        };
-        let masks = [lane(tail), lane(tail.saturating_sub(8))];
+        let tail = len % 8;
+        let m8: [i32; 8] = std::array::from_fn(|l| if l < tail { -1 } else { 0 });
+        // SAFETY: an 8-lane array read whole.
+        let mask = unsafe { _mm256_loadu_si256(m8.as_ptr().cast()) };
         for i0 in (0..m).step_by(RI) {
             // Rows past the edge re-read the last row; their sums are dropped.
             let ar: [*const f32; RI] =
@@ -228,43 +226,37 @@ mod avx2 {
             for j0 in (0..n).step_by(RJ) {
                 let br: [*const f32; RJ] =
                     std::array::from_fn(|r| b.as_ptr().wrapping_add(brow((j0 + r).min(n - 1))));
-                let mut acc = [[[_mm256_setzero_ps(); 2]; RJ]; RI];
+                let mut acc = [[_mm256_setzero_ps(); RJ]; RI];
                 let mut p = 0;
-                while p + 16 <= len {
-                    for h in 0..2 {
-                        // SAFETY: p + 16 <= len and every row pointer starts a row of `len`
-                        // values.
-                        unsafe { step(&mut acc, &ar, &br, p + 8 * h, h, None) };
-                    }
-                    p += 16;
+                while p + 8 <= len {
+                    // SAFETY: p + 8 <= len and every row pointer starts a row of `len` values.
+                    unsafe { step(&mut acc, &ar, &br, p, None) };
+                    p += 8;
                 }
                 if tail > 0 {
-                    for (h, mask) in masks.iter().enumerate() {
-                        // SAFETY: the masks limit the loads to the `tail` values left in each
-                        // row (masked lanes do not fault).
-                        unsafe { step(&mut acc, &ar, &br, p + 8 * h, h, Some(*mask)) };
-                    }
+                    // SAFETY: the mask limits the loads to the `tail` values left in each row
+                    // (masked lanes do not fault).
+                    unsafe { step(&mut acc, &ar, &br, p, Some(mask)) };
                 }
                 for (ri, row) in acc.iter().enumerate().take(m - i0) {
                     for (cj, v) in row.iter().enumerate().take(n - j0) {
-                        c[(i0 + ri) * ldc + j0 + cj] += reduce(v[0], v[1]);
+                        c[(i0 + ri) * ldc + j0 + cj] += reduce(*v);
                     }
                 }
             }
         }
     }
 
-    /// acc[ri][rj][h] += A row ri . B row rj over the 8 values at `at` (masked if `mask`).
+    /// acc[ri][rj] += A row ri . B row rj over the 8 values at `at` (masked if `mask`).
     /// # Safety
     /// AVX2 and FMA present; 8 values (or the masked ones) at `at` of every row are readable.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn step(
-        acc: &mut [[[__m256; 2]; RJ]; RI],
+        acc: &mut [[__m256; RJ]; RI],
         ar: &[*const f32; RI],
         br: &[*const f32; RJ],
         at: usize,
-        h: usize,
         mask: Option<__m256i>,
     ) {
         // SAFETY: the caller vouches for the 8 (or masked) values at `at` of each row.
@@ -278,18 +270,16 @@ mod avx2 {
         for (rj, &bp) in br.iter().enumerate() {
             let bv = load(bp);
             for (ri, &a) in av.iter().enumerate() {
-                acc[ri][rj][h] = _mm256_fmadd_ps(a, bv, acc[ri][rj][h]);
+                acc[ri][rj] = _mm256_fmadd_ps(a, bv, acc[ri][rj]);
             }
         }
     }
 
-    /// The 16 lanes (lo: 0-7, hi: 8-15) added in the generic code's tree: pairs at distance
-    /// 8, then 4, 2, 1.
+    /// The 8 lanes added in a fixed tree: pairs at distance 4, then 2, 1.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn reduce(lo: __m256, hi: __m256) -> f32 {
-        let s8 = _mm256_add_ps(lo, hi);
-        let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
+    fn reduce(v: __m256) -> f32 {
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
         let s1 = _mm_add_ss(s2, _mm_shuffle_ps::<0b01>(s2, s2));
         _mm_cvtss_f32(s1)
