@@ -20,21 +20,12 @@ use rayon::prelude::*;
 
 use kernels::TileOut;
 
-/// k-block: the depth of one packed panel pass (`kc_of`).
+/// k-block: the depth of one packed panel pass. Each C element's sum is split at multiples of
+/// it, so it is part of the summation order. 128 on AVX2 (to keep the 24-wide B panel in L1)
+/// measured no faster on resnet18's layers, and with its new rounding one eval-mode
+/// finite-difference check of tests/nn.rs (a random small-vgg16 pixel, h = 0.25) missed its
+/// tolerance: 256 everywhere.
 const KC: usize = 256;
-/// The AVX2 k-block: its 24-wide B panel at depth 256 (24 KiB) and the A panels streaming past
-/// it overfilled Zen 3's 32 KiB L1.
-const KC_AVX2: usize = 128;
-
-/// The k-block of `isa`'s path. Each C element's sum is split at multiples of it, so it is part
-/// of the summation order (fixed per path).
-fn kc_of(isa: Isa) -> usize {
-    if isa == Isa::Avx2 {
-        KC_AVX2
-    } else {
-        KC
-    }
-}
 /// Rows of C per block (a multiple of every MR).
 const MC: usize = 96;
 /// Columns of C per block (a multiple of the path's NR): 512 on AVX-512 and the portable
@@ -237,7 +228,7 @@ pub fn sgemm_on(
                 (spec, isa.rows_kernel()),
                 (i0, mc),
                 (j0, nc),
-                (k, kc_of(isa)),
+                (k, KC),
                 a,
                 b,
                 beta,
@@ -360,9 +351,8 @@ impl PackedA {
         let panels = m.div_ceil(mr);
         let mut data = vec![0.0f32; panels * mr * k];
         let mut buf = Vec::new();
-        let kcb = kc_of(isa);
-        for p0 in (0..k).step_by(kcb) {
-            let kc = kcb.min(k - p0);
+        for p0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - p0);
             pack_a(a, 0, m, p0, kc, mr, &mut buf);
             data[p0 * panels * mr..][..panels * kc * mr].copy_from_slice(&buf[..panels * kc * mr]);
         }
