@@ -311,3 +311,36 @@ fn sgemm_speed() {
         );
     }
 }
+
+/// `copy_row` copies the row and zero-fills the panel's tail for every width a panel can have;
+/// `copy_fixed` copies exactly N values at unaligned offsets and leaves the neighbours alone.
+#[test]
+fn panel_row_copies_are_exact() {
+    let src: Vec<f32> = (0..40).map(|i| i as f32 + 0.5).collect();
+    for nr in [16, 24, 32] {
+        for w in 0..=nr {
+            let mut dst = vec![f32::NAN; nr];
+            copy_row(&mut dst, &src[3..3 + w]);
+            assert_eq!(&dst[..w], &src[3..3 + w], "nr {nr} w {w}: row");
+            assert!(
+                dst[w..].iter().all(|&v| v == 0.0),
+                "nr {nr} w {w}: tail not zeroed"
+            );
+        }
+    }
+    fn fixed<const N: usize>(src: &[f32]) {
+        let mut dst = vec![-1.0f32; N + 2];
+        copy_fixed::<N>(&mut dst[1..], &src[1..]);
+        assert_eq!(&dst[1..N + 1], &src[1..N + 1], "N {N}");
+        assert_eq!(
+            (dst[0], dst[N + 1]),
+            (-1.0, -1.0),
+            "N {N}: neighbours written"
+        );
+    }
+    fixed::<4>(&src);
+    fixed::<8>(&src);
+    fixed::<16>(&src);
+    fixed::<24>(&src);
+    fixed::<32>(&src);
+}
