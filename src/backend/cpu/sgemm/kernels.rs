@@ -82,122 +82,16 @@ pub mod avx2 {
     /// AVX2 and FMA present; `a` holds `kc * MR` values, `b` `kc * NR`, `o` a writable tile.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, o: TileOut) {
-        match o.mr {
-            4 if kc > 0 => {
-                let mut c = [[_mm256_setzero_ps(); 3]; MR];
-                // SAFETY: kc > 0 and the caller's panels hold kc steps.
-                unsafe { full_steps(kc, a, b, &mut c) };
-                // SAFETY: the caller vouched for the tile.
-                unsafe { store(&c, o) }
-            }
-            4 => tile::<4>(kc, a, b, o),
-            3 => tile::<3>(kc, a, b, o),
-            2 => tile::<2>(kc, a, b, o),
-            _ => tile::<1>(kc, a, b, o),
+        let mut c = [[_mm256_setzero_ps(); 3]; MR];
+        if o.mr == MR && kc > 0 {
+            // SAFETY: kc > 0 and the caller's panels hold kc steps.
+            unsafe { full_steps(kc, a, b, &mut c) };
+        } else {
+            // SAFETY: as above; step p of the packed panel is at b + p * NR.
+            unsafe { steps(kc, a, |p| b.wrapping_add(p * NR), o.mr, &mut c) };
         }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile<const R: usize>(kc: usize, a: *const f32, b: *const f32, o: TileOut) {
-        let mut c = [[_mm256_setzero_ps(); 3]; R];
-        // SAFETY: the caller's panels hold kc steps.
-        unsafe { steps(kc, a, b, &mut c) };
         // SAFETY: the caller vouched for the tile.
         unsafe { store(&c, o) }
-    }
-
-    /// c[i][h] += A[., i] (x) B[., 8h..8h + 8] over kc steps, for R < MR rows (few enough
-    /// accumulators for the compiler to keep them all in registers).
-    /// # Safety
-    /// AVX2 and FMA present; `a` holds kc * MR values and `b` kc * NR.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn steps<const R: usize>(
-        kc: usize,
-        a: *const f32,
-        b: *const f32,
-        c: &mut [[__m256; 3]; R],
-    ) {
-        for p in 0..kc {
-            // SAFETY: step p of each panel lies inside the lengths the caller vouched for.
-            unsafe {
-                let bp = b.add(p * NR);
-                let bv = [
-                    _mm256_loadu_ps(bp),
-                    _mm256_loadu_ps(bp.add(8)),
-                    _mm256_loadu_ps(bp.add(16)),
-                ];
-                for (i, row) in c.iter_mut().enumerate() {
-                    let ai = _mm256_broadcast_ss(&*a.add(p * MR + i));
-                    for (acc, &bj) in row.iter_mut().zip(&bv) {
-                        *acc = _mm256_fmadd_ps(ai, bj, *acc);
-                    }
-                }
-            }
-        }
-    }
-
-    /// `steps` for the full 4 rows, written out in assembly: 12 accumulators, 3 B vectors and a
-    /// broadcast need all 16 ymm registers, and LLVM, left to itself, kept one accumulator on
-    /// the stack, so its FMA chain ran through a store and a reload every k step. Each step
-    /// loads B[p, 0..24] into ymm12-14 and broadcasts A[p, i] into ymm15 for row i; every
-    /// element still gets one fused multiply-add per step in k order, as in `steps`.
-    /// # Safety
-    /// AVX2 and FMA present; kc > 0; `a` holds kc * MR values and `b` kc * NR.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn full_steps(kc: usize, a: *const f32, b: *const f32, c: &mut [[__m256; 3]; MR]) {
-        let [[c00, c01, c02], [c10, c11, c12], [c20, c21, c22], [c30, c31, c32]] = c;
-        // SAFETY: the loop reads kc steps of 4 (A) and 24 (B) floats, inside the panels the
-        // caller vouched for, and writes only the named registers.
-        unsafe {
-            std::arch::asm!(
-                "2:",
-                "vmovups ymm12, ymmword ptr [{b}]",
-                "vmovups ymm13, ymmword ptr [{b} + 32]",
-                "vmovups ymm14, ymmword ptr [{b} + 64]",
-                "vbroadcastss ymm15, dword ptr [{a}]",
-                "vfmadd231ps ymm0, ymm15, ymm12",
-                "vfmadd231ps ymm1, ymm15, ymm13",
-                "vfmadd231ps ymm2, ymm15, ymm14",
-                "vbroadcastss ymm15, dword ptr [{a} + 4]",
-                "vfmadd231ps ymm3, ymm15, ymm12",
-                "vfmadd231ps ymm4, ymm15, ymm13",
-                "vfmadd231ps ymm5, ymm15, ymm14",
-                "vbroadcastss ymm15, dword ptr [{a} + 8]",
-                "vfmadd231ps ymm6, ymm15, ymm12",
-                "vfmadd231ps ymm7, ymm15, ymm13",
-                "vfmadd231ps ymm8, ymm15, ymm14",
-                "vbroadcastss ymm15, dword ptr [{a} + 12]",
-                "vfmadd231ps ymm9, ymm15, ymm12",
-                "vfmadd231ps ymm10, ymm15, ymm13",
-                "vfmadd231ps ymm11, ymm15, ymm14",
-                "add {a}, 16",
-                "add {b}, 96",
-                "dec {k}",
-                "jnz 2b",
-                a = inout(reg) a => _,
-                b = inout(reg) b => _,
-                k = inout(reg) kc => _,
-                inout("ymm0") *c00,
-                inout("ymm1") *c01,
-                inout("ymm2") *c02,
-                inout("ymm3") *c10,
-                inout("ymm4") *c11,
-                inout("ymm5") *c12,
-                inout("ymm6") *c20,
-                inout("ymm7") *c21,
-                inout("ymm8") *c22,
-                inout("ymm9") *c30,
-                inout("ymm10") *c31,
-                inout("ymm11") *c32,
-                out("ymm12") _,
-                out("ymm13") _,
-                out("ymm14") _,
-                out("ymm15") _,
-                options(nostack, readonly),
-            );
-        }
     }
 
     /// `kernel` with B read in place: step p's 24 floats are at `b + offs[p]`.
@@ -212,74 +106,87 @@ pub mod avx2 {
         offs: *const usize,
         o: TileOut,
     ) {
-        match o.mr {
-            4 if kc > 0 => {
-                let mut c = [[_mm256_setzero_ps(); 3]; MR];
-                // SAFETY: kc > 0 and the caller vouches for the panel and the offsets.
-                unsafe { full_steps_rows(kc, a, b, offs, &mut c) };
-                // SAFETY: the caller vouched for the tile.
-                unsafe { store(&c, o) }
-            }
-            4 => tile_rows::<4>(kc, a, b, offs, o),
-            3 => tile_rows::<3>(kc, a, b, offs, o),
-            2 => tile_rows::<2>(kc, a, b, offs, o),
-            _ => tile_rows::<1>(kc, a, b, offs, o),
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile_rows<const R: usize>(
-        kc: usize,
-        a: *const f32,
-        b: *const f32,
-        offs: *const usize,
-        o: TileOut,
-    ) {
-        let mut c = [[_mm256_setzero_ps(); 3]; R];
-        for p in 0..kc {
-            // SAFETY: step p lies inside the panel and offsets the caller vouched for.
-            unsafe {
-                let bp = b.add(*offs.add(p));
-                let bv = [
-                    _mm256_loadu_ps(bp),
-                    _mm256_loadu_ps(bp.add(8)),
-                    _mm256_loadu_ps(bp.add(16)),
-                ];
-                for (i, row) in c.iter_mut().enumerate() {
-                    let ai = _mm256_broadcast_ss(&*a.add(p * MR + i));
-                    for (acc, &bj) in row.iter_mut().zip(&bv) {
-                        *acc = _mm256_fmadd_ps(ai, bj, *acc);
-                    }
-                }
-            }
+        let mut c = [[_mm256_setzero_ps(); 3]; MR];
+        if o.mr == MR && kc > 0 {
+            // SAFETY: kc > 0 and the caller vouches for the panel and the offsets.
+            unsafe { full_steps_rows(kc, a, b, offs, &mut c) };
+        } else {
+            // SAFETY: p < kc, so offs[p] is one of the kc offsets the caller vouched for.
+            let at = |p: usize| b.wrapping_add(unsafe { *offs.add(p) });
+            // SAFETY: as above.
+            unsafe { steps(kc, a, at, o.mr, &mut c) };
         }
         // SAFETY: the caller vouched for the tile.
         unsafe { store(&c, o) }
     }
 
-    /// `full_steps` with step p's B at `b + offs[p]` (one more load per step, for the offset).
+    /// c[i][h] += A[., i] (x) B[p, 8h..8h + 8] over kc steps for the first `rows` (< MR) rows,
+    /// with step p of B at `b_at(p)`. The rows past `rows` stay zero and are never stored.
     /// # Safety
-    /// AVX2 and FMA present; kc > 0; `a` holds kc * MR values; `b + offs[p]` holds 24 readable
-    /// floats for each p < kc.
+    /// AVX2 and FMA present; `a` holds kc * MR values; `b_at(p)` points at 24 readable floats
+    /// for each p < kc.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn full_steps_rows(
+    unsafe fn steps(
         kc: usize,
         a: *const f32,
-        b: *const f32,
-        offs: *const usize,
+        b_at: impl Fn(usize) -> *const f32,
+        rows: usize,
         c: &mut [[__m256; 3]; MR],
     ) {
-        let [[c00, c01, c02], [c10, c11, c12], [c20, c21, c22], [c30, c31, c32]] = c;
-        // SAFETY: the loop reads kc offsets, kc steps of 4 floats of A and 24 of B at the
-        // offsets, all vouched for by the caller, and writes only the named registers.
-        unsafe {
+        match rows {
+            3 => steps_r::<3>(kc, a, b_at, c),
+            2 => steps_r::<2>(kc, a, b_at, c),
+            1 => steps_r::<1>(kc, a, b_at, c),
+            // A full tile only when kc is 0: nothing to add.
+            _ => {}
+        }
+    }
+
+    /// `steps` for R rows (few enough accumulators for the compiler to keep them all in
+    /// registers).
+    /// # Safety
+    /// As `steps`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn steps_r<const R: usize>(
+        kc: usize,
+        a: *const f32,
+        b_at: impl Fn(usize) -> *const f32,
+        c: &mut [[__m256; 3]; MR],
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 3]; R];
+        for p in 0..kc {
+            // SAFETY: step p of each panel lies inside what the caller vouched for.
+            unsafe {
+                let bp = b_at(p);
+                let bv = [
+                    _mm256_loadu_ps(bp),
+                    _mm256_loadu_ps(bp.add(8)),
+                    _mm256_loadu_ps(bp.add(16)),
+                ];
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let ai = _mm256_broadcast_ss(&*a.add(p * MR + i));
+                    for (v, &bj) in row.iter_mut().zip(&bv) {
+                        *v = _mm256_fmadd_ps(ai, bj, *v);
+                    }
+                }
+            }
+        }
+        c[..R].copy_from_slice(&acc);
+    }
+
+    /// The full 4 x 24 tile's k loop in assembly: 12 accumulators (ymm0-11), 3 B vectors
+    /// (ymm12-14) and a broadcast (ymm15) need all 16 ymm registers, and LLVM, left to itself,
+    /// kept one accumulator on the stack, so its FMA chain ran through a store and a reload
+    /// every k step. `$load` puts step p's B[p, 0..24] into ymm12-14 and `$advance` moves to the
+    /// next step; every element gets one fused multiply-add per step in k order, as in `steps`.
+    macro_rules! k_loop_4x24 {
+        ($c:expr, $load:literal, $advance:literal, $($operands:tt)*) => {{
+            let [[c00, c01, c02], [c10, c11, c12], [c20, c21, c22], [c30, c31, c32]] = $c;
             std::arch::asm!(
                 "2:",
-                "mov {t}, qword ptr [{offs}]",
-                "vmovups ymm12, ymmword ptr [{b} + 4*{t}]",
-                "vmovups ymm13, ymmword ptr [{b} + 4*{t} + 32]",
-                "vmovups ymm14, ymmword ptr [{b} + 4*{t} + 64]",
+                $load,
                 "vbroadcastss ymm15, dword ptr [{a}]",
                 "vfmadd231ps ymm0, ymm15, ymm12",
                 "vfmadd231ps ymm1, ymm15, ymm13",
@@ -297,14 +204,10 @@ pub mod avx2 {
                 "vfmadd231ps ymm10, ymm15, ymm13",
                 "vfmadd231ps ymm11, ymm15, ymm14",
                 "add {a}, 16",
-                "add {offs}, 8",
+                $advance,
                 "dec {k}",
                 "jnz 2b",
-                a = inout(reg) a => _,
-                b = in(reg) b,
-                offs = inout(reg) offs => _,
-                k = inout(reg) kc => _,
-                t = out(reg) _,
+                $($operands)*
                 inout("ymm0") *c00,
                 inout("ymm1") *c01,
                 inout("ymm2") *c02,
@@ -322,21 +225,73 @@ pub mod avx2 {
                 out("ymm14") _,
                 out("ymm15") _,
                 options(nostack, readonly),
-            );
+            )
+        }};
+    }
+
+    /// The k loop of a full tile over a packed B panel (step p at b + p * NR).
+    /// # Safety
+    /// AVX2 and FMA present; kc > 0; `a` holds kc * MR values and `b` kc * NR.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn full_steps(kc: usize, a: *const f32, b: *const f32, c: &mut [[__m256; 3]; MR]) {
+        // SAFETY: the loop reads kc steps of 4 (A) and 24 (B) floats, inside the panels the
+        // caller vouched for, and writes only the named registers.
+        unsafe {
+            k_loop_4x24!(
+                c,
+                "vmovups ymm12, ymmword ptr [{b}]\nvmovups ymm13, ymmword ptr [{b} + 32]\nvmovups ymm14, ymmword ptr [{b} + 64]",
+                "add {b}, 96",
+                a = inout(reg) a => _,
+                b = inout(reg) b => _,
+                k = inout(reg) kc => _,
+            )
         }
     }
 
-    /// Store the finished tile `c` into C (scaled by beta unless beta is 0).
+    /// The k loop of a full tile with step p's B at `b + offs[p]` (one more load per step, for
+    /// the offset).
     /// # Safety
-    /// AVX2 and FMA present; `o` describes a writable tile of at most R x NR.
+    /// AVX2 and FMA present; kc > 0; `a` holds kc * MR values; `b + offs[p]` holds 24 readable
+    /// floats for each p < kc.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn store<const R: usize>(c: &[[__m256; 3]; R], o: TileOut) {
+    unsafe fn full_steps_rows(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        offs: *const usize,
+        c: &mut [[__m256; 3]; MR],
+    ) {
+        // SAFETY: the loop reads kc offsets, kc steps of 4 floats of A and 24 of B at the
+        // offsets, all vouched for by the caller, and writes only the named registers.
+        unsafe {
+            k_loop_4x24!(
+                c,
+                "mov {t}, qword ptr [{offs}]\nvmovups ymm12, ymmword ptr [{b} + 4*{t}]\nvmovups ymm13, ymmword ptr [{b} + 4*{t} + 32]\nvmovups ymm14, ymmword ptr [{b} + 4*{t} + 64]",
+                "add {offs}, 8",
+                a = inout(reg) a => _,
+                b = in(reg) b,
+                offs = inout(reg) offs => _,
+                k = inout(reg) kc => _,
+                t = out(reg) _,
+            )
+        }
+    }
+
+    /// Store the first `o.mr` rows of the finished tile `c` into C (scaled by beta unless beta
+    /// is 0).
+    /// # Safety
+    /// AVX2 and FMA present; `o` describes a writable tile of at most MR x NR.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn store(c: &[[__m256; 3]; MR], o: TileOut) {
         if o.cs == 1 && o.nr == NR {
             let beta = _mm256_set1_ps(o.beta);
-            for (i, row) in c.iter().enumerate() {
+            for (i, row) in c.iter().enumerate().take(o.mr) {
                 for (h, &v) in row.iter().enumerate() {
-                    // SAFETY: a full-width row i of the tile is writable (cs == 1, nr == NR).
+                    // SAFETY: a full-width row i < o.mr of the tile is writable (cs == 1,
+                    // nr == NR).
                     unsafe {
                         let at = o.c.add(i * o.rs + 8 * h);
                         let v = if o.beta != 0.0 {
