@@ -228,7 +228,7 @@ pub fn sgemm_on(
                 (spec, isa.rows_kernel()),
                 (i0, mc),
                 (j0, nc),
-                (k, KC),
+                k,
                 a,
                 b,
                 beta,
@@ -251,7 +251,7 @@ fn block_task(
     ((mr, nr, kernel), rows_kernel): ((usize, usize, KernelFn), Option<RowsKernelFn>),
     (i0, mc): (usize, usize),
     (j0, nc): (usize, usize),
-    (k, kcb): (usize, usize),
+    k: usize,
     a: ASrc,
     b: &impl PackB,
     beta: f32,
@@ -260,8 +260,8 @@ fn block_task(
 ) {
     let (mp, np) = (mc.div_ceil(mr), nc.div_ceil(nr));
     let in_place = rows_kernel.and_then(|rk| b.rows().map(|data| (rk, data)));
-    for p0 in (0..k).step_by(kcb) {
-        let kc = kcb.min(k - p0);
+    for p0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - p0);
         let pa: &[f32] = match a {
             ASrc::Mat(a) => {
                 pack_a(a, i0, mc, p0, kc, mr, pa);
