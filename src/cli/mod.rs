@@ -140,42 +140,51 @@ impl Ctx {
 pub fn main() -> i32 {
     crate::alloc::keep_freed_memory();
     let cli = Cli::parse();
-    if cli.threads > 0 {
-        if let Err(e) = rayon::ThreadPoolBuilder::new()
-            .num_threads(cli.threads)
-            .build_global()
-        {
-            eprintln!("advlens: error: cannot set --threads {}: {e}", cli.threads);
-            return 2;
-        }
+    // --threads 0 lets rayon choose. The stack is the main thread's usual 8 MiB, since the
+    // command itself runs on a worker (below).
+    if let Err(e) = rayon::ThreadPoolBuilder::new()
+        .num_threads(cli.threads)
+        .stack_size(8 << 20)
+        .build_global()
+    {
+        eprintln!("advlens: error: cannot set --threads {}: {e}", cli.threads);
+        return 2;
     }
     crate::progress::set_quiet(cli.json);
     let ctx = Ctx::with_precision(cli.device, cli.precision, cli.seed, cli.json);
-    let r = match &cli.command {
-        Command::Data(c) => data::run(&ctx, c),
-        Command::Train(a) => train::run_train(&ctx, a),
-        Command::Eval(a) => train::run_eval(&ctx, a),
-        Command::Attack(c) => attack::run(&ctx, c),
-        Command::Advtrain(a) => advtrain::run(&ctx, a),
-        Command::ConsistencyScale(a) => advtrain::run_scale(&ctx, a),
-        Command::Reproduce(a) => reproduce::run(&ctx, a),
-        Command::Op(a) => op::run(&ctx, a),
-        Command::Weights(c) => weights::run(&ctx, c),
-        Command::Info(a) => misc::run_info(&ctx, a),
-        Command::Kernels(c) => kernels::run(&ctx, c),
-        Command::Wordnet(c) => analysis::run(&ctx, c),
-        Command::Neurons(a) => analyze::run_neurons(&ctx, a),
-        Command::Ratios(a) => analyze::run_ratios(&ctx, a),
-        Command::Detect(a) => analyze::run_detect(&ctx, a),
-        Command::Explain(a) => analyze::run_explain(&ctx, a),
-        Command::Bench(c) => bench::run(&ctx, c),
-    };
+    // The command runs on a worker of the pool, not on the main thread. From outside the pool
+    // every parallel loop is injected, and the main thread sleeps until a worker wakes it: two
+    // futex round trips per loop, thousands per second in training. From a worker, a parallel
+    // loop is a local split that this thread works on too.
+    let r = rayon::scope(|_| run_command(&ctx, &cli.command));
     match r {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("advlens: error: {e}");
             1
         }
+    }
+}
+
+fn run_command(ctx: &Ctx, command: &Command) -> Result<()> {
+    match command {
+        Command::Data(c) => data::run(ctx, c),
+        Command::Train(a) => train::run_train(ctx, a),
+        Command::Eval(a) => train::run_eval(ctx, a),
+        Command::Attack(c) => attack::run(ctx, c),
+        Command::Advtrain(a) => advtrain::run(ctx, a),
+        Command::ConsistencyScale(a) => advtrain::run_scale(ctx, a),
+        Command::Reproduce(a) => reproduce::run(ctx, a),
+        Command::Op(a) => op::run(ctx, a),
+        Command::Weights(c) => weights::run(ctx, c),
+        Command::Info(a) => misc::run_info(ctx, a),
+        Command::Kernels(c) => kernels::run(ctx, c),
+        Command::Wordnet(c) => analysis::run(ctx, c),
+        Command::Neurons(a) => analyze::run_neurons(ctx, a),
+        Command::Ratios(a) => analyze::run_ratios(ctx, a),
+        Command::Detect(a) => analyze::run_detect(ctx, a),
+        Command::Explain(a) => analyze::run_explain(ctx, a),
+        Command::Bench(c) => bench::run(ctx, c),
     }
 }
 
