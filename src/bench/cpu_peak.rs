@@ -201,25 +201,25 @@ mod tests {
             .num_threads(1)
             .build()
             .unwrap();
-        // Both figures are best-of-trials, so a neighbour can only lower them. The suite runs
-        // tests side by side (and the machine may be shared): a neighbour that happened to slow
-        // the peak trials more than the GEMM's gets up to four rounds to be outrun, each keeping
-        // the highest peak and the fastest GEMM seen. A wrong FLOP count or a removed loop is off
-        // by far more than any round can recover, in every round.
+        // Both figures are best-of-trials, so a neighbour can only lower them, but not always
+        // equally: the suite runs tests side by side and the machine may be shared. Each round
+        // measures the peak and the GEMM back to back, so the two see the same neighbours, and
+        // the round with the lowest GEMM/peak ratio is judged (up to six rounds). The best peak
+        // and best GEMM of different rounds did not pair that way, and failed once with two
+        // builds running beside the suite (64.9 against 50.4). A wrong FLOP count or a removed
+        // loop is off by far more than 10%, in every round.
         let (peak, gemm) = pool.install(|| {
-            let mut peak = measure();
-            let mut gemm = gemm_gflops(384);
-            for _ in 0..3 {
-                if gemm <= peak.gflops * 1.10 {
+            let mut best = (measure(), gemm_gflops(384));
+            for _ in 0..5 {
+                if best.1 <= best.0.gflops * 1.10 {
                     break;
                 }
-                let p = measure();
-                if p.gflops > peak.gflops {
-                    peak = p;
+                let round = (measure(), gemm_gflops(384));
+                if round.1 / round.0.gflops < best.1 / best.0.gflops {
+                    best = round;
                 }
-                gemm = gemm.max(gemm_gflops(384));
             }
-            (peak, gemm)
+            best
         });
         assert!(peak.gflops.is_finite() && peak.gflops > 0.0, "{peak:?}");
         assert!(peak.gflops < 384.0, "implausible one-core peak {peak:?}");
