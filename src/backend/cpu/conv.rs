@@ -349,7 +349,8 @@ fn pad_image(g: &Geom, x: &[f32], xp: &mut [f32]) {
     }
 }
 
-/// y_n[K, PQ] = w[K, CRR] . im2col(x_n) (+ b), one image, on the calling thread's GEMM.
+/// y_n[K, PQ] = w[K, CRR] . im2col(x_n) (+ b), one image, on the calling thread's GEMM: the
+/// convs that do not run on the padded grid (1x1 unpadded, and strides above 1 on large planes).
 fn forward_image(g: &Geom, a: &PackedA, xn: &[f32], yn: &mut [f32], b: Option<&[f32]>) {
     let (crr, pq, k) = (g.crr(), g.pq(), g.k);
     let a = ASrc::Packed(a);
@@ -371,43 +372,11 @@ fn forward_image(g: &Geom, a: &PackedA, xn: &[f32], yn: &mut [f32], b: Option<&[
     }
 }
 
-/// Whether `forward_padded` takes the image: stride 1 (the product runs on the padded grid
-/// and its output is cropped into y).
+/// Whether a stride-1 conv runs on the padded grid (`forward_group`, a group of one image on
+/// planes too large to group): its product's rows are cropped into y, which writes every
+/// element of y once.
 fn padded(g: &Geom) -> bool {
     g.stride == 1 && !g.direct() && g.p > 0 && g.q > 0
-}
-
-/// `forward_image` for a stride-1 conv: the product runs on the padded grid of the image
-/// (`PaddedIm2col`) and its rows are cropped into yn, which writes every element of yn once.
-fn forward_padded(
-    g: &Geom,
-    a: &PackedA,
-    xn: &[f32],
-    yn: &mut [MaybeUninit<f32>],
-    b: Option<&[f32]>,
-) {
-    let (crr, k) = (g.crr(), g.k);
-    let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
-    let ncols = (g.p - 1) * wp + g.q;
-    with_buf(&XPAD, g.c * hp * wp, |xp| {
-        pad_image(g, xn, xp);
-        with_buf(&YPAD, k * ncols, |yp| {
-            let src = PaddedIm2col { xp, hp, wp, r: g.r };
-            sgemm_on(
-                isa(),
-                k,
-                crr,
-                ncols,
-                ASrc::Packed(a),
-                &src,
-                0.0,
-                yp,
-                ncols,
-                1,
-            );
-            crop_group(g, yp, ncols, |_, oi| oi * wp, yn, b);
-        })
-    });
 }
 
 /// A vector of `len` floats written by `fill`, which must write every element: the output
@@ -438,18 +407,11 @@ pub fn forward(g: &Geom, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
     };
     let a = PackedA::new(isa(), k, crr, wa);
     let gi = group_of(g);
-    if gi > 1 {
+    if gi > 1 || padded(g) {
         return written(len, |y| {
             y.par_chunks_mut(gi * k * pq)
                 .zip(x.par_chunks(gi * chw))
                 .for_each(|(ys, xs)| forward_group(g, &a, xs, ys, b))
-        });
-    }
-    if padded(g) {
-        return written(len, |y| {
-            y.par_chunks_mut(k * pq)
-                .zip(x.par_chunks(chw))
-                .for_each(|(yn, xn)| forward_padded(g, &a, xn, yn, b))
         });
     }
     let mut y = vec![0.0f32; len];
