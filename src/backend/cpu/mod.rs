@@ -8,6 +8,8 @@
 mod conv;
 mod gemm;
 mod pool;
+#[cfg(target_arch = "x86_64")]
+mod pool_stem;
 pub mod sgemm;
 
 use rayon::prelude::*;

@@ -1,6 +1,7 @@
 //! Max pooling on one H x W plane: a two-pass path (row winners, then rows in order; see
 //! `RowPass`) for every pool, a straight-line path for the 2x2 stride-2 unpadded pool that
-//! every small model uses, and the clipped per-window scan for planes too large for u32 indices.
+//! every small model uses, an AVX2 path for ResNet's 3x3 stride-2 pad-1 stem pool
+//! (`pool_stem`), and the clipped per-window scan for planes too large for u32 indices.
 //!
 //! Contract (all paths): the output is the first maximum of each window in row-major order,
 //! strict `>` (ties go to the earlier element), and a NaN wins once so that it propagates as in
@@ -10,6 +11,8 @@
 
 use std::cell::RefCell;
 
+#[cfg(target_arch = "x86_64")]
+use super::pool_stem;
 use super::sgemm::Isa;
 use crate::backend::Pool2dParams;
 
@@ -163,6 +166,10 @@ pub(super) fn forward_plane(
     }
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Portable && Isa::Avx2.supported() {
+        if pool_stem::applies(p, h, w) {
+            // SAFETY: AVX2 is present; the plane is h x w and yp po x qo (the caller's cuts).
+            return unsafe { pool_stem::avx2::forward(plane, h, w, yp) };
+        }
         // SAFETY: AVX2 is present (checked just above).
         return unsafe { avx2::rows_forward(plane, h, w, p, yp) };
     }
@@ -235,6 +242,10 @@ pub(super) fn backward_plane(
     }
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Portable && Isa::Avx2.supported() {
+        if pool_stem::applies(p, h, w) {
+            // SAFETY: AVX2 is present; plane and dxp are h x w, dyp po x qo.
+            return unsafe { pool_stem::avx2::backward(plane, h, w, dyp, dxp) };
+        }
         // SAFETY: AVX2 is present (checked just above).
         return unsafe { avx2::rows_backward(plane, h, w, p, dyp, dxp) };
     }
@@ -892,6 +903,48 @@ mod tests {
             }
         }
         assert!(fits_u32(65_536, 65_535) && !fits_u32(65_536, 65_536) && !fits_u32(usize::MAX, 2));
+    }
+
+    /// The 3x3/2 pad-1 stem pool (its own AVX2 path) against the contract on planes of 1 to 4
+    /// vector blocks per row, odd and even sides (padding on the right / bottom or not), ties,
+    /// NaNs and infinities planted; the output plane sits in a larger buffer whose tail must
+    /// keep its sentinel.
+    #[test]
+    fn stem_pool_follows_the_contract() {
+        let p = Pool2dParams {
+            kernel: 3,
+            stride: 2,
+            pad: 1,
+        };
+        let mut next = xorshift();
+        for (h, w) in [
+            (1, 1),
+            (2, 3),
+            (1, 17),
+            (14, 14),
+            (28, 28),
+            (28, 17),
+            (5, 33),
+            (11, 64),
+        ] {
+            #[cfg(target_arch = "x86_64")]
+            assert!(pool_stem::applies(p, h, w));
+            let plane = planted(&mut next, h * w);
+            planes_follow(&plane, h, w, p, |oi, oj| {
+                naive_argmax(&plane, h, w, p, oi, oj)
+            });
+            let (po, qo) = out_size(h, w, p);
+            for isa in crate::backend::cpu::sgemm::supported_isas() {
+                let mut y = vec![777.0; po * qo + 9];
+                forward_plane(isa, &plane, h, w, p, &mut y[..po * qo]);
+                let tail = &y[po * qo..];
+                assert!(
+                    tail.iter().all(|&v| v == 777.0),
+                    "{} {h}x{w}: y overrun",
+                    isa.name()
+                );
+            }
+        }
     }
 
     /// The vector 2x2 rows store nothing past their cut: each output slice sits at the start
