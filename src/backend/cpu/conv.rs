@@ -13,6 +13,8 @@
 
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
+
+use super::written;
 use std::sync::Mutex;
 
 use rayon::prelude::*;
@@ -377,19 +379,6 @@ fn forward_image(g: &Geom, a: &PackedA, xn: &[f32], yn: &mut [f32], b: Option<&[
 /// element of y once.
 fn padded(g: &Geom) -> bool {
     g.stride == 1 && !g.direct() && g.p > 0 && g.q > 0
-}
-
-/// A vector of `len` floats written by `fill`, which must write every element: the output
-/// buffers of the conv paths that crop a product into y skip the zero fill (a memset that
-/// was 3-5% of a width-16 attack under `perf`).
-fn written(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
-    let mut v = Vec::with_capacity(len);
-    fill(&mut v.spare_capacity_mut()[..len]);
-    // SAFETY: the capacity is at least len, and `fill` wrote every one of the first len
-    // elements (its callers write each output element exactly once; tests/ops and the conv
-    // tests compare every element against a reference on reused, non-zero heap memory).
-    unsafe { v.set_len(len) };
-    v
 }
 
 /// y[N,K,P,Q] = conv(x, w) + b.

@@ -381,3 +381,46 @@ fn conv_grouped_small_planes_are_deterministic() {
         assert_eq!(dw1, run(1).2, "dw {n} {h}x{w}");
     }
 }
+
+/// The eval-mode batchnorm forward and backward write every element (their outputs skip the
+/// zero fill): on awkward sizes, with the heap first filled with NaN-patterned blocks of the
+/// same sizes and freed, each output matches the formula.
+#[test]
+fn batchnorm_eval_writes_every_element() {
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(17);
+    for (n, c, hw) in [(1, 1, 1), (3, 5, 7), (2, 3, 29), (4, 16, 196)] {
+        drop(vec![f32::NAN; n * c * hw]);
+        let x = rand_t(&mut rng, &[n, c, hw, 1]);
+        let dy = rand_t(&mut rng, &[n, c, hw, 1]);
+        let gamma = rand_t(&mut rng, &[c]);
+        let beta = rand_t(&mut rng, &[c]);
+        let mean = rand_t(&mut rng, &[c]);
+        let var: Vec<f32> = (0..c).map(|_| rng.normal().abs() as f32 + 0.1).collect();
+        let var = Tensor::from_vec(&[c], var).unwrap();
+        let y = be
+            .batchnorm2d_eval(&x, &gamma, &beta, &mean, &var, 1e-5)
+            .unwrap();
+        let dx = be
+            .batchnorm2d_eval_backward(&gamma, &var, 1e-5, &dy)
+            .unwrap();
+        let (xs, dys) = (x.cpu("t").unwrap(), dy.cpu("t").unwrap());
+        let (g, b, m, v) = (
+            gamma.cpu("t").unwrap(),
+            beta.cpu("t").unwrap(),
+            mean.cpu("t").unwrap(),
+            var.cpu("t").unwrap(),
+        );
+        let scale = |ch: usize| g[ch] as f64 / (v[ch] as f64 + 1e-5f32 as f64).sqrt();
+        let ch = |i: usize| i / hw % c;
+        let want_y: Vec<f64> = (0..xs.len())
+            .map(|i| scale(ch(i)) * (xs[i] as f64 - m[ch(i)] as f64) + b[ch(i)] as f64)
+            .collect();
+        let want_dx: Vec<f64> = (0..dys.len())
+            .map(|i| scale(ch(i)) * dys[i] as f64)
+            .collect();
+        let case = format!("n{n} c{c} hw{hw}");
+        assert_close(&format!("{case} y"), y.cpu("t").unwrap(), &want_y);
+        assert_close(&format!("{case} dx"), dx.cpu("t").unwrap(), &want_dx);
+    }
+}
