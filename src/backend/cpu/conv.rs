@@ -14,7 +14,7 @@
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
-use super::written;
+use super::{written, zeroed_par};
 use std::sync::Mutex;
 
 use rayon::prelude::*;
@@ -888,18 +888,17 @@ pub fn backward_data(g: &Geom, w: &[f32], dy: &[f32]) -> Vec<f32> {
     if let Some((t, wt)) = transposed(g, w) {
         return forward(&t, dy, &wt, None);
     }
-    let mut dx = vec![0.0f32; g.n * chw];
-    if dx.is_empty() || pq == 0 {
-        return dx;
+    if g.n * chw == 0 || pq == 0 {
+        return vec![0.0f32; g.n * chw];
     }
     // The convs `transposed` does not take (stride > 1, or pad >= R; the 1x1 unpadded conv does
     // take it): dcol = w^T . dy scattered by col2im, a group of images per product (a group of
     // one on large planes).
     let gi = group_of(g);
-    dx.par_chunks_mut(gi * chw)
-        .zip(dy.par_chunks(gi * k * pq))
-        .for_each(|(dxs, dys)| data_group(g, w, dxs, dys));
-    dx
+    zeroed_par(g.n * chw, gi * chw, |i, dxs| {
+        let images = dxs.len() / chw;
+        data_group(g, w, dxs, &dy[i * gi * k * pq..][..images * k * pq])
+    })
 }
 
 /// dx_i = col2im(w^T . dy_i) for a group of images, as one product over the images' dy rows

@@ -375,13 +375,13 @@ impl Backend for CpuBackend {
         const OP: &str = "maxpool2d";
         let (n, c, h, w, po, qo) = pool_geom(OP, x, p)?;
         let xs = x.cpu(OP)?;
-        let mut y = vec![0.0f32; n * c * po * qo];
-        if !y.is_empty() {
-            let isa = sgemm::isa();
-            y.par_chunks_mut(po * qo)
-                .zip(xs.par_chunks(h * w))
-                .for_each(|(yp, plane)| pool::forward_plane(isa, plane, h, w, p, yp));
-        }
+        let isa = sgemm::isa();
+        // Zeroed in the loop (`zeroed_par`), though every path writes the whole plane: the
+        // plane paths take initialised floats.
+        let y = zeroed_par(n * c * po * qo, po * qo, |i, yp| {
+            let plane = &xs[i * h * w..][..h * w];
+            pool::forward_plane(isa, plane, h, w, p, yp)
+        });
         Tensor::from_vec(&[n, c, po, qo], y)
     }
 
@@ -390,15 +390,11 @@ impl Backend for CpuBackend {
         let (n, c, h, w, po, qo) = pool_geom(OP, x, p)?;
         want_shape(OP, "dy", dy, &[n, c, po, qo])?;
         let (xs, dys) = (x.cpu(OP)?, dy.cpu(OP)?);
-        let mut dx = vec![0.0f32; xs.len()];
-        if !dx.is_empty() && po * qo > 0 {
-            let isa = sgemm::isa();
-            dx.par_chunks_mut(h * w)
-                .zip(xs.par_chunks(h * w).zip(dys.par_chunks(po * qo)))
-                .for_each(|(dxp, (plane, dyp))| {
-                    pool::backward_plane(isa, plane, h, w, p, dyp, dxp)
-                });
-        }
+        let isa = sgemm::isa();
+        let dx = zeroed_par(xs.len(), h * w, |i, dxp| {
+            let (plane, dyp) = (&xs[i * h * w..][..h * w], &dys[i * po * qo..][..po * qo]);
+            pool::backward_plane(isa, plane, h, w, p, dyp, dxp)
+        });
         Tensor::from_vec(x.shape(), dx)
     }
 
@@ -1107,6 +1103,29 @@ pub(super) fn written(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) ->
     // the pool tests compare every element against a reference on reused, non-zero heap memory).
     unsafe { v.set_len(len) };
     v
+}
+
+/// A vector of `len` zeros, zeroed chunk by chunk (`chunk` > 0) inside the parallel loop that
+/// then works on each chunk: `f(i, chunk i)`. A `vec![0.0; len]` is one memset on the calling
+/// thread while the other workers wait, and the pool and strided-conv backward passes, which
+/// add into their dx, spent 3.5% of a small-resnet18 w16 I-FGS step in it.
+pub(super) fn zeroed_par(
+    len: usize,
+    chunk: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
+    written(len, |v| {
+        v.par_chunks_mut(chunk.max(1))
+            .enumerate()
+            .for_each(|(i, c)| f(i, zero(c)))
+    })
+}
+
+/// Write zeros over `s` and return it as initialised floats.
+fn zero(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    s.fill(MaybeUninit::new(0.0));
+    // SAFETY: every element was just written; MaybeUninit<f32> has f32's layout.
+    unsafe { &mut *(s as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 #[cfg(test)]

@@ -349,12 +349,13 @@ impl PackedA {
     pub fn new(isa: Isa, m: usize, k: usize, a: Mat) -> PackedA {
         let mr = isa.spec().0;
         let panels = m.div_ceil(mr);
-        let mut data = vec![0.0f32; panels * mr * k];
+        // The k-blocks lie one after another (`offset`), so they are appended: no zero fill.
+        let mut data = Vec::with_capacity(panels * mr * k);
         let mut buf = Vec::new();
         for p0 in (0..k).step_by(KC) {
             let kc = KC.min(k - p0);
             pack_a(a, 0, m, p0, kc, mr, &mut buf);
-            data[p0 * panels * mr..][..panels * kc * mr].copy_from_slice(&buf[..panels * kc * mr]);
+            data.extend_from_slice(&buf[..panels * kc * mr]);
         }
         PackedA { isa, m, k, data }
     }
