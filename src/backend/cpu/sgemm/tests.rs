@@ -159,6 +159,7 @@ fn isa_names_parse() {
 
 #[test]
 fn dot_nt_every_isa_matches_f64_reference() {
+    assert_eq!(super::dot::block_rows(4001), 12);
     for (si, &(m, n, len)) in [
         (1, 1, 1),
         (3, 7, 15),
@@ -166,6 +167,8 @@ fn dot_nt_every_isa_matches_f64_reference() {
         (5, 13, 17),
         (8, 72, 49),
         (9, 11, 784),
+        // B in 12-row blocks (`block_rows`): 4 blocks, the last of 5 rows.
+        (4, 41, 4001),
     ]
     .iter()
     .enumerate()
