@@ -609,7 +609,7 @@ mod avx512 {
 /// (unpack, then a 128-bit permute). A row's last block runs under load and store masks. On Zen 3
 /// (AVX2 only) the generic 2x2 backward was 8% of a small-alexnet w8 training step.
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(super) mod avx2 {
     use super::Pool2dParams;
     use std::arch::x86_64::*;
 
@@ -639,7 +639,7 @@ mod avx2 {
     /// The lane mask (all ones in lanes < n, n clamped to 0..=8).
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn first(n: usize) -> __m256i {
+    pub(in crate::backend::cpu) fn first(n: usize) -> __m256i {
         let n = n.min(8) as i32;
         _mm256_cmpgt_epi32(
             _mm256_set1_epi32(n),
@@ -652,7 +652,7 @@ mod avx2 {
     /// (0, 2, 1, 3) puts the pairs in order.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn split(x: __m256, y: __m256) -> (__m256, __m256) {
+    pub(in crate::backend::cpu) fn split(x: __m256, y: __m256) -> (__m256, __m256) {
         let order = |v: __m256| {
             _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
         };
@@ -683,14 +683,21 @@ mod avx2 {
         let mut best = a0;
         let mut beat = [_mm256_setzero_ps(); 3];
         for (m, v) in beat.iter_mut().zip([a1, b0, b1]) {
-            let nan_beats = _mm256_andnot_ps(
-                _mm256_cmp_ps::<_CMP_UNORD_Q>(best, best),
-                _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v),
-            );
-            *m = _mm256_or_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, best), nan_beats);
+            *m = beats(v, best);
             best = _mm256_blendv_ps(best, v, *m);
         }
         (best, beat)
+    }
+
+    /// The lanes where v replaces best: v > best, or v is the first NaN (`super::beats_nb`).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(in crate::backend::cpu) fn beats(v: __m256, best: __m256) -> __m256 {
+        let nan_beats = _mm256_andnot_ps(
+            _mm256_cmp_ps::<_CMP_UNORD_Q>(best, best),
+            _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v),
+        );
+        _mm256_or_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, best), nan_beats)
     }
 
     /// y[j] = the maximum of window j, for every window.

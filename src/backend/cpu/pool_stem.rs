@@ -42,29 +42,8 @@ fn rows_of(oi: usize, h: usize) -> [usize; 3] {
 pub(super) mod avx2 {
     use std::arch::x86_64::*;
 
+    use super::super::pool::avx2::{beats, first, split};
     use super::{out_size, rows_of};
-
-    /// The lane mask (all ones in lanes < n, n clamped to 0..=8).
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn first(n: usize) -> __m256i {
-        let n = n.min(8) as i32;
-        _mm256_cmpgt_epi32(
-            _mm256_set1_epi32(n),
-            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-        )
-    }
-
-    /// Whether v replaces best: v > best, or v is the first NaN (`pool::beats_nb`).
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn beats(v: __m256, best: __m256) -> __m256 {
-        let nan_beats = _mm256_andnot_ps(
-            _mm256_cmp_ps::<_CMP_UNORD_Q>(best, best),
-            _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v),
-        );
-        _mm256_or_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, best), nan_beats)
-    }
 
     /// The columns of outputs j0..j0+8 (lanes past the row's last output hold garbage that no
     /// caller uses): L (2oj-1, or 0 for oj = 0), M (2oj) and R (2oj+1, or 2oj where that is w),
@@ -117,11 +96,8 @@ pub(super) mod avx2 {
                 _mm256_maskload_ps(at.wrapping_add(8), first(n.saturating_sub(8))),
             )
         };
-        let order = |v: __m256| {
-            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
-        };
-        let m = order(_mm256_shuffle_ps::<0b10_00_10_00>(lo, hi));
-        let r = _mm256_blendv_ps(m, order(_mm256_shuffle_ps::<0b11_01_11_01>(lo, hi)), c.r_in);
+        let (m, odd) = split(lo, hi);
+        let r = _mm256_blendv_ps(m, odd, c.r_in);
         let up = _mm256_permutevar8x32_ps(r, _mm256_setr_epi32(7, 0, 1, 2, 3, 4, 5, 6));
         let lane0 = carry.unwrap_or_else(|| _mm256_permutevar8x32_ps(m, _mm256_setzero_si256()));
         let l = _mm256_blend_ps::<1>(up, lane0);
