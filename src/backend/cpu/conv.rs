@@ -669,7 +669,8 @@ fn use_dot(g: &Geom) -> bool {
 ///
 /// The images are split into one contiguous run per rayon thread; the first run accumulates
 /// straight into the output and the others into partials (from `POOL`) added at the end in run
-/// order, so the sum is the same for a given thread count. (A rayon fold/reduce allocated two
+/// order, so the sum is the same for a given thread count. Where each run would be one group
+/// at most, `filter_split_k` splits dw's rows among the threads instead. (A rayon fold/reduce allocated two
 /// extra K*C*R*R buffers per call: for ResNet-18's 512x4608 layers at batch 1 the fresh 9 MiB
 /// allocations and their page faults cost 14x the GEMM itself, measured with `advlens bench
 /// conv`.)
