@@ -696,7 +696,8 @@ pub fn backward_filter(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let dot = use_dot(g);
     let runs = rayon::current_num_threads().clamp(1, g.n);
     let per = g.n.div_ceil(runs);
-    if g.stride == 1 && filter_group_of(g) > 1 && per <= filter_group_of(g) {
+    let gi = filter_group_of(g);
+    if g.stride == 1 && gi > 1 && per <= gi {
         filter_split_k(g, x, dy, &mut dw);
         return dw;
     }
@@ -708,7 +709,6 @@ pub fn backward_filter(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         .zip(x.par_chunks(per * chw))
         .zip(dy.par_chunks(per * k * pq))
         .for_each(|((acc, xs), dys)| {
-            let gi = filter_group_of(g);
             if gi > 1 {
                 let groups = xs.chunks(gi * chw).zip(dys.chunks(gi * k * pq));
                 filter_run_grouped(g, groups, acc);
@@ -738,33 +738,47 @@ fn filter_split_k(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let (chw, crr, pq, k) = (g.chw(), g.crr(), g.pq(), g.k);
     let gi = filter_group_of(g);
     let rows = k.div_ceil(rayon::current_num_threads().max(1)).max(1);
-    let full = Grid::new(g, gi);
+    let groups = x.chunks(gi * chw).zip(dy.chunks(gi * k * pq));
+    on_grids(g, gi, groups, |grid, xp, dyp, len| {
+        dw.par_chunks_mut(rows * crr)
+            .enumerate()
+            .for_each(|(t, acc)| {
+                let dyr = &dyp[t * rows * len..];
+                let brow = |row: usize| grid.row_base(g.r, row);
+                dot_nt_acc_rows(
+                    isa(),
+                    acc.len() / crr,
+                    crr,
+                    len,
+                    dyr,
+                    len,
+                    xp,
+                    brow,
+                    acc,
+                    crr,
+                );
+            });
+    })
+}
+
+/// For each group of images (at most `most` of them) of a stride-1 conv: fill the group's
+/// `Grid` and spread its dy onto the grid's columns (`spread_group`), then
+/// `f(grid, xp, dyp, span)`, with dyp's rows `span` apart. The buffers are the thread's.
+fn on_grids<'a>(
+    g: &Geom,
+    most: usize,
+    groups: impl Iterator<Item = (&'a [f32], &'a [f32])>,
+    mut f: impl FnMut(&Grid, &[f32], &[f32], usize),
+) {
+    let full = Grid::new(g, most);
     with_buf(&XPAD, full.len(g), |xp| {
-        with_buf(&DYPAD, k * full.span(g), |dyp| {
-            for (xs, dys) in x.chunks(gi * chw).zip(dy.chunks(gi * k * pq)) {
-                let grid = Grid::new(g, xs.len() / chw);
+        with_buf(&DYPAD, g.k * full.span(g), |dyp| {
+            for (xs, dys) in groups {
+                let grid = Grid::new(g, xs.len() / g.chw());
                 let (xp, len) = (&mut xp[..grid.len(g)], grid.span(g));
                 grid.fill(g, xs, xp);
-                spread_group(g, &grid, dys, &mut dyp[..k * len]);
-                let (xp, dyp) = (&*xp, &*dyp);
-                dw.par_chunks_mut(rows * crr)
-                    .enumerate()
-                    .for_each(|(t, acc)| {
-                        let dyr = &dyp[t * rows * len..];
-                        let brow = |row: usize| grid.row_base(g.r, row);
-                        dot_nt_acc_rows(
-                            isa(),
-                            acc.len() / crr,
-                            crr,
-                            len,
-                            dyr,
-                            len,
-                            xp,
-                            brow,
-                            acc,
-                            crr,
-                        );
-                    });
+                spread_group(g, &grid, dys, &mut dyp[..g.k * len]);
+                f(&grid, xp, &dyp[..g.k * len], len);
             }
         })
     })
@@ -821,18 +835,9 @@ fn filter_run_grouped<'a>(
     let (crr, pq, k) = (g.crr(), g.pq(), g.k);
     let most = filter_group_of(g);
     if g.stride == 1 {
-        let full = Grid::new(g, most);
-        return with_buf(&XPAD, full.len(g), |xp| {
-            with_buf(&DYPAD, k * full.span(g), |dyp| {
-                for (xs, dys) in groups {
-                    let grid = Grid::new(g, xs.len() / g.chw());
-                    let (xp, len) = (&mut xp[..grid.len(g)], grid.span(g));
-                    grid.fill(g, xs, xp);
-                    spread_group(g, &grid, dys, &mut dyp[..k * len]);
-                    let brow = |row: usize| grid.row_base(g.r, row);
-                    dot_nt_acc_rows(isa(), k, crr, len, dyp, len, xp, brow, acc, crr);
-                }
-            })
+        return on_grids(g, most, groups, |grid, xp, dyp, len| {
+            let brow = |row: usize| grid.row_base(g.r, row);
+            dot_nt_acc_rows(isa(), k, crr, len, dyp, len, xp, brow, acc, crr);
         });
     }
     with_col(crr * most * pq, |col| {

@@ -495,7 +495,7 @@ impl RowPass<'_> {
 }
 
 /// Output plane size (validated by `pool_geom` before any plane is visited).
-fn out_size(h: usize, w: usize, p: Pool2dParams) -> (usize, usize) {
+pub(super) fn out_size(h: usize, w: usize, p: Pool2dParams) -> (usize, usize) {
     let o = |n: usize| crate::backend::out_dim(n, p.kernel, p.stride, p.pad).unwrap_or(0);
     (o(h), o(w))
 }

@@ -21,16 +21,23 @@
 
 use crate::backend::Pool2dParams;
 
+/// The pool this module handles.
+const STEM: Pool2dParams = Pool2dParams {
+    kernel: 3,
+    stride: 2,
+    pad: 1,
+};
+
 /// Whether this module handles pool `p` on an h x w plane: the vector code keeps columns and
 /// plane indices in signed 32-bit lanes.
 pub(super) fn applies(p: Pool2dParams, h: usize, w: usize) -> bool {
     let fits = h.checked_mul(w).is_some_and(|n| n <= i32::MAX as usize);
-    p.kernel == 3 && p.stride == 2 && p.pad == 1 && fits
+    p == STEM && fits
 }
 
-/// Output plane size of the pool on an h x w plane (h, w >= 1).
+/// Output plane size of the pool on an h x w plane.
 fn out_size(h: usize, w: usize) -> (usize, usize) {
-    ((h - 1) / 2 + 1, (w - 1) / 2 + 1)
+    super::pool::out_size(h, w, STEM)
 }
 
 /// The three input rows under output row oi, with the padded ones replaced by their neighbour.
