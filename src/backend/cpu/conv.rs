@@ -396,19 +396,33 @@ fn padded(g: &Geom) -> bool {
 
 /// y[N,K,P,Q] = conv(x, w) + b.
 pub fn forward(g: &Geom, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
-    let (chw, crr, pq, k) = (g.chw(), g.crr(), g.pq(), g.k);
-    let len = g.n * k * pq;
-    if len == 0 || crr == 0 {
-        return vec![0.0f32; len];
-    }
-    // The weights are packed once for all images.
+    let crr = g.crr();
     let wa = Mat {
         data: w,
         rs: crr,
         cs: 1,
     };
-    let a = PackedA::new(isa(), k, crr, wa);
-    let gi = group_of(g);
+    forward_packed(g, x, || PackedA::new(isa(), g.k, crr, wa), b)
+}
+
+/// `forward` with the weights packed by `pack` (once for all images, and only if there is work).
+fn forward_packed(
+    g: &Geom,
+    x: &[f32],
+    pack: impl FnOnce() -> PackedA,
+    b: Option<&[f32]>,
+) -> Vec<f32> {
+    let (chw, crr, pq, k) = (g.chw(), g.crr(), g.pq(), g.k);
+    let len = g.n * k * pq;
+    if len == 0 || crr == 0 {
+        return vec![0.0f32; len];
+    }
+    let a = pack();
+    let gi = if g.stride == 1 && padded(g) {
+        grid_group_of(g, isa().nr())
+    } else {
+        group_of(g)
+    };
     if gi > 1 || padded(g) {
         return written(len, |y| {
             y.par_chunks_mut(gi * k * pq)
@@ -437,6 +451,34 @@ fn group_of(g: &Geom) -> usize {
     // As many groups as `most` gives, of (nearly) equal size: batch 8 on 7x7 planes ran as
     // 5 + 3 images, one thread idle for the last 2/5 of the work.
     g.n.div_ceil(g.n.div_ceil(most).max(1)).max(1)
+}
+
+/// Images per product on a stride-1 `Grid`: of the balanced group sizes from `group_of`'s up to
+/// twice it, the one that computes the fewest columns per output pixel. A product computes
+/// every grid column of its span, pad columns included, rounded up to whole `nr`-wide tiles:
+/// one 14x14 image spans 222 columns (240 computed for 196 pixels), two span 432 (432 for 392),
+/// 10% less work. Planes of `GROUP_COLS` pixels or more stay one image per product. The
+/// products' values do not depend on the grouping.
+fn grid_group_of(g: &Geom, nr: usize) -> usize {
+    let least = group_of(g);
+    if g.pq() >= GROUP_COLS {
+        // Planes this large waste at most a few percent, and a group would double the grid.
+        return least;
+    }
+    let cost = |gi: usize| {
+        let span = Grid::new(g, gi).span(g);
+        // Computed columns per output pixel, compared as fractions: span' / (gi pq).
+        (span.div_ceil(nr) * nr, gi * g.pq())
+    };
+    let mut best = least;
+    for want in least + 1..=(2 * least).min(g.n) {
+        let gi = g.n.div_ceil(g.n.div_ceil(want));
+        let ((c, u), (cb, ub)) = (cost(gi), cost(best));
+        if (c as u128) * (ub as u128) < (cb as u128) * (u as u128) {
+            best = gi;
+        }
+    }
+    best
 }
 
 /// Images whose output pixels together reach `cols`: 1 for planes of at least `cols` pixels,
@@ -909,10 +951,10 @@ fn spread_rows(g: &Geom, wp: usize, len: usize, dy: &[f32], dyp: &mut [f32]) {
     }
 }
 
-/// The geometry and weights of dx as a forward convolution, for stride 1: dx = conv(dy, w')
-/// with w'[c, k, r, s] = w[k, c, R-1-r, R-1-s] and pad R-1-pad (the transposed convolution),
-/// which needs no column buffer and no scatter. None when that does not apply.
-fn transposed(g: &Geom, w: &[f32]) -> Option<(Geom, Vec<f32>)> {
+/// The geometry of dx as a forward convolution, for stride 1: dx = conv(dy, w') with
+/// w'[c, k, r, s] = w[k, c, R-1-r, R-1-s] and pad R-1-pad (the transposed convolution), which
+/// needs no column buffer and no scatter. None when that does not apply.
+fn transposed(g: &Geom) -> Option<Geom> {
     if g.stride != 1 || g.pad + 1 > g.r {
         return None;
     }
@@ -930,28 +972,37 @@ fn transposed(g: &Geom, w: &[f32]) -> Option<(Geom, Vec<f32>)> {
     };
     // Stride 1 always gives back H x W; checked so a geometry bug can never index out of range.
     let out = |len: usize| (len + 2 * t.pad + 1).checked_sub(t.r);
-    if out(t.h) != Some(t.p) || out(t.w) != Some(t.q) {
-        return None;
-    }
+    (out(t.h) == Some(t.p) && out(t.w) == Some(t.q)).then_some(t)
+}
+
+/// w' of `transposed` packed straight from w: row ci, column (ki, t) of w' is
+/// w[ki, ci, R*R-1-t] (no flipped copy of the weights is written). Each k-block reads the w
+/// rows of its filters front to back, one contiguous run of w.
+fn pack_transposed(g: &Geom, w: &[f32]) -> PackedA {
     let rr = g.r * g.r;
-    let mut wt = vec![0.0f32; w.len()];
-    for ki in 0..g.k {
-        for ci in 0..g.c {
-            let src = &w[(ki * g.c + ci) * rr..][..rr];
-            let dst = &mut wt[(ci * g.k + ki) * rr..][..rr];
-            for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
-                *d = *s;
+    PackedA::from_blocks(isa(), g.c, g.k * rr, |p0, kc, out| {
+        for ki in p0 / rr..(p0 + kc).div_ceil(rr) {
+            // Columns ki*rr + t of w' for t in t0..t1: the block may cut its first and last
+            // filters.
+            let t0 = p0.saturating_sub(ki * rr);
+            let t1 = (p0 + kc - ki * rr).min(rr);
+            let j0 = ki * rr + t0 - p0;
+            let filters = &w[ki * g.c * rr..][..g.c * rr];
+            for (ci, src) in filters.chunks_exact(rr).enumerate() {
+                let dst = &mut out[ci * kc + j0..][..t1 - t0];
+                for (d, &v) in dst.iter_mut().zip(src[rr - t1..rr - t0].iter().rev()) {
+                    *d = v;
+                }
             }
         }
-    }
-    Some((t, wt))
+    })
 }
 
 /// dx[N,C,H,W].
 pub fn backward_data(g: &Geom, w: &[f32], dy: &[f32]) -> Vec<f32> {
     let (chw, pq, k) = (g.chw(), g.pq(), g.k);
-    if let Some((t, wt)) = transposed(g, w) {
-        return forward(&t, dy, &wt, None);
+    if let Some(t) = transposed(g) {
+        return forward_packed(&t, dy, || pack_transposed(g, w), None);
     }
     if g.n * chw == 0 || pq == 0 {
         return vec![0.0f32; g.n * chw];
@@ -1100,6 +1151,32 @@ impl super::CpuBackend {
 
 #[cfg(test)]
 mod tests {
+    /// The stride-1 grid groups that compute the fewest columns per pixel on AVX2's 24-wide
+    /// tiles: two 14x14 images (432 for 392 pixels, not 240 for 196), all eight 7x7 images of a
+    /// batch (456 for 392, not 240 for 196 in groups of four), and unchanged groups where no
+    /// larger one computes less.
+    #[test]
+    fn grid_groups_waste_the_fewest_columns() {
+        let geom = |n, hw| super::Geom {
+            n,
+            c: 4,
+            h: hw,
+            w: hw,
+            k: 4,
+            r: 3,
+            stride: 1,
+            pad: 1,
+            p: hw,
+            q: hw,
+        };
+        for (n, hw, want) in [(8, 14, 2), (8, 7, 8), (8, 56, 1), (1, 14, 1), (7, 14, 2)] {
+            let g = geom(n, hw);
+            assert_eq!(super::grid_group_of(&g, 24), want, "batch {n}, {hw}x{hw}");
+        }
+        // 8x8 planes at batch 128: from groups of 4 (312 columns for 256) to 8 (600 for 512).
+        assert_eq!(super::grid_group_of(&geom(128, 8), 24), 8);
+    }
+
     /// The stepped row starts of the in-place GEMM path agree with `row_offset`'s divisions, from
     /// any first row and across channel boundaries.
     #[test]

@@ -51,6 +51,63 @@ fn conv_matches_direct_loops_on_awkward_shapes() {
     }
 }
 
+#[test]
+fn conv_backward_data_matches_direct_loops() {
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(13);
+    // (n, c, h, w, k, r, stride, pad). The stride-1 cases run as transposed convs whose packed
+    // weights have K*R*R columns: past 256 (one k-block) a block boundary cuts a filter's taps
+    // (31*9 = 279, 60*9 = 540, 12*25 = 300), and C = 5 or 7 leaves a part-filled panel.
+    // 14x14 planes and 7x7 planes take grouped products of 2 and of up to 8 images, with a
+    // shorter last group (batches 7 and 9).
+    for &case in &[
+        (3, 5, 14, 14, 31, 3, 1, 1),
+        (2, 7, 7, 7, 60, 3, 1, 1),
+        (2, 3, 9, 9, 12, 5, 1, 2),
+        (7, 3, 14, 14, 5, 3, 1, 1),
+        (9, 2, 7, 7, 3, 3, 1, 1),
+        (2, 3, 9, 7, 33, 3, 2, 1),
+    ] {
+        let (n, c, h, w, k, r, s, p) = case;
+        let x = rand_t(&mut rng, &[n, c, h, w]);
+        let wt = rand_t(&mut rng, &[k, c, r, r]);
+        let prm = Conv2dParams { stride: s, pad: p };
+        let g = conv_geom("t", &x, &wt, prm).unwrap();
+        let dy = rand_t(&mut rng, &[n, k, g.p, g.q]);
+        let gr = be.conv2d_backward(&x, &wt, &dy, prm, true).unwrap();
+        let want = naive_backward_data(&g, wt.as_cpu().unwrap(), dy.as_cpu().unwrap());
+        assert_close(
+            &format!("dx {case:?}"),
+            gr.dx.unwrap().as_cpu().unwrap(),
+            &want,
+        );
+        forward_matches_direct_loops(&be, &mut rng, case);
+    }
+}
+
+/// dx[n, c, h, w] = sum over k, r, s of w[k, c, r, s] dy[n, k, oi, oj] where
+/// oi*stride + r - pad = h and oj*stride + s - pad = w, in f64.
+fn naive_backward_data(g: &conv::Geom, w: &[f32], dy: &[f32]) -> Vec<f64> {
+    let mut dx = vec![0.0f64; g.n * g.c * g.h * g.w];
+    for (n, k, oi, oj) in (0..g.n).flat_map(|n| {
+        (0..g.k)
+            .flat_map(move |k| (0..g.p).flat_map(move |oi| (0..g.q).map(move |oj| (n, k, oi, oj))))
+    }) {
+        let d = dy[((n * g.k + k) * g.p + oi) * g.q + oj] as f64;
+        for (c, r, s) in
+            (0..g.c).flat_map(|c| (0..g.r).flat_map(move |r| (0..g.r).map(move |s| (c, r, s))))
+        {
+            let (hh, ww) = (oi * g.stride + r, oj * g.stride + s);
+            if hh < g.pad || ww < g.pad || hh - g.pad >= g.h || ww - g.pad >= g.w {
+                continue;
+            }
+            let wv = w[((k * g.c + c) * g.r + r) * g.r + s] as f64;
+            dx[((n * g.c + c) * g.h + hh - g.pad) * g.w + ww - g.pad] += wv * d;
+        }
+    }
+    dx
+}
+
 /// (n, c, h, w, k, r, stride, pad) of one conv test case.
 type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
 
