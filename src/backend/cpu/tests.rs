@@ -67,6 +67,9 @@ fn conv_backward_data_matches_direct_loops() {
         (7, 3, 14, 14, 5, 3, 1, 1),
         (9, 2, 7, 7, 3, 3, 1, 1),
         (2, 3, 9, 7, 33, 3, 2, 1),
+        // One and two input channels: dx's product has 1 or 2 rows (the wide tail kernel).
+        (3, 1, 20, 20, 16, 5, 1, 2),
+        (2, 2, 30, 30, 8, 3, 1, 1),
     ] {
         let (n, c, h, w, k, r, s, p) = case;
         let x = rand_t(&mut rng, &[n, c, h, w]);

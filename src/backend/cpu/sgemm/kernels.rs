@@ -10,6 +10,10 @@
 //! Register tiles: AVX-512 12x32 (24 zmm accumulators, 2 for B, 1 broadcast), AVX2 4x24 (12
 //! ymm accumulators, 3 for B, 1 broadcast), portable 4x16 (plain arrays the compiler vectorises for the baseline ISA).
 
+/// Columns of one `avx2::kernel_rows_wide` call for 1 and 2 rows of A (12 accumulators either
+/// way).
+pub const WIDE_COLS: [usize; 3] = [0, 96, 48];
+
 /// Where one micro-tile goes: `c` points at C[0, 0] of the tile, row stride `rs`, column
 /// stride `cs` (elements), `mr x nr` of the kernel's MR x NR tile are stored.
 #[derive(Clone, Copy)]
@@ -118,6 +122,80 @@ pub mod avx2 {
         }
         // SAFETY: the caller vouched for the tile.
         unsafe { store(&c, o) }
+    }
+
+    /// `kernel_rows` for the 1 or 2 rows (`o.mr`) of a part-filled A panel, over `super::WIDE_COLS`
+    /// columns (4 or 2 in-place panels) at once. One row against one panel has 3 accumulator
+    /// chains, fewer than the FMA latency times the pipes (4 x 2) needs, so it ran at about a
+    /// quarter of the kernel's rate; a wider tile keeps 12 chains in flight. The first layer's
+    /// backward-data (one input channel) is all such rows: 16% of peak on small-alexnet w16.
+    /// Each element still gets one fused multiply-add per step in k order, and the same store.
+    /// # Safety
+    /// AVX2 and FMA present; `o.mr` is 1 or 2, `o.cs` is 1 and `o.nr` is `super::WIDE_COLS[o.mr]`,
+    /// a writable tile; `a` holds `kc * MR` values; `offs` holds kc offsets and `b + offs[p]`
+    /// `o.nr` readable floats for each p < kc.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn kernel_rows_wide(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        offs: *const usize,
+        o: TileOut,
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match o.mr {
+                1 => wide::<1, 12>(kc, a, b, offs, o),
+                _ => wide::<2, 6>(kc, a, b, offs, o),
+            }
+        }
+    }
+
+    /// R rows x V vectors of `kernel_rows_wide`.
+    /// # Safety
+    /// As `kernel_rows_wide`, with R = o.mr and 8 V = o.nr.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn wide<const R: usize, const V: usize>(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        offs: *const usize,
+        o: TileOut,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); V]; R];
+        for p in 0..kc {
+            // SAFETY: p < kc: offs[p] and the 8 V floats at b + offs[p] and A's step p are
+            // readable (the caller vouched).
+            unsafe {
+                let bp = b.add(*offs.add(p));
+                // Each B vector is loaded once and used by every row: R broadcasts, one B vector
+                // and 12 accumulators fit the 16 registers (B hoisted for both rows spilled).
+                let ai: [__m256; R] =
+                    std::array::from_fn(|i| _mm256_broadcast_ss(&*a.add(p * MR + i)));
+                for v in 0..V {
+                    let bv = _mm256_loadu_ps(bp.add(8 * v));
+                    for (row, &a) in acc.iter_mut().zip(&ai) {
+                        row[v] = _mm256_fmadd_ps(a, bv, row[v]);
+                    }
+                }
+            }
+        }
+        let beta = _mm256_set1_ps(o.beta);
+        for (i, row) in acc.iter().enumerate() {
+            for (v, &x) in row.iter().enumerate() {
+                // SAFETY: row i < o.mr, floats 8v..8v + 8 < o.nr of the tile are writable.
+                unsafe {
+                    let at = o.c.add(i * o.rs + 8 * v);
+                    let x = if o.beta != 0.0 {
+                        _mm256_fmadd_ps(_mm256_loadu_ps(at), beta, x)
+                    } else {
+                        x
+                    };
+                    _mm256_storeu_ps(at, x);
+                }
+            }
+        }
     }
 
     /// c[i][h] += A[., i] (x) B[p, 8h..8h + 8] over kc steps for the first `rows` (< MR) rows,

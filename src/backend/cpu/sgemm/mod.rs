@@ -274,6 +274,13 @@ fn block_task(
     let in_place = rows_kernel
         .filter(|_| b.in_place_pays(mc))
         .and_then(|rk| b.rows().map(|data| (rk, data)));
+    // The 1 or 2 rows of a part-filled last A panel over in-place panels: the AVX2 wide kernel.
+    #[cfg(target_arch = "x86_64")]
+    let wide: Option<RowsKernelFn> = in_place
+        .filter(|_| nr == kernels::avx2::NR && cs_c == 1 && matches!(mc % mr, 1 | 2))
+        .map(|_| kernels::avx2::kernel_rows_wide as RowsKernelFn);
+    #[cfg(not(target_arch = "x86_64"))]
+    let wide: Option<RowsKernelFn> = None;
     for p0 in (0..k).step_by(KC) {
         let kc = KC.min(k - p0);
         let pa: &[f32] = match a {
@@ -293,29 +300,40 @@ fn block_task(
             pack_b(b, p0, kc, j0, nc, nr, pb);
         }
         let beta = if p0 == 0 { beta } else { 1.0 };
+        let tile = |ip: usize, tj: usize, w: usize| {
+            let ti = i0 + ip * mr;
+            let o = TileOut {
+                c: cp.0.wrapping_add(ti * rs_c + tj * cs_c),
+                rs: rs_c,
+                cs: cs_c,
+                mr: mr.min(i0 + mc - ti),
+                nr: w,
+                beta,
+            };
+            (&pa[ip * kc * mr..(ip + 1) * kc * mr], o)
+        };
+        // Full-width panels that lie inside `data`: a prefix of the block's panels.
+        let in_place_at = |tj: usize| nr.min(j0 + nc - tj) == nr && tj + nr <= reach;
         for jp in 0..np {
             let tj = j0 + jp * nr;
             let w = nr.min(j0 + nc - tj);
             let src = match in_place {
-                Some((rk, data)) if w == nr && tj + nr <= reach => BPanel::InPlace(rk, data, tj),
+                // A short last panel too, where its full width lies inside `data`: the columns
+                // past w are computed from whatever follows and never stored (packing it alone
+                // cost as much as its FMAs when A has 1-4 rows).
+                Some((rk, data)) if tj + nr <= reach => BPanel::InPlace(rk, data, tj),
                 Some(_) => {
-                    // A short or last panel: packed alone (zero-padded past the edge).
+                    // A panel whose full width would read past `data`: packed alone
+                    // (zero-padded past the edge).
                     pack_b(b, p0, kc, tj, w, nr, pb);
                     BPanel::Packed(&pb[..kc * nr])
                 }
                 None => BPanel::Packed(&pb[jp * kc * nr..(jp + 1) * kc * nr]),
             };
-            for ip in 0..mp {
-                let ap = &pa[ip * kc * mr..(ip + 1) * kc * mr];
-                let ti = i0 + ip * mr;
-                let o = TileOut {
-                    c: cp.0.wrapping_add(ti * rs_c + tj * cs_c),
-                    rs: rs_c,
-                    cs: cs_c,
-                    mr: mr.min(i0 + mc - ti),
-                    nr: w,
-                    beta,
-                };
+            // The part-filled last A panel of full in-place panels runs wide, after this loop.
+            let skip = wide.is_some() && in_place_at(tj);
+            for ip in 0..mp - usize::from(skip) {
+                let (ap, o) = tile(ip, tj, w);
                 match src {
                     // SAFETY: `ap` holds kc*MR packed values; offs[p] + tj + NR <= data.len()
                     // for every p < kc (`reach`), so each step's NR floats lie in `data`; the
@@ -329,6 +347,29 @@ fn block_task(
                     // tile is C's and this task's alone, as above.
                     BPanel::Packed(bp) => unsafe { kernel(kc, ap.as_ptr(), bp.as_ptr(), o) },
                 }
+            }
+        }
+        if let (Some(wk), Some((rk, data))) = (wide, in_place) {
+            let n_in = (0..np).take_while(|&jp| in_place_at(j0 + jp * nr)).count();
+            let (ip, tail) = (mp - 1, mc % mr);
+            let g = kernels::WIDE_COLS[tail] / nr;
+            let mut jp = 0;
+            while jp < n_in {
+                let tj = j0 + jp * nr;
+                let run = if jp + g <= n_in { g } else { 1 };
+                let (ap, o) = tile(ip, tj, run * nr);
+                // SAFETY: as for the in-place tiles above, over `run` panels that are each in
+                // place (jp + run <= n_in), so every step's run * NR floats lie in `data`; with
+                // run == g the tile is tail x WIDE_COLS[tail] with cs == 1 (`wide`).
+                unsafe {
+                    let b = data.as_ptr().add(tj);
+                    if run == g {
+                        wk(kc, ap.as_ptr(), b, offs.as_ptr(), o)
+                    } else {
+                        rk(kc, ap.as_ptr(), b, offs.as_ptr(), o)
+                    }
+                }
+                jp += run;
             }
         }
     }

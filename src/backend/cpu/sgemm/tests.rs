@@ -86,6 +86,11 @@ fn every_isa_matches_f64_reference() {
         (97, 31, 513),
         (8, 300, 19),
         (29, 5, 130),
+        // One or two rows left after whole 4-row panels, over runs of full in-place panels
+        // (the wide AVX2 tail kernel), across two k-blocks (beta 1 on the second).
+        (10, 40, 200),
+        (6, 300, 100),
+        (1, 300, 250),
     ];
     for (si, &(m, k, n)) in shapes.iter().enumerate() {
         for isa in &isas {
