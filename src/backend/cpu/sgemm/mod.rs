@@ -351,27 +351,50 @@ fn block_task(
         }
         if let (Some(wk), Some((rk, data))) = (wide, in_place) {
             let n_in = (0..np).take_while(|&jp| in_place_at(j0 + jp * nr)).count();
-            let (ip, tail) = (mp - 1, mc % mr);
-            let g = kernels::WIDE_COLS[tail] / nr;
-            let mut jp = 0;
-            while jp < n_in {
-                let tj = j0 + jp * nr;
-                let run = if jp + g <= n_in { g } else { 1 };
-                let (ap, o) = tile(ip, tj, run * nr);
-                // SAFETY: as for the in-place tiles above, over `run` panels that are each in
-                // place (jp + run <= n_in), so every step's run * NR floats lie in `data`; with
-                // run == g the tile is tail x WIDE_COLS[tail] with cs == 1 (`wide`).
-                unsafe {
-                    let b = data.as_ptr().add(tj);
-                    if run == g {
-                        wk(kc, ap.as_ptr(), b, offs.as_ptr(), o)
-                    } else {
-                        rk(kc, ap.as_ptr(), b, offs.as_ptr(), o)
-                    }
-                }
-                jp += run;
+            wide_tail(
+                (wk, rk),
+                data,
+                offs,
+                kc,
+                (j0, nr, n_in),
+                (mp - 1, mc % mr),
+                &tile,
+            );
+        }
+    }
+}
+
+/// The part-filled last A panel (`tail` = 1 or 2 rows, panel `ip`) over the block's first
+/// `n_in` panels, all full-width and in place: `WIDE_COLS[tail]` columns per call of `wide`,
+/// and the panels left over one by one with the row kernel `rk`. `tile(ip, tj, w)` gives the
+/// packed A panel and the output tile at column tj, w wide.
+fn wide_tail<'a>(
+    (wide, rk): (RowsKernelFn, RowsKernelFn),
+    data: &[f32],
+    offs: &[usize],
+    kc: usize,
+    (j0, nr, n_in): (usize, usize, usize),
+    (ip, tail): (usize, usize),
+    tile: &dyn Fn(usize, usize, usize) -> (&'a [f32], TileOut),
+) {
+    let g = kernels::WIDE_COLS[tail] / nr;
+    let mut jp = 0;
+    while jp < n_in {
+        let tj = j0 + jp * nr;
+        let run = if jp + g <= n_in { g } else { 1 };
+        let (ap, o) = tile(ip, tj, run * nr);
+        // SAFETY: as for `block_task`'s in-place tiles, over `run` panels that are each in
+        // place (jp + run <= n_in), so every step's run * NR floats lie in `data`; with run == g
+        // the tile is tail x WIDE_COLS[tail] with cs == 1, as `block_task` chose `wide` for.
+        unsafe {
+            let b = data.as_ptr().add(tj);
+            if run == g {
+                wide(kc, ap.as_ptr(), b, offs.as_ptr(), o)
+            } else {
+                rk(kc, ap.as_ptr(), b, offs.as_ptr(), o)
             }
         }
+        jp += run;
     }
 }
 
