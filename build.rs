@@ -7,6 +7,7 @@ use std::path::Path;
 
 fn main() {
     let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
+    build_commit(Path::new(&manifest));
     let dir = Path::new(&manifest).join("kernels");
     println!("cargo:rerun-if-changed={}", dir.display());
 
@@ -69,6 +70,49 @@ fn main() {
 }
 
 /// Names of `extern "C" __global__ void [__launch_bounds__(..)] NAME(` declarations.
+/// ADVLENS_BUILD_COMMIT = the checkout's `git rev-parse --short=12 HEAD` at build time, with
+/// "-dirty" when a tracked file differs from it, so that a report names the code the binary was
+/// built from: a copy of the binary run after the checkout moved on used to report the new HEAD.
+/// Nothing is set outside a git checkout (`bench::commit` then asks git at run time).
+fn build_commit(manifest: &Path) {
+    let git = |args: &[&str]| -> Option<String> {
+        std::process::Command::new("git")
+            .arg("--no-optional-locks")
+            .arg("-C")
+            .arg(manifest)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_string())
+    };
+    // Re-run when a commit moves HEAD or its branch, or a source file changes.
+    for path in ["src", "Cargo.toml", "build.rs"] {
+        println!("cargo:rerun-if-changed={}", manifest.join(path).display());
+    }
+    if let Some(gd) = git(&["rev-parse", "--absolute-git-dir"]) {
+        let gd = Path::new(&gd);
+        let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+        let watched = ["HEAD", "packed-refs"]
+            .into_iter()
+            .chain(branch.as_deref())
+            .map(|p| gd.join(p))
+            // A path that does not exist would make cargo re-run this script on every build.
+            .filter(|p| p.exists());
+        for path in watched {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
+    }
+    let Some(head) = git(&["rev-parse", "--short=12", "HEAD"]).filter(|h| !h.is_empty()) else {
+        return;
+    };
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    let mark = if dirty { "-dirty" } else { "" };
+    println!("cargo:rustc-env=ADVLENS_BUILD_COMMIT={head}{mark}");
+}
+
 fn kernel_names(src: &str) -> Vec<String> {
     const MARK: &str = "extern \"C\" __global__";
     let mut names = Vec::new();

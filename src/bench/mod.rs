@@ -48,10 +48,15 @@ pub fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// `git rev-parse --short=12 HEAD` of the checkout the running binary was built in (its
-/// directory, e.g. target/release inside the checkout), else of the working directory, else
-/// "unknown" (no checkout, no git): figures and reports must name the code that made them.
+/// The commit the binary was built from (build.rs, "-dirty" when tracked files differed from
+/// it); without one (built outside a git checkout), `git rev-parse --short=12 HEAD` of the
+/// checkout the running binary sits in (its directory, e.g. target/release inside the
+/// checkout), else of the working directory, else "unknown" (no checkout, no git): figures and
+/// reports must name the code that made them.
 pub fn commit() -> String {
+    if let Some(c) = option_env!("ADVLENS_BUILD_COMMIT") {
+        return c.to_string();
+    }
     let exe_dir = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf));
