@@ -69,7 +69,6 @@ fn main() {
     }
 }
 
-/// Names of `extern "C" __global__ void [__launch_bounds__(..)] NAME(` declarations.
 /// ADVLENS_BUILD_COMMIT = the checkout's `git rev-parse --short=12 HEAD` at build time, with
 /// "-dirty" when a tracked file differs from it, so that a report names the code the binary was
 /// built from: a copy of the binary run after the checkout moved on used to report the new HEAD.
@@ -113,6 +112,7 @@ fn build_commit(manifest: &Path) {
     println!("cargo:rustc-env=ADVLENS_BUILD_COMMIT={head}{mark}");
 }
 
+/// Names of `extern "C" __global__ void [__launch_bounds__(..)] NAME(` declarations.
 fn kernel_names(src: &str) -> Vec<String> {
     const MARK: &str = "extern \"C\" __global__";
     let mut names = Vec::new();
