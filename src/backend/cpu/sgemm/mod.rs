@@ -228,7 +228,9 @@ pub fn sgemm_on(
         );
     }
     let spec = isa.spec();
-    let ncb = if isa == Isa::Avx2 { NC_AVX2 } else { NC };
+    let fmas = m.saturating_mul(n).saturating_mul(k);
+    let threads = rayon::current_num_threads();
+    let ncb = block_cols(isa, m, n, fmas >= PAR_MIN_FMAS, threads);
     let cp = CPtr(c.as_mut_ptr());
     let (mb, nb) = (m.div_ceil(MC), n.div_ceil(ncb));
     let block = |t: usize| {
@@ -249,12 +251,27 @@ pub fn sgemm_on(
             );
         });
     };
-    let fmas = m.saturating_mul(n).saturating_mul(k);
-    if mb * nb == 1 || fmas < PAR_MIN_FMAS || rayon::current_num_threads() == 1 {
+    if mb * nb == 1 || fmas < PAR_MIN_FMAS || threads == 1 {
         (0..mb * nb).for_each(block);
     } else {
         (0..mb * nb).into_par_iter().for_each(block);
     }
+}
+
+/// Columns of C per block: NC (NC_AVX2), or fewer, in whole `nr`-wide panels, when a product
+/// worth running in parallel has fewer blocks than threads. ResNet-18's 2x2 planes at batch 64
+/// are one 64 x 384 product per conv (all images on one grid), which ran on one thread. Each
+/// element's sum runs over the same k-blocks in the same order however the columns are cut, so
+/// the cut changes no bit.
+fn block_cols(isa: Isa, m: usize, n: usize, parallel: bool, threads: usize) -> usize {
+    let ncb = if isa == Isa::Avx2 { NC_AVX2 } else { NC };
+    let blocks = m.div_ceil(MC) * n.div_ceil(ncb);
+    if !parallel || threads <= 1 || blocks >= threads {
+        return ncb;
+    }
+    let nr = isa.nr();
+    let want = threads.div_ceil(m.div_ceil(MC));
+    n.div_ceil(want).div_ceil(nr).max(1) * nr
 }
 
 /// One MC x NC block of C over all of k.

@@ -111,8 +111,15 @@ fn every_isa_matches_f64_reference() {
 
 #[test]
 fn same_bits_for_any_thread_count() {
-    // Large enough to be split into blocks and run in parallel.
-    let (m, k, n) = (200, 300, 1100);
+    // Large enough to be split into blocks and run in parallel; the second is one block at the
+    // full width, cut into narrower column blocks for the threads (`block_cols`); the third has
+    // two rows past its last whole panel (the wide tail kernel) over in-place B panels.
+    for (m, k, n) in [(200, 300, 1100), (64, 576, 384), (10, 400, 700)] {
+        same_bits_at(m, k, n);
+    }
+}
+
+fn same_bits_at(m: usize, k: usize, n: usize) {
     let mut rng = Rng::new(7);
     let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
     let b: Vec<f32> = (0..k * n).map(|_| rng.normal() as f32).collect();
@@ -141,14 +148,39 @@ fn same_bits_for_any_thread_count() {
             c
         };
         let one = run(1);
-        for t in [2, 3] {
+        for t in [2, 3, 7] {
             let other = run(t);
             let same = one
                 .iter()
                 .zip(&other)
                 .all(|(x, y)| x.to_bits() == y.to_bits());
-            assert!(same, "{}: 1 vs {t} threads differ", isa.name());
+            assert!(
+                same,
+                "{} m{m} k{k} n{n}: 1 vs {t} threads differ",
+                isa.name()
+            );
         }
+    }
+}
+
+#[test]
+fn few_blocks_are_cut_into_one_per_thread() {
+    for isa in supported_isas() {
+        let (nr, full) = (isa.nr(), block_cols(isa, 64, 384, false, 2));
+        assert!(full >= 384, "{}: one block at the full width", isa.name());
+        for threads in [2, 3, 7] {
+            let nc = block_cols(isa, 64, 384, true, threads);
+            assert_eq!(nc % nr, 0, "{}: whole panels", isa.name());
+            // Whole panels can leave a block fewer than threads (7 threads, 16 panels: 6 of 3).
+            let blocks = 384usize.div_ceil(nc);
+            assert!(
+                (2..=threads).contains(&blocks),
+                "{threads} threads: {blocks} blocks"
+            );
+        }
+        // Enough blocks already, or too little work: the full width.
+        assert_eq!(block_cols(isa, 400, 384, true, 2), full);
+        assert_eq!(block_cols(isa, 64, 384, true, 1), full);
     }
 }
 
