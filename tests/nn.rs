@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 
 use advlens::backend::cpu::CpuBackend;
-use advlens::backend::Backend;
+use advlens::backend::{Backend, Conv2dParams, Pool2dParams};
 use advlens::io::{save_safetensors, OwnedTensor, SafeFile};
 use advlens::nn::layers::{BatchNorm2d, FwdMode, Layer, LayerKind};
 use advlens::nn::optim::{OptimConfig, Optimizer};
@@ -134,6 +134,142 @@ fn resnet18_forward_at_224() {
     assert!(host(&y).iter().all(|v| v.is_finite()));
     assert_eq!(m.phi().unwrap().shape(), &[1, 512, 7, 7]);
 }
+
+// The fused ReLU ops give the bits of the separate ops they replace, on shapes that take every
+// CPU conv path: grid groups (stride 1 on small planes, 3x3 and 5x5), one large plane per
+// product, the 1x1 direct product, stride 2 gathered from small planes and unfolded per image on
+// large ones, and the col2im backward (stride 2); batches of 1 and of primes. Pools: 2x2/s2 on
+// even and odd planes, 3x3/s2 and 3x3/s1/p1. The gated inputs are ReLU outputs, so about half
+// of each gate is closed.
+backend_test!(
+    fused_relu_ops_give_the_separate_ops_bits,
+    |be: &dyn Backend| {
+        let mut rng = Rng::new(41);
+        let mut t = |shape: &[usize], relu: bool| {
+            let v = (0..shape.iter().product())
+                .map(|_| {
+                    let x = rng.normal() as f32;
+                    if relu {
+                        x.max(0.0)
+                    } else {
+                        x
+                    }
+                })
+                .collect();
+            be.upload(&Tensor::from_vec(shape, v).unwrap()).unwrap()
+        };
+        let same = |fused: &Tensor, separate: &Tensor, what: &str| {
+            let (a, b) = (host(fused), host(separate));
+            assert_eq!(a.len(), b.len(), "{what}");
+            if let Some(i) = a
+                .iter()
+                .zip(&b)
+                .position(|(x, y)| x.to_bits() != y.to_bits())
+            {
+                panic!("{what}: element {i}: fused {} vs separate {}", a[i], b[i]);
+            }
+        };
+        // (n, c, h, k, r, stride, pad)
+        for (n, c, h, k, r, s, pad) in [
+            (3, 5, 14, 7, 3, 1, 1),
+            (1, 3, 28, 8, 5, 1, 2),
+            (7, 13, 7, 11, 3, 1, 1),
+            (2, 3, 17, 2, 5, 1, 2),
+            (5, 6, 9, 4, 1, 1, 0),
+            (1, 4, 20, 3, 1, 1, 0),
+            (3, 4, 7, 9, 3, 2, 1),
+            (2, 3, 37, 5, 3, 2, 1),
+        ] {
+            let what = format!("N{n} C{c} {h}x{h} K{k} {r}x{r} s{s} p{pad}");
+            let p = Conv2dParams { stride: s, pad };
+            let o = (h + 2 * pad - r) / s + 1;
+            let (x, w, b) = (
+                t(&[n, c, h, h], true),
+                t(&[k, c, r, r], false),
+                t(&[k], false),
+            );
+            for bias in [Some(&b), None] {
+                let sep = be.relu(&be.conv2d(&x, &w, bias, p).unwrap()).unwrap();
+                let fused = be.conv2d_relu(&x, &w, bias, p).unwrap();
+                same(
+                    &fused,
+                    &sep,
+                    &format!("conv2d_relu {what} bias {}", bias.is_some()),
+                );
+            }
+            let dy = t(&[n, k, o, o], false);
+            let sep = be
+                .relu_backward(&x, &be.conv2d_backward_data(&x, &w, &dy, p).unwrap())
+                .unwrap();
+            let fused = be.conv2d_backward_data_relu(&x, &w, &dy, p).unwrap();
+            same(&fused, &sep, &format!("conv2d_backward_data_relu {what}"));
+        }
+        for (n, c, h, w, kernel, stride, pad) in [
+            (3, 5, 28, 28, 2, 2, 0),
+            (2, 3, 7, 9, 2, 2, 0),
+            (2, 3, 13, 13, 3, 2, 0),
+            (1, 4, 6, 5, 3, 1, 1),
+        ] {
+            let p = Pool2dParams {
+                kernel,
+                stride,
+                pad,
+            };
+            let x = t(&[n, c, h, w], true);
+            let y = be.maxpool2d(&x, p).unwrap();
+            let dy = t(y.shape(), false);
+            let sep = be
+                .relu_backward(&x, &be.maxpool2d_backward(&x, &dy, p).unwrap())
+                .unwrap();
+            let fused = be.maxpool2d_relu_backward(&x, &dy, p).unwrap();
+            same(
+                &fused,
+                &sep,
+                &format!("maxpool2d_relu_backward {h}x{w} {kernel}/{stride}/{pad}"),
+            );
+        }
+    }
+);
+
+// The models run a conv and the ReLU after it as one op, and on the way back a pool or (with no
+// parameter gradients) a conv together with the ReLU before it. The layer-by-layer paths give
+// the same bits: `forward_with_activations` runs every layer alone, and parameter gradients
+// keep each conv's backward apart from its ReLU.
+backend_test!(
+    fused_model_passes_give_the_layer_by_layer_bits,
+    |be: &dyn Backend| {
+        let mut rng = Rng::new(43);
+        for name in SMALL {
+            let mut m = Model::build(name, 10, (1, 28, 28), 5).unwrap();
+            let x = images(&mut rng, 3, 1, 28, 28);
+            let fused = host(&m.predict(be, &x).unwrap());
+            let (apart, _) = m.forward_with_activations(be, &x, &[]).unwrap();
+            assert_eq!(fused, host(&apart), "{name}: logits");
+            let logits = m.forward(be, &x, false).unwrap();
+            assert_eq!(fused, host(&logits), "{name}: cached forward");
+            let dl = be
+                .upload(&Tensor::from_vec(&[3, 10], randv(&mut rng, 30)).unwrap())
+                .unwrap();
+            let mut grad = |param_grads: bool| {
+                m.set_param_grads(param_grads);
+                host(&m.backward(be, &dl, None, true).unwrap().unwrap())
+            };
+            let (attack, training) = (grad(false), grad(true));
+            assert!(
+                attack.iter().any(|&v| v != 0.0),
+                "{name}: zero input gradient"
+            );
+            let same = attack
+                .iter()
+                .zip(&training)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{name}: input gradient with and without parameter gradients"
+            );
+        }
+    }
+);
 
 backend_test!(small_models_shapes_phi_head_taps, |be: &dyn Backend| {
     let mut rng = Rng::new(11);

@@ -143,11 +143,42 @@ pub trait Backend: Send + Sync {
         p: Conv2dParams,
     ) -> Result<Tensor>;
 
+    /// relu(conv2d(x, w, b)), the same bits. Backends that fuse it apply the ReLU as they write
+    /// y, which saves a pass over y and its allocation.
+    fn conv2d_relu(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        p: Conv2dParams,
+    ) -> Result<Tensor> {
+        let y = self.conv2d(x, w, b, p)?;
+        self.relu(&y)
+    }
+    /// relu_backward(x, conv2d_backward_data(x, w, dy)), the same bits: the gradient at the input
+    /// of the ReLU whose output x this conv reads.
+    fn conv2d_backward_data_relu(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        p: Conv2dParams,
+    ) -> Result<Tensor> {
+        let dx = self.conv2d_backward_data(x, w, dy, p)?;
+        self.relu_backward(x, &dx)
+    }
+
     // ---- pooling ------------------------------------------------------------------------------
     /// Max pool; padded cells are -inf (never selected). Ties pick the first maximum in row-major
     /// window order, and the backward routes the gradient to that one element.
     fn maxpool2d(&self, x: &Tensor, p: Pool2dParams) -> Result<Tensor>;
     fn maxpool2d_backward(&self, x: &Tensor, dy: &Tensor, p: Pool2dParams) -> Result<Tensor>;
+    /// relu_backward(x, maxpool2d_backward(x, dy)), the same bits: the gradient at the input of
+    /// the ReLU whose output x this pool reads.
+    fn maxpool2d_relu_backward(&self, x: &Tensor, dy: &Tensor, p: Pool2dParams) -> Result<Tensor> {
+        let dx = self.maxpool2d_backward(x, dy, p)?;
+        self.relu_backward(x, &dx)
+    }
     /// torch.nn.AdaptiveAvgPool2d((oh, ow)): window i spans [floor(i*H/oh), ceil((i+1)*H/oh)).
     /// (oh, ow) = (1, 1) is global average pooling.
     fn adaptive_avgpool2d(&self, x: &Tensor, oh: usize, ow: usize) -> Result<Tensor>;

@@ -532,6 +532,50 @@ impl Layer {
         })
     }
 
+    /// Whether this layer's forward can take the ReLU after it (`forward_relu`).
+    pub fn takes_relu_after(&self) -> bool {
+        matches!(self.kind, LayerKind::Conv2d(_))
+    }
+
+    /// relu(forward(x)) in one op, for a layer that `takes_relu_after`.
+    pub fn forward_relu(&self, be: &dyn Backend, x: &Tensor) -> Result<Tensor> {
+        match &self.kind {
+            LayerKind::Conv2d(c) => be.conv2d_relu(
+                x,
+                &c.weight.value,
+                c.bias.as_ref().map(|b| &b.value),
+                c.params,
+            ),
+            _ => Err(Error::InvalidArg(format!(
+                "{}: only a conv runs with the ReLU after it",
+                self.module
+            ))),
+        }
+    }
+
+    /// Whether this layer's input gradient can take the ReLU before it (`backward_relu`): a
+    /// max-pool, or a conv when no parameter gradient is wanted.
+    pub fn takes_relu_before(&self, m: BwdMode) -> bool {
+        match self.kind {
+            LayerKind::MaxPool2d(_) => true,
+            LayerKind::Conv2d(_) => !m.param_grads,
+            _ => false,
+        }
+    }
+
+    /// The gradient at the input of the ReLU before this layer (whose output is x), in one op,
+    /// for a layer that `takes_relu_before`.
+    pub fn backward_relu(&self, be: &dyn Backend, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        match &self.kind {
+            LayerKind::MaxPool2d(p) => be.maxpool2d_relu_backward(x, dy, *p),
+            LayerKind::Conv2d(c) => be.conv2d_backward_data_relu(x, &c.weight.value, dy, c.params),
+            _ => Err(Error::InvalidArg(format!(
+                "{}: only a max-pool or a conv takes the ReLU before it",
+                self.module
+            ))),
+        }
+    }
+
     /// Apply the state changes of a training forward (BatchNorm running statistics).
     pub fn commit(&mut self, be: &dyn Backend, x: &Tensor, saved: &Saved) -> Result<()> {
         match (&mut self.kind, saved) {

@@ -53,7 +53,9 @@ struct NormDev {
 
 struct Cache {
     train: bool,
-    /// acts[0] = normalised input; acts[i + 1] = output of layers[i].
+    /// acts[0] = normalised input; acts[i + 1] = output of layers[i], except that a layer run
+    /// together with the ReLU after it (`relu_fused_after`) leaves an empty tensor: only the
+    /// ReLU's output is computed, and a conv's backward reads its input, never its output.
     acts: Vec<Tensor>,
     saved: Vec<Saved>,
 }
@@ -264,10 +266,20 @@ impl Model {
         let mut acts = Vec::with_capacity(self.layers.len() + 1);
         let mut saved = Vec::with_capacity(self.layers.len());
         acts.push(self.normalise(be, x)?);
-        for (i, l) in self.layers.iter().enumerate() {
+        let mut i = 0;
+        while i < self.layers.len() {
+            let l = &self.layers[i];
+            if self.relu_fused_after(i) {
+                let y = l.forward_relu(be, &acts[i]).map_err(|e| ctx(e, l))?;
+                acts.extend([Tensor::zeros(&[0]), y]);
+                saved.extend([Saved::None, Saved::None]);
+                i += 2;
+                continue;
+            }
             let (y, s) = l.forward(be, &acts[i], mode, i).map_err(|e| ctx(e, l))?;
             acts.push(y);
             saved.push(s);
+            i += 1;
         }
         if train {
             for (i, l) in self.layers.iter_mut().enumerate() {
@@ -286,15 +298,49 @@ impl Model {
         self.check_input(x)?;
         let up = on_backend(be, x)?;
         let x = up.as_ref().unwrap_or(x);
-        let mut h = self.normalise(be, x)?;
+        let h = self.normalise(be, x)?;
+        self.eval_from(be, h, 0)
+    }
+
+    /// Eval-mode output of the layers from `start` on, given their input h; nothing cached.
+    fn eval_from(&self, be: &dyn Backend, mut h: Tensor, start: usize) -> Result<Tensor> {
         let mode = FwdMode {
             train: false,
             dropout_seed: 0,
         };
-        for (i, l) in self.layers.iter().enumerate() {
-            h = l.forward(be, &h, mode, i).map_err(|e| ctx(e, l))?.0;
+        let mut i = start;
+        while i < self.layers.len() {
+            let l = &self.layers[i];
+            if self.relu_fused_after(i) {
+                h = l.forward_relu(be, &h).map_err(|e| ctx(e, l))?;
+                i += 2;
+            } else {
+                h = l.forward(be, &h, mode, i).map_err(|e| ctx(e, l))?.0;
+                i += 1;
+            }
         }
         Ok(h)
+    }
+
+    /// Whether layers[i] runs with the ReLU layers[i + 1] as one op: a conv, unless phi is the
+    /// conv's own output (acts[i + 1]).
+    fn relu_fused_after(&self, i: usize) -> bool {
+        self.layers[i].takes_relu_after()
+            && self
+                .layers
+                .get(i + 1)
+                .is_some_and(|r| matches!(r.kind, LayerKind::ReLU))
+            && self.phi_at != i + 1
+    }
+
+    /// Whether the backward of layers[i] also takes the ReLU layers[i - 1] (one op for both):
+    /// its input gradient is wanted, and phi, where an extra gradient joins, is not between them.
+    fn relu_fused_before(&self, i: usize, m: BwdMode) -> bool {
+        i >= 1
+            && m.want_dx
+            && self.layers[i].takes_relu_before(m)
+            && matches!(self.layers[i - 1].kind, LayerKind::ReLU)
+            && self.phi_at != i
     }
 
     /// phi of the last `forward`: the last conv representation (AlexNet/VGG: output of the last
@@ -327,15 +373,8 @@ impl Model {
     pub fn head(&self, be: &dyn Backend, phi: &Tensor) -> Result<Tensor> {
         self.check_device(be)?;
         let up = on_backend(be, phi)?;
-        let mut h = up.unwrap_or_else(|| phi.clone());
-        let mode = FwdMode {
-            train: false,
-            dropout_seed: 0,
-        };
-        for (i, l) in self.layers.iter().enumerate().skip(self.phi_at) {
-            h = l.forward(be, &h, mode, i).map_err(|e| ctx(e, l))?.0;
-        }
-        Ok(h)
+        let h = up.unwrap_or_else(|| phi.clone());
+        self.eval_from(be, h, self.phi_at)
     }
 
     /// Names of the conv layers whose activations `forward_with_activations` can return, in
@@ -468,7 +507,9 @@ impl Model {
         let _ = cache.train;
         let up = on_backend(be, dlogits)?;
         let mut dy = up.unwrap_or_else(|| dlogits.clone());
-        for i in (0..n).rev() {
+        let mut i = n;
+        while i > 0 {
+            i -= 1;
             if i + 1 == self.phi_at {
                 if let Some(d) = dphi_extra {
                     let up = on_backend(be, d)?;
@@ -479,6 +520,16 @@ impl Model {
                 want_dx: i > 0 || want_input_grad,
                 param_grads,
             };
+            // Whether layers[i - 1], the ReLU, is asked for its input gradient.
+            let prev_wants = i > 1 || want_input_grad;
+            if prev_wants && self.relu_fused_before(i, m) {
+                let l = &self.layers[i];
+                dy = l
+                    .backward_relu(be, &cache.acts[i], &dy)
+                    .map_err(|e| ctx(e, l))?;
+                i -= 1;
+                continue;
+            }
             let l = &mut self.layers[i];
             let dx = l
                 .backward(

@@ -25,6 +25,48 @@ use super::sgemm::{
     PackB, PackedA,
 };
 
+/// What each output value gets as it is written: the bias, then a ReLU (`conv2d_relu`); or, on
+/// a backward-data, the gate of the ReLU before the conv (`conv2d_backward_data_relu`: keep dx
+/// where the conv's input, the ReLU's output, is > 0). Applied on the same f32 values in the
+/// same order as the separate ops, so the bits are theirs; the pass over y and its allocation
+/// are saved.
+#[derive(Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub relu: bool,
+    /// Laid out as the output; this struct's users slice it along with the output.
+    pub gate: Option<&'a [f32]>,
+}
+
+impl<'a> Epilogue<'a> {
+    pub fn bias(bias: Option<&'a [f32]>) -> Self {
+        Epilogue {
+            bias,
+            ..Default::default()
+        }
+    }
+
+    /// The same epilogue for the outputs `at..at + len`.
+    fn part(self, at: usize, len: usize) -> Self {
+        Epilogue {
+            gate: self.gate.map(|g| &g[at..][..len]),
+            ..self
+        }
+    }
+
+    /// d = value, the ReLU and gate applied (the gate laid out as d).
+    fn finish(&self, d: &mut [f32]) {
+        if self.relu {
+            d.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+        if let Some(gt) = self.gate {
+            d.iter_mut()
+                .zip(gt)
+                .for_each(|(v, &m)| *v = if m > 0.0 { *v } else { 0.0 });
+        }
+    }
+}
+
 /// Geometry of one convolution, validated by the caller.
 #[derive(Clone, Copy, Debug)]
 pub struct Geom {
@@ -366,7 +408,7 @@ fn pad_image(g: &Geom, x: &[f32], xp: &mut [f32]) {
 
 /// y_n[K, PQ] = w[K, CRR] . im2col(x_n) (+ b), one image, on the calling thread's GEMM: the
 /// convs that do not run on the padded grid (1x1 unpadded, and strides above 1 on large planes).
-fn forward_image(g: &Geom, a: &PackedA, xn: &[f32], yn: &mut [f32], b: Option<&[f32]>) {
+fn forward_image(g: &Geom, a: &PackedA, xn: &[f32], yn: &mut [f32], ep: Epilogue) {
     let (crr, pq, k) = (g.crr(), g.pq(), g.k);
     let a = ASrc::Packed(a);
     if g.direct() {
@@ -380,11 +422,12 @@ fn forward_image(g: &Geom, a: &PackedA, xn: &[f32], yn: &mut [f32], b: Option<&[
         let src = Im2col { g, x: xn };
         sgemm_on(isa(), k, crr, pq, a, &src, 0.0, yn, pq, 1);
     }
-    if let Some(b) = b {
+    if let Some(b) = ep.bias {
         for (row, &bk) in yn.chunks_exact_mut(pq).zip(b) {
             row.iter_mut().for_each(|v| *v += bk);
         }
     }
+    ep.finish(yn);
 }
 
 /// Whether a stride-1 conv runs on the padded grid (`forward_group`, a group of one image on
@@ -396,25 +439,26 @@ fn padded(g: &Geom) -> bool {
 
 /// y[N,K,P,Q] = conv(x, w) + b.
 pub fn forward(g: &Geom, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
+    forward_with(g, x, w, Epilogue::bias(b))
+}
+
+/// y[N,K,P,Q] = conv(x, w) with the epilogue `ep` applied as y is written.
+pub fn forward_with(g: &Geom, x: &[f32], w: &[f32], ep: Epilogue) -> Vec<f32> {
     let crr = g.crr();
     let wa = Mat {
         data: w,
         rs: crr,
         cs: 1,
     };
-    forward_packed(g, x, || PackedA::new(isa(), g.k, crr, wa), b)
+    forward_packed(g, x, || PackedA::new(isa(), g.k, crr, wa), ep)
 }
 
 /// `forward` with the weights packed by `pack` (once for all images, and only if there is work).
-fn forward_packed(
-    g: &Geom,
-    x: &[f32],
-    pack: impl FnOnce() -> PackedA,
-    b: Option<&[f32]>,
-) -> Vec<f32> {
+fn forward_packed(g: &Geom, x: &[f32], pack: impl FnOnce() -> PackedA, ep: Epilogue) -> Vec<f32> {
     let (chw, crr, pq, k) = (g.chw(), g.crr(), g.pq(), g.k);
     let len = g.n * k * pq;
     if len == 0 || crr == 0 {
+        // Zeros, which the ReLU and the gate keep.
         return vec![0.0f32; len];
     }
     let a = pack();
@@ -427,13 +471,18 @@ fn forward_packed(
         return written(len, |y| {
             y.par_chunks_mut(gi * k * pq)
                 .zip(x.par_chunks(gi * chw))
-                .for_each(|(ys, xs)| forward_group(g, &a, xs, ys, b))
+                .enumerate()
+                .for_each(|(i, (ys, xs))| {
+                    let ep = ep.part(i * gi * k * pq, ys.len());
+                    forward_group(g, &a, xs, ys, ep)
+                })
         });
     }
     let mut y = vec![0.0f32; len];
     y.par_chunks_mut(k * pq)
         .zip(x.par_chunks(chw))
-        .for_each(|(yn, xn)| forward_image(g, &a, xn, yn, b));
+        .enumerate()
+        .for_each(|(i, (yn, xn))| forward_image(g, &a, xn, yn, ep.part(i * k * pq, k * pq)));
     y
 }
 
@@ -615,13 +664,7 @@ thread_local! {
 /// y_i[K, PQ] = w . im2col(x_i) (+ b) for a group of images, as one product whose B panels are
 /// packed from the group's `Grid` (no column matrix is written), then split back into the
 /// images' output planes.
-fn forward_group(
-    g: &Geom,
-    a: &PackedA,
-    xs: &[f32],
-    ys: &mut [MaybeUninit<f32>],
-    b: Option<&[f32]>,
-) {
+fn forward_group(g: &Geom, a: &PackedA, xs: &[f32], ys: &mut [MaybeUninit<f32>], ep: Epilogue) {
     let (crr, pq, k) = (g.crr(), g.pq(), g.k);
     let grid = Grid::new(g, xs.len() / g.chw());
     let a = ASrc::Packed(a);
@@ -637,7 +680,7 @@ fn forward_group(
             };
             with_buf(&YPAD, k * ld, |yp| {
                 sgemm_on(isa(), k, crr, ld, a, &src, 0.0, yp, ld, 1);
-                crop_group(g, yp, ld, |i, oi| grid.pixel(1, i, oi), ys, b);
+                crop_group(g, yp, ld, |i, oi| grid.pixel(1, i, oi), ys, ep);
             })
         } else {
             let ld = grid.imgs * pq;
@@ -654,7 +697,7 @@ fn forward_group(
                 };
                 with_buf(&YPAD, k * ld, |yp| {
                     sgemm_on(isa(), k, crr, ld, a, &src, 0.0, yp, ld, 1);
-                    crop_group(g, yp, ld, |i, oi| i * pq + oi * g.q, ys, b);
+                    crop_group(g, yp, ld, |i, oi| i * pq + oi * g.q, ys, ep);
                 })
             })
         }
@@ -666,24 +709,39 @@ fn pixels(g: &Geom, imgs: usize) -> impl Iterator<Item = (usize, usize, usize)> 
     (0..imgs).flat_map(move |i| (0..g.p).flat_map(move |oi| (0..g.q).map(move |oj| (i, oi, oj))))
 }
 
-/// ys[i, k, oi, ..Q] = yp[k, col(i, oi)..][..Q] + b[k]: the group's product, whose output row
-/// oi of image i starts at column col(i, oi), split into the images' output planes.
+/// ys[i, k, oi, ..Q] = yp[k, col(i, oi)..][..Q] + b[k], then the epilogue's ReLU or gate: the
+/// group's product, whose output row oi of image i starts at column col(i, oi), split into the
+/// images' output planes.
 fn crop_group(
     g: &Geom,
     yp: &[f32],
     ld: usize,
     col: impl Fn(usize, usize) -> usize,
     ys: &mut [MaybeUninit<f32>],
-    b: Option<&[f32]>,
+    ep: Epilogue,
 ) {
+    let q = g.q;
     for (i, yn) in ys.chunks_exact_mut(g.k * g.pq()).enumerate() {
         for (ki, plane) in yn.chunks_exact_mut(g.pq()).enumerate() {
-            let bk = b.map_or(0.0, |b| b[ki]);
-            for (oi, d) in plane.chunks_exact_mut(g.q).enumerate() {
-                let s = &yp[ki * ld + col(i, oi)..][..g.q];
-                d.iter_mut().zip(s).for_each(|(d, &s)| {
-                    d.write(s + bk);
-                });
+            let bk = ep.bias.map_or(0.0, |b| b[ki]);
+            let at = (i * g.k + ki) * g.pq();
+            for (oi, d) in plane.chunks_exact_mut(q).enumerate() {
+                let s = &yp[ki * ld + col(i, oi)..][..q];
+                match (ep.relu, ep.gate) {
+                    (false, None) => d.iter_mut().zip(s).for_each(|(d, &s)| {
+                        d.write(s + bk);
+                    }),
+                    (true, None) => d.iter_mut().zip(s).for_each(|(d, &s)| {
+                        d.write((s + bk).max(0.0));
+                    }),
+                    _ => {
+                        // SAFETY: MaybeUninit<f32> has f32's layout; every element is written
+                        // just below before `finish` reads it.
+                        let d = unsafe { &mut *(d as *mut [MaybeUninit<f32>] as *mut [f32]) };
+                        d.iter_mut().zip(s).for_each(|(d, &s)| *d = s + bk);
+                        ep.part(at + oi * q, q).finish(d);
+                    }
+                }
             }
         }
     }
@@ -1000,9 +1058,19 @@ fn pack_transposed(g: &Geom, w: &[f32]) -> PackedA {
 
 /// dx[N,C,H,W].
 pub fn backward_data(g: &Geom, w: &[f32], dy: &[f32]) -> Vec<f32> {
+    backward_data_gated(g, w, dy, None)
+}
+
+/// dx[N,C,H,W], kept only where `gate` (laid out as dx: the conv's input, a ReLU's output) is
+/// > 0 when given.
+pub fn backward_data_gated(g: &Geom, w: &[f32], dy: &[f32], gate: Option<&[f32]>) -> Vec<f32> {
     let (chw, pq, k) = (g.chw(), g.pq(), g.k);
+    let ep = Epilogue {
+        gate,
+        ..Default::default()
+    };
     if let Some(t) = transposed(g) {
-        return forward_packed(&t, dy, || pack_transposed(g, w), None);
+        return forward_packed(&t, dy, || pack_transposed(g, w), ep);
     }
     if g.n * chw == 0 || pq == 0 {
         return vec![0.0f32; g.n * chw];
@@ -1013,7 +1081,8 @@ pub fn backward_data(g: &Geom, w: &[f32], dy: &[f32]) -> Vec<f32> {
     let gi = group_of(g);
     zeroed_par(g.n * chw, gi * chw, |i, dxs| {
         let images = dxs.len() / chw;
-        data_group(g, w, dxs, &dy[i * gi * k * pq..][..images * k * pq])
+        data_group(g, w, dxs, &dy[i * gi * k * pq..][..images * k * pq]);
+        ep.part(i * gi * chw, dxs.len()).finish(dxs);
     })
 }
 

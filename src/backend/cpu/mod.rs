@@ -343,6 +343,49 @@ impl Backend for CpuBackend {
         CpuBackend::conv2d_backward_data(self, x, w, dy, p)
     }
 
+    fn conv2d_relu(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        p: Conv2dParams,
+    ) -> Result<Tensor> {
+        const OP: &str = "conv2d_relu";
+        let g = conv_geom(OP, x, w, p)?;
+        let bias = match b {
+            Some(b) => {
+                want_shape(OP, "b", b, &[g.k])?;
+                Some(b.cpu(OP)?)
+            }
+            None => None,
+        };
+        let rnd = |v| self.precision.round_slice(v);
+        let ep = conv::Epilogue {
+            bias,
+            relu: true,
+            gate: None,
+        };
+        let y = conv::forward_with(&g, &rnd(x.cpu(OP)?), &rnd(w.cpu(OP)?), ep);
+        Tensor::from_vec(&[g.n, g.k, g.p, g.q], y)
+    }
+
+    fn conv2d_backward_data_relu(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        p: Conv2dParams,
+    ) -> Result<Tensor> {
+        const OP: &str = "conv2d_backward_data_relu";
+        let g = conv_geom(OP, x, w, p)?;
+        want_shape(OP, "dy", dy, &[g.n, g.k, g.p, g.q])?;
+        let rnd = |v| self.precision.round_slice(v);
+        // The gate is x as given: relu_backward reads the ReLU's output unrounded.
+        let dx =
+            conv::backward_data_gated(&g, &rnd(w.cpu(OP)?), &rnd(dy.cpu(OP)?), Some(x.cpu(OP)?));
+        Tensor::from_vec(x.shape(), dx)
+    }
+
     fn conv2d_backward(
         &self,
         x: &Tensor,
@@ -394,6 +437,24 @@ impl Backend for CpuBackend {
         let dx = zeroed_par(xs.len(), h * w, |i, dxp| {
             let (plane, dyp) = (&xs[i * h * w..][..h * w], &dys[i * po * qo..][..po * qo]);
             pool::backward_plane(isa, plane, h, w, p, dyp, dxp)
+        });
+        Tensor::from_vec(x.shape(), dx)
+    }
+
+    fn maxpool2d_relu_backward(&self, x: &Tensor, dy: &Tensor, p: Pool2dParams) -> Result<Tensor> {
+        const OP: &str = "maxpool2d_relu_backward";
+        let (n, c, h, w, po, qo) = pool_geom(OP, x, p)?;
+        want_shape(OP, "dy", dy, &[n, c, po, qo])?;
+        let (xs, dys) = (x.cpu(OP)?, dy.cpu(OP)?);
+        let isa = sgemm::isa();
+        // Each plane is gated while it is still in L1, where relu_backward's separate pass read
+        // x and dx and wrote a third tensor.
+        let dx = zeroed_par(xs.len(), h * w, |i, dxp| {
+            let (plane, dyp) = (&xs[i * h * w..][..h * w], &dys[i * po * qo..][..po * qo]);
+            pool::backward_plane(isa, plane, h, w, p, dyp, dxp);
+            dxp.iter_mut()
+                .zip(plane)
+                .for_each(|(d, &y)| *d = if y > 0.0 { *d } else { 0.0 });
         });
         Tensor::from_vec(x.shape(), dx)
     }
