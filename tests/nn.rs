@@ -139,8 +139,9 @@ fn resnet18_forward_at_224() {
 // CPU conv path: grid groups (stride 1 on small planes, 3x3 and 5x5), one large plane per
 // product, the 1x1 direct product, stride 2 gathered from small planes and unfolded per image on
 // large ones, and the col2im backward (stride 2); batches of 1 and of primes. Pools: 2x2/s2 on
-// even and odd planes, 3x3/s2 and 3x3/s1/p1. The gated inputs are ReLU outputs, so about half
-// of each gate is closed.
+// even and odd planes, 3x3/s2 and 3x3/s1/p1. Eval-mode batch norms with the ReLU after them,
+// with and without a residual. The gated inputs are ReLU outputs, so about half of each gate is
+// closed.
 backend_test!(
     fused_relu_ops_give_the_separate_ops_bits,
     |be: &dyn Backend| {
@@ -227,6 +228,50 @@ backend_test!(
                 &sep,
                 &format!("maxpool2d_relu_backward {h}x{w} {kernel}/{stride}/{pad}"),
             );
+        }
+        // Eval-mode batch norm with the ReLU after it, with and without a residual to add.
+        for (n, c, h) in [(3, 5, 7), (1, 8, 28), (2, 3, 1)] {
+            let x = t(&[n, c, h, h], false);
+            let (g, b, m) = (t(&[c], false), t(&[c], false), t(&[c], false));
+            let v = be
+                .upload(&Tensor::from_vec(&[c], (0..c).map(|i| 0.5 + i as f32).collect()).unwrap())
+                .unwrap();
+            let skip = t(&[n, c, h, h], false);
+            for sk in [None, Some(&skip)] {
+                let mut z = be.batchnorm2d_eval(&x, &g, &b, &m, &v, 1e-5).unwrap();
+                if let Some(s) = sk {
+                    be.axpy(&mut z, 1.0, s).unwrap();
+                }
+                let sep = be.relu(&z).unwrap();
+                let fused = be
+                    .batchnorm2d_eval_relu(&x, &g, &b, &m, &v, 1e-5, sk)
+                    .unwrap();
+                same(
+                    &fused,
+                    &sep,
+                    &format!(
+                        "batchnorm2d_eval_relu N{n} C{c} {h}x{h} skip {}",
+                        sk.is_some()
+                    ),
+                );
+                let dy = t(&[n, c, h, h], false);
+                let sep = be
+                    .batchnorm2d_eval_backward(
+                        &g,
+                        &v,
+                        1e-5,
+                        &be.relu_backward(&fused, &dy).unwrap(),
+                    )
+                    .unwrap();
+                let back = be
+                    .batchnorm2d_eval_relu_backward(&fused, &g, &v, 1e-5, &dy)
+                    .unwrap();
+                same(
+                    &back,
+                    &sep,
+                    &format!("batchnorm2d_eval_relu_backward N{n} C{c} {h}x{h}"),
+                );
+            }
         }
     }
 );

@@ -227,6 +227,39 @@ pub trait Backend: Send + Sync {
         running_var: &Tensor,
         eps: f32,
     ) -> Result<Tensor>;
+    /// relu(batchnorm2d_eval(x) + skip) (skip optional), the same bits: a residual block's
+    /// eval-mode tail, or its first BN and ReLU. Backends that fuse it read x once and write y
+    /// once, where the separate ops made two or three passes.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm2d_eval_relu(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        eps: f32,
+        skip: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let mut z = self.batchnorm2d_eval(x, gamma, beta, running_mean, running_var, eps)?;
+        if let Some(s) = skip {
+            self.axpy(&mut z, 1.0, s)?;
+        }
+        self.relu(&z)
+    }
+    /// batchnorm2d_eval_backward(relu_backward(y, dy)), the same bits: the gradient at the input
+    /// of an eval-mode BN whose output feeds a ReLU with output y.
+    fn batchnorm2d_eval_relu_backward(
+        &self,
+        y: &Tensor,
+        gamma: &Tensor,
+        running_var: &Tensor,
+        eps: f32,
+        dy: &Tensor,
+    ) -> Result<Tensor> {
+        let d = self.relu_backward(y, dy)?;
+        self.batchnorm2d_eval_backward(gamma, running_var, eps, &d)
+    }
     /// Backward of the training-mode forward. Returns (dx, dgamma, dbeta).
     #[allow(clippy::too_many_arguments)]
     fn batchnorm2d_backward(

@@ -218,6 +218,36 @@ impl BatchNorm2d {
         }
     }
 
+    /// Eval mode: relu(bn(x) + skip) as one op.
+    fn forward_eval_relu(
+        &self,
+        be: &dyn Backend,
+        x: &Tensor,
+        skip: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        be.batchnorm2d_eval_relu(
+            x,
+            &self.weight.value,
+            &self.bias.value,
+            &self.running_mean.value,
+            &self.running_var.value,
+            self.eps,
+            skip,
+        )
+    }
+
+    /// Eval mode, no parameter gradients: the gradient at this BN's input given the gradient dy
+    /// at the output y of the ReLU after it, as one op.
+    fn backward_eval_relu(&self, be: &dyn Backend, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        be.batchnorm2d_eval_relu_backward(
+            y,
+            &self.weight.value,
+            &self.running_var.value,
+            self.eps,
+            dy,
+        )
+    }
+
     /// Running-statistics update of a training forward over `x` (torch semantics).
     fn commit(&mut self, be: &dyn Backend, x: &Tensor, saved: &BnSaved) -> Result<()> {
         let BnSaved::Train { mean, var } = saved else {
@@ -373,6 +403,9 @@ impl BasicBlock {
     }
 
     fn forward(&self, be: &dyn Backend, x: &Tensor, train: bool) -> Result<(Tensor, BlockSaved)> {
+        if !train {
+            return self.forward_eval(be, x);
+        }
         let a1 = self.conv1.forward(be, x)?;
         let (b1, bn1) = self.bn1.forward(be, &a1, train)?;
         let h1 = be.relu(&b1)?;
@@ -403,6 +436,32 @@ impl BasicBlock {
                 ds,
             },
         ))
+    }
+
+    /// The eval-mode forward, each BN run together with what follows it: relu(bn1(a1)), and
+    /// relu(bn2(a2) + shortcut). The same bits as the training path's separate ops.
+    fn forward_eval(&self, be: &dyn Backend, x: &Tensor) -> Result<(Tensor, BlockSaved)> {
+        let a1 = self.conv1.forward(be, x)?;
+        let h1 = self.bn1.forward_eval_relu(be, &a1, None)?;
+        let a2 = self.conv2.forward(be, &h1)?;
+        let (y, ds) = match &self.downsample {
+            Some((conv, bn)) => {
+                let d = conv.forward(be, x)?;
+                let (s, sbn) = bn.forward(be, &d, false)?;
+                let y = self.bn2.forward_eval_relu(be, &a2, Some(&s))?;
+                (y, Some((d, sbn)))
+            }
+            None => (self.bn2.forward_eval_relu(be, &a2, Some(x))?, None),
+        };
+        let saved = BlockSaved {
+            a1,
+            bn1: BnSaved::Eval,
+            h1,
+            a2,
+            bn2: BnSaved::Eval,
+            ds,
+        };
+        Ok((y, saved))
     }
 
     fn commit(&mut self, be: &dyn Backend, s: &BlockSaved) -> Result<()> {
@@ -436,10 +495,13 @@ impl BasicBlock {
         let da2 = need(self.bn2.backward(be, &s.a2, &s.bn2, &dz, inner)?, "bn2")?;
         let dh1 = need(self.conv2.backward(be, &s.h1, &da2, inner)?, "conv2")?;
         drop(da2);
-        let db1 = be.relu_backward(&s.h1, &dh1)?;
+        let da1 = if matches!(s.bn1, BnSaved::Eval) && !m.param_grads {
+            self.bn1.backward_eval_relu(be, &s.h1, &dh1)?
+        } else {
+            let db1 = be.relu_backward(&s.h1, &dh1)?;
+            need(self.bn1.backward(be, &s.a1, &s.bn1, &db1, inner)?, "bn1")?
+        };
         drop(dh1);
-        let da1 = need(self.bn1.backward(be, &s.a1, &s.bn1, &db1, inner)?, "bn1")?;
-        drop(db1);
         let dx_main = self.conv1.backward(be, x, &da1, m)?;
         let dx_skip = match (&mut self.downsample, &s.ds) {
             (Some((conv, bn)), Some((d, sbn))) => {
@@ -532,14 +594,23 @@ impl Layer {
         })
     }
 
-    /// Whether this layer's forward can take the ReLU after it (`forward_relu`).
-    pub fn takes_relu_after(&self) -> bool {
-        matches!(self.kind, LayerKind::Conv2d(_))
+    /// Whether this layer's forward can take the ReLU after it (`forward_relu`): a conv, or a
+    /// batch norm in eval mode.
+    pub fn takes_relu_after(&self, train: bool) -> bool {
+        match self.kind {
+            LayerKind::Conv2d(_) => true,
+            LayerKind::BatchNorm2d(_) => !train,
+            _ => false,
+        }
     }
 
-    /// relu(forward(x)) in one op, for a layer that `takes_relu_after`.
-    pub fn forward_relu(&self, be: &dyn Backend, x: &Tensor) -> Result<Tensor> {
-        match &self.kind {
+    /// relu(forward(x)) in one op, for a layer that `takes_relu_after` (in eval mode), and the
+    /// layer's record for its backward.
+    pub fn forward_relu(&self, be: &dyn Backend, x: &Tensor) -> Result<(Tensor, Saved)> {
+        if let LayerKind::BatchNorm2d(bn) = &self.kind {
+            return Ok((bn.forward_eval_relu(be, x, None)?, Saved::Bn(BnSaved::Eval)));
+        }
+        let y = match &self.kind {
             LayerKind::Conv2d(c) => be.conv2d_relu(
                 x,
                 &c.weight.value,
@@ -547,10 +618,11 @@ impl Layer {
                 c.params,
             ),
             _ => Err(Error::InvalidArg(format!(
-                "{}: only a conv runs with the ReLU after it",
+                "{}: only a conv or an eval-mode batch norm runs with the ReLU after it",
                 self.module
             ))),
-        }
+        }?;
+        Ok((y, Saved::None))
     }
 
     /// Whether this layer's input gradient can take the ReLU before it (`backward_relu`): a

@@ -55,7 +55,8 @@ struct Cache {
     train: bool,
     /// acts[0] = normalised input; acts[i + 1] = output of layers[i], except that a layer run
     /// together with the ReLU after it (`relu_fused_after`) leaves an empty tensor: only the
-    /// ReLU's output is computed, and a conv's backward reads its input, never its output.
+    /// ReLU's output is computed, and a conv's or batch norm's backward reads its input, never
+    /// its output.
     acts: Vec<Tensor>,
     saved: Vec<Saved>,
 }
@@ -269,10 +270,10 @@ impl Model {
         let mut i = 0;
         while i < self.layers.len() {
             let l = &self.layers[i];
-            if self.relu_fused_after(i) {
-                let y = l.forward_relu(be, &acts[i]).map_err(|e| ctx(e, l))?;
+            if self.relu_fused_after(i, train) {
+                let (y, s) = l.forward_relu(be, &acts[i]).map_err(|e| ctx(e, l))?;
                 acts.extend([Tensor::zeros(&[0]), y]);
-                saved.extend([Saved::None, Saved::None]);
+                saved.extend([s, Saved::None]);
                 i += 2;
                 continue;
             }
@@ -311,8 +312,8 @@ impl Model {
         let mut i = start;
         while i < self.layers.len() {
             let l = &self.layers[i];
-            if self.relu_fused_after(i) {
-                h = l.forward_relu(be, &h).map_err(|e| ctx(e, l))?;
+            if self.relu_fused_after(i, false) {
+                h = l.forward_relu(be, &h).map_err(|e| ctx(e, l))?.0;
                 i += 2;
             } else {
                 h = l.forward(be, &h, mode, i).map_err(|e| ctx(e, l))?.0;
@@ -322,10 +323,10 @@ impl Model {
         Ok(h)
     }
 
-    /// Whether layers[i] runs with the ReLU layers[i + 1] as one op: a conv, unless phi is the
-    /// conv's own output (acts[i + 1]).
-    fn relu_fused_after(&self, i: usize) -> bool {
-        self.layers[i].takes_relu_after()
+    /// Whether layers[i] runs with the ReLU layers[i + 1] as one op: a conv, or a batch norm in
+    /// eval mode, unless phi is the layer's own output (acts[i + 1]).
+    fn relu_fused_after(&self, i: usize, train: bool) -> bool {
+        self.layers[i].takes_relu_after(train)
             && self
                 .layers
                 .get(i + 1)

@@ -764,6 +764,76 @@ impl Backend for CpuBackend {
         Tensor::from_vec(x.shape(), y)
     }
 
+    fn batchnorm2d_eval_relu(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        eps: f32,
+        skip: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        const OP: &str = "batchnorm2d_eval_relu";
+        let (_, c, hw) = bn_dims(OP, x)?;
+        for (name, t) in [
+            ("gamma", gamma),
+            ("beta", beta),
+            ("running_mean", running_mean),
+            ("running_var", running_var),
+        ] {
+            want_shape(OP, name, t, &[c])?;
+        }
+        if let Some(s) = skip {
+            same_shape(OP, "x", x, "skip", s)?;
+        }
+        let stats: Vec<(f64, f64)> = running_mean
+            .cpu(OP)?
+            .iter()
+            .zip(running_var.cpu(OP)?)
+            .map(|(&m, &v)| (m as f64, v as f64))
+            .collect();
+        let coef = bn_coef(gamma.cpu(OP)?, beta.cpu(OP)?, &stats, eps);
+        let skip = skip.map(|s| s.cpu(OP)).transpose()?;
+        let y = bn_apply_relu(x.cpu(OP)?, c, hw, &coef, skip);
+        Tensor::from_vec(x.shape(), y)
+    }
+
+    fn batchnorm2d_eval_relu_backward(
+        &self,
+        y: &Tensor,
+        gamma: &Tensor,
+        running_var: &Tensor,
+        eps: f32,
+        dy: &Tensor,
+    ) -> Result<Tensor> {
+        const OP: &str = "batchnorm2d_eval_relu_backward";
+        same_shape(OP, "y", y, "dy", dy)?;
+        let (_, c, hw) = bn_dims(OP, dy)?;
+        want_shape(OP, "gamma", gamma, &[c])?;
+        want_shape(OP, "running_var", running_var, &[c])?;
+        let scale = bn_eval_scale(gamma.cpu(OP)?, running_var.cpu(OP)?, eps);
+        let (ys, dys) = (y.cpu(OP)?, dy.cpu(OP)?);
+        if dys.is_empty() || hw == 0 {
+            return Tensor::from_vec(dy.shape(), vec![0.0f32; dys.len()]);
+        }
+        let dx = written(dys.len(), |dx| {
+            dx.par_chunks_mut(hw)
+                .zip(dys.par_chunks(hw).zip(ys.par_chunks(hw)))
+                .enumerate()
+                .for_each(|(plane, (dxp, (dyp, yp)))| {
+                    let s = scale[plane % c];
+                    // relu_backward's value, then the BN's scale, as the separate ops round.
+                    dxp.iter_mut()
+                        .zip(dyp.iter().zip(yp))
+                        .for_each(|(d, (&g, &y))| {
+                            d.write(if y > 0.0 { g } else { 0.0 } * s);
+                        });
+                });
+        });
+        Tensor::from_vec(dy.shape(), dx)
+    }
+
     fn batchnorm2d_backward(
         &self,
         x: &Tensor,
@@ -841,12 +911,7 @@ impl Backend for CpuBackend {
         let (_, c, hw) = bn_dims(OP, dy)?;
         want_shape(OP, "gamma", gamma, &[c])?;
         want_shape(OP, "running_var", running_var, &[c])?;
-        let scale: Vec<f32> = gamma
-            .cpu(OP)?
-            .iter()
-            .zip(running_var.cpu(OP)?)
-            .map(|(&g, &v)| (g as f64 / (v as f64 + eps as f64).sqrt()) as f32)
-            .collect();
+        let scale = bn_eval_scale(gamma.cpu(OP)?, running_var.cpu(OP)?, eps);
         let dys = dy.cpu(OP)?;
         if dys.is_empty() || hw == 0 {
             return Tensor::from_vec(dy.shape(), vec![0.0f32; dys.len()]);
@@ -1120,6 +1185,62 @@ impl Backend for CpuBackend {
 }
 
 /// y = (x - mean) / sqrt(var + eps) * gamma + beta per channel, with (mean, var) in f64.
+/// dx = dy * gamma / sqrt(running_var + eps) per channel: the eval-mode BN's backward scale.
+fn bn_eval_scale(gamma: &[f32], running_var: &[f32], eps: f32) -> Vec<f32> {
+    gamma
+        .iter()
+        .zip(running_var)
+        .map(|(&g, &v)| (g as f64 / (v as f64 + eps as f64).sqrt()) as f32)
+        .collect()
+}
+
+/// y = a x + b per channel, in f64: (a, b) from gamma, beta and the (mean, var) statistics.
+fn bn_coef(gamma: &[f32], beta: &[f32], stats: &[(f64, f64)], eps: f32) -> Vec<(f64, f64)> {
+    stats
+        .iter()
+        .zip(gamma.iter().zip(beta))
+        .map(|(&(m, v), (&g, &b))| {
+            let a = g as f64 / (v + eps as f64).sqrt();
+            (a, b as f64 - a * m)
+        })
+        .collect()
+}
+
+/// relu(bn(x) + skip) with `bn_apply`'s rounding, then `axpy`'s add and `relu`'s max.
+fn bn_apply_relu(
+    xs: &[f32],
+    c: usize,
+    hw: usize,
+    coef: &[(f64, f64)],
+    skip: Option<&[f32]>,
+) -> Vec<f32> {
+    if xs.is_empty() || hw == 0 {
+        return vec![0.0f32; xs.len()];
+    }
+    written(xs.len(), |y| {
+        y.par_chunks_mut(hw)
+            .zip(xs.par_chunks(hw))
+            .enumerate()
+            .for_each(|(plane, (yp, xp))| {
+                let (a, b) = coef[plane % c];
+                let bn = |x: f32| (a * x as f64 + b) as f32;
+                match skip {
+                    Some(s) => {
+                        let sp = &s[plane * hw..][..hw];
+                        yp.iter_mut()
+                            .zip(xp.iter().zip(sp))
+                            .for_each(|(y, (&x, &s))| {
+                                y.write((bn(x) + 1.0 * s).max(0.0));
+                            })
+                    }
+                    None => yp.iter_mut().zip(xp).for_each(|(y, &x)| {
+                        y.write(bn(x).max(0.0));
+                    }),
+                }
+            });
+    })
+}
+
 fn bn_apply(
     xs: &[f32],
     c: usize,
@@ -1129,14 +1250,7 @@ fn bn_apply(
     stats: &[(f64, f64)],
     eps: f32,
 ) -> Vec<f32> {
-    let coef: Vec<(f64, f64)> = stats
-        .iter()
-        .zip(gamma.iter().zip(beta))
-        .map(|(&(m, v), (&g, &b))| {
-            let a = g as f64 / (v + eps as f64).sqrt();
-            (a, b as f64 - a * m)
-        })
-        .collect();
+    let coef = bn_coef(gamma, beta, stats, eps);
     if xs.is_empty() || hw == 0 {
         return vec![0.0f32; xs.len()];
     }
