@@ -138,7 +138,8 @@ fn resnet18_forward_at_224() {
 // The fused ReLU ops give the bits of the separate ops they replace, on shapes that take every
 // CPU conv path: grid groups (stride 1 on small planes, 3x3 and 5x5), one large plane per
 // product, the 1x1 direct product, stride 2 gathered from small planes and unfolded per image on
-// large ones, and the col2im backward (stride 2); batches of 1 and of primes. Pools: 2x2/s2 on
+// large ones, and the col2im backward (stride 2); batches of 1 and of primes. With parameter
+// gradients, the conv's dw and db are those of the plain backward. Pools: 2x2/s2 on
 // even and odd planes, 3x3/s2 and 3x3/s1/p1. Eval-mode batch norms with the ReLU after them,
 // with and without a residual. The gated inputs are ReLU outputs, so about half of each gate is
 // closed.
@@ -204,6 +205,24 @@ backend_test!(
                 .unwrap();
             let fused = be.conv2d_backward_data_relu(&x, &w, &dy, p).unwrap();
             same(&fused, &sep, &format!("conv2d_backward_data_relu {what}"));
+            let apart = be.conv2d_backward(&x, &w, &dy, p, true).unwrap();
+            let joint = be.conv2d_backward_relu(&x, &w, &dy, p).unwrap();
+            let dx = be.relu_backward(&x, apart.dx.as_ref().unwrap()).unwrap();
+            same(
+                joint.dx.as_ref().unwrap(),
+                &dx,
+                &format!("conv2d_backward_relu dx {what}"),
+            );
+            same(
+                &joint.dw,
+                &apart.dw,
+                &format!("conv2d_backward_relu dw {what}"),
+            );
+            same(
+                &joint.db,
+                &apart.db,
+                &format!("conv2d_backward_relu db {what}"),
+            );
         }
         for (n, c, h, w, kernel, stride, pad) in [
             (3, 5, 28, 28, 2, 2, 0),
@@ -276,10 +295,10 @@ backend_test!(
     }
 );
 
-// The models run a conv and the ReLU after it as one op, and on the way back a pool or (with no
-// parameter gradients) a conv together with the ReLU before it. The layer-by-layer paths give
-// the same bits: `forward_with_activations` runs every layer alone, and parameter gradients
-// keep each conv's backward apart from its ReLU.
+// The models run a conv and the ReLU after it as one op, and on the way back a pool or a conv
+// together with the ReLU before it. The forward gives the bits of `forward_with_activations`,
+// which runs every layer alone; the input gradient is the same whether the convs' backwards
+// compute parameter gradients (`conv2d_backward_relu`) or not (`conv2d_backward_data_relu`).
 backend_test!(
     fused_model_passes_give_the_layer_by_layer_bits,
     |be: &dyn Backend| {

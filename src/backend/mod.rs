@@ -155,6 +155,21 @@ pub trait Backend: Send + Sync {
         let y = self.conv2d(x, w, b, p)?;
         self.relu(&y)
     }
+    /// `conv2d_backward(.., true)` with dx = relu_backward(x, dx), the same bits: a training
+    /// backward through a conv and the ReLU whose output x it reads.
+    fn conv2d_backward_relu(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        p: Conv2dParams,
+    ) -> Result<Conv2dGrads> {
+        let mut g = self.conv2d_backward(x, w, dy, p, true)?;
+        if let Some(dx) = &g.dx {
+            g.dx = Some(self.relu_backward(x, dx)?);
+        }
+        Ok(g)
+    }
     /// relu_backward(x, conv2d_backward_data(x, w, dy)), the same bits: the gradient at the input
     /// of the ReLU whose output x this conv reads.
     fn conv2d_backward_data_relu(

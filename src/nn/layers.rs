@@ -626,21 +626,36 @@ impl Layer {
     }
 
     /// Whether this layer's input gradient can take the ReLU before it (`backward_relu`): a
-    /// max-pool, or a conv when no parameter gradient is wanted.
-    pub fn takes_relu_before(&self, m: BwdMode) -> bool {
-        match self.kind {
-            LayerKind::MaxPool2d(_) => true,
-            LayerKind::Conv2d(_) => !m.param_grads,
-            _ => false,
-        }
+    /// max-pool or a conv.
+    pub fn takes_relu_before(&self) -> bool {
+        matches!(self.kind, LayerKind::MaxPool2d(_) | LayerKind::Conv2d(_))
     }
 
     /// The gradient at the input of the ReLU before this layer (whose output is x), in one op,
-    /// for a layer that `takes_relu_before`.
-    pub fn backward_relu(&self, be: &dyn Backend, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
-        match &self.kind {
+    /// for a layer that `takes_relu_before`; a conv accumulates its parameter gradients as
+    /// `backward` does when `m` asks for them.
+    pub fn backward_relu(
+        &mut self,
+        be: &dyn Backend,
+        x: &Tensor,
+        dy: &Tensor,
+        m: BwdMode,
+    ) -> Result<Tensor> {
+        match &mut self.kind {
             LayerKind::MaxPool2d(p) => be.maxpool2d_relu_backward(x, dy, *p),
-            LayerKind::Conv2d(c) => be.conv2d_backward_data_relu(x, &c.weight.value, dy, c.params),
+            LayerKind::Conv2d(c) if !m.param_grads => {
+                be.conv2d_backward_data_relu(x, &c.weight.value, dy, c.params)
+            }
+            LayerKind::Conv2d(c) => {
+                let g = be.conv2d_backward_relu(x, &c.weight.value, dy, c.params)?;
+                c.weight.accumulate(be, g.dw)?;
+                if let Some(b) = &mut c.bias {
+                    b.accumulate(be, g.db)?;
+                }
+                g.dx.ok_or_else(|| {
+                    Error::shape("conv2d_backward_relu", "no input gradient returned")
+                })
+            }
             _ => Err(Error::InvalidArg(format!(
                 "{}: only a max-pool or a conv takes the ReLU before it",
                 self.module

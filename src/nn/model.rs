@@ -339,7 +339,7 @@ impl Model {
     fn relu_fused_before(&self, i: usize, m: BwdMode) -> bool {
         i >= 1
             && m.want_dx
-            && self.layers[i].takes_relu_before(m)
+            && self.layers[i].takes_relu_before()
             && matches!(self.layers[i - 1].kind, LayerKind::ReLU)
             && self.phi_at != i
     }
@@ -524,9 +524,9 @@ impl Model {
             // Whether layers[i - 1], the ReLU, is asked for its input gradient.
             let prev_wants = i > 1 || want_input_grad;
             if prev_wants && self.relu_fused_before(i, m) {
-                let l = &self.layers[i];
+                let l = &mut self.layers[i];
                 dy = l
-                    .backward_relu(be, &cache.acts[i], &dy)
+                    .backward_relu(be, &cache.acts[i], &dy, m)
                     .map_err(|e| ctx(e, l))?;
                 i -= 1;
                 continue;

@@ -38,6 +38,41 @@ pub struct CpuBackend {
 }
 
 impl CpuBackend {
+    /// dw, db and (with `dx`: Some(gated)) dx of a conv; a gated dx is kept where x > 0 (the
+    /// ReLU before the conv).
+    fn conv_backward(
+        &self,
+        op: &'static str,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        p: Conv2dParams,
+        dx: Option<bool>,
+    ) -> Result<Conv2dGrads> {
+        let g = conv_geom(op, x, w, p)?;
+        want_shape(op, "dy", dy, &[g.n, g.k, g.p, g.q])?;
+        let rnd = |v| self.precision.round_slice(v);
+        let (xs, ws, dys) = (rnd(x.cpu(op)?), rnd(w.cpu(op)?), rnd(dy.cpu(op)?));
+        let (xs, ws, dys) = (&*xs, &*ws, &*dys);
+        let dx = match dx {
+            // The gate is x as given: relu_backward reads the ReLU's output unrounded.
+            Some(gated) => {
+                let gate = gated.then(|| x.cpu(op)).transpose()?;
+                Some(Tensor::from_vec(
+                    x.shape(),
+                    conv::backward_data_gated(&g, ws, dys, gate),
+                )?)
+            }
+            None => None,
+        };
+        let dw = Tensor::from_vec(w.shape(), conv::backward_filter(&g, xs, dys))?;
+        // The bias gradient is a plain f32 sum of dy at every precision (no GEMM input).
+        let db = Tensor::from_vec(&[g.k], conv::backward_bias(&g, dy.cpu(op)?))?;
+        Ok(Conv2dGrads { dx, dw, db })
+    }
+}
+
+impl CpuBackend {
     pub fn new() -> CpuBackend {
         CpuBackend::default()
     }
@@ -394,24 +429,17 @@ impl Backend for CpuBackend {
         p: Conv2dParams,
         want_dx: bool,
     ) -> Result<Conv2dGrads> {
-        const OP: &str = "conv2d_backward";
-        let g = conv_geom(OP, x, w, p)?;
-        want_shape(OP, "dy", dy, &[g.n, g.k, g.p, g.q])?;
-        let rnd = |v| self.precision.round_slice(v);
-        let (xs, ws, dys) = (rnd(x.cpu(OP)?), rnd(w.cpu(OP)?), rnd(dy.cpu(OP)?));
-        let (xs, ws, dys) = (&*xs, &*ws, &*dys);
-        let dx = if want_dx {
-            Some(Tensor::from_vec(
-                x.shape(),
-                conv::backward_data(&g, ws, dys),
-            )?)
-        } else {
-            None
-        };
-        let dw = Tensor::from_vec(w.shape(), conv::backward_filter(&g, xs, dys))?;
-        // The bias gradient is a plain f32 sum of dy at every precision (no GEMM input).
-        let db = Tensor::from_vec(&[g.k], conv::backward_bias(&g, dy.cpu(OP)?))?;
-        Ok(Conv2dGrads { dx, dw, db })
+        self.conv_backward("conv2d_backward", x, w, dy, p, want_dx.then_some(false))
+    }
+
+    fn conv2d_backward_relu(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        p: Conv2dParams,
+    ) -> Result<Conv2dGrads> {
+        self.conv_backward("conv2d_backward_relu", x, w, dy, p, Some(true))
     }
 
     fn maxpool2d(&self, x: &Tensor, p: Pool2dParams) -> Result<Tensor> {
