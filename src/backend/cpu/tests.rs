@@ -396,6 +396,9 @@ fn conv_grouped_small_planes_match_direct_loops() {
         (4, 2, 9, 5, 3, 5, 2, 1),
         (3, 2, 6, 6, 4, 2, 2, 0),
         (1, 3, 4, 4, 5, 3, 1, 1),
+        // The widths with fixed-size row copies in Grid::fill and crop_group: 14 and 28.
+        (3, 2, 14, 14, 3, 3, 1, 1),
+        (2, 2, 28, 28, 4, 3, 1, 1),
         // dw groups of FILTER_GROUP_COLS / PQ images (20 of 7x7, 5 of 14x14) cut short by the
         // per-thread runs.
         (45, 2, 7, 7, 3, 3, 1, 1),
