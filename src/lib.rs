@@ -18,6 +18,7 @@ pub mod io;
 pub mod nn;
 pub mod progress;
 pub mod rng;
+pub mod spin;
 pub mod tensor;
 pub mod viz;
 

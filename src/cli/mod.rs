@@ -156,7 +156,12 @@ pub fn main() -> i32 {
     // every parallel loop is injected, and the main thread sleeps until a worker wakes it: two
     // futex round trips per loop, thousands per second in training. From a worker, a parallel
     // loop is a local split that this thread works on too.
-    let r = rayon::scope(|_| run_command(&ctx, &cli.command));
+    // The pool's other workers spin while the command runs (crate::spin).
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let r = rayon::scope(|s| {
+        let _spin = crate::spin::keep_awake(s, &stop);
+        run_command(&ctx, &cli.command)
+    });
     match r {
         Ok(()) => 0,
         Err(e) => {
