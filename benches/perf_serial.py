@@ -10,7 +10,8 @@ Record with DWARF call graphs (frame pointers do not cross rayon's job boundarie
 
 The command runs on one pool worker (`cli::main` puts `run_command` there); its samples are
 attributed to the innermost `Backend` method on their stack (`~module::fn` when none). A sample
-counts as serial when no other thread has a working sample (not spinning, yielding or stealing)
+counts as serial when no other thread has a working sample (not spinning, yielding or stealing:
+the IDLE leaf frames)
 within 0.75 window on either side (default window 0.002 s, two sampling periods at 500 Hz). The
 serial share of an op is the time the other cores had nothing of it to do: too few tasks, a
 thread still waking up, or a serial stage between parallel ones. Rough on a VM whose vCPUs are
@@ -21,7 +22,18 @@ import collections
 import re
 import sys
 
-IDLE = ("sched_yield", "wait_until", "spin::spin", "steal", "crossbeam")
+# Leaf frames of a thread with nothing to do: rayon's idle loop and `crate::spin`'s poll.
+IDLE = (
+    "sched_yield",
+    "wait_until",
+    "spin::spin",
+    "_mm_pause",
+    "spin_loop",
+    "yield_now",
+    "find_work",
+    "steal",
+    "crossbeam",
+)
 OP = re.compile(r"as advlens::backend::Backend>::(\w+)")
 CALLER = re.compile(r"advlens::(nn|attack|bench|experiments)::[\w:]+")
 

@@ -4,8 +4,8 @@
 //! a futex call on the thread that has new work and, in a VM, tens of microseconds before it
 //! runs. A small-model training or attack step is hundreds of parallel loops of a few hundred
 //! microseconds each, with short serial stretches between them, so the other workers were
-//! asleep at the start of most loops: under `perf`, the scheduler and futex paths took 8-13% of
-//! a small-resnet18 fine-tune, and in a fifth of the main thread's samples no other thread ran.
+//! asleep at the start of most loops: under `perf`, the scheduler and futex paths took 11% of a
+//! small-resnet18 fine-tune's samples (4% with the spinners).
 //! A spinner is a job that occupies one worker and runs the pool's work from inside it
 //! (`rayon::yield_now`), so that worker is never idle and never asleep. OpenMP runtimes do the
 //! same by default (workers spin for a while before sleeping: KMP_BLOCKTIME, GOMP_SPINCOUNT).
