@@ -39,13 +39,6 @@ pub struct Epilogue<'a> {
 }
 
 impl<'a> Epilogue<'a> {
-    pub fn bias(bias: Option<&'a [f32]>) -> Self {
-        Epilogue {
-            bias,
-            ..Default::default()
-        }
-    }
-
     /// The same epilogue for the outputs `at..at + len`.
     fn part(self, at: usize, len: usize) -> Self {
         Epilogue {
@@ -437,12 +430,7 @@ fn padded(g: &Geom) -> bool {
     g.stride == 1 && !g.direct() && g.p > 0 && g.q > 0
 }
 
-/// y[N,K,P,Q] = conv(x, w) + b.
-pub fn forward(g: &Geom, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
-    forward_with(g, x, w, Epilogue::bias(b))
-}
-
-/// y[N,K,P,Q] = conv(x, w) with the epilogue `ep` applied as y is written.
+/// y[N,K,P,Q] = conv(x, w) with the epilogue `ep` (the bias, a ReLU) applied as y is written.
 pub fn forward_with(g: &Geom, x: &[f32], w: &[f32], ep: Epilogue) -> Vec<f32> {
     let crr = g.crr();
     let wa = Mat {

@@ -38,6 +38,65 @@ pub struct CpuBackend {
 }
 
 impl CpuBackend {
+    /// conv(x, w) + b, then the ReLU when `relu`.
+    fn conv_forward(
+        &self,
+        op: &'static str,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        p: Conv2dParams,
+        relu: bool,
+    ) -> Result<Tensor> {
+        let g = conv_geom(op, x, w, p)?;
+        let bias = match b {
+            Some(b) => {
+                want_shape(op, "b", b, &[g.k])?;
+                Some(b.cpu(op)?)
+            }
+            None => None,
+        };
+        let rnd = |v| self.precision.round_slice(v);
+        let ep = conv::Epilogue {
+            bias,
+            relu,
+            gate: None,
+        };
+        let y = conv::forward_with(&g, &rnd(x.cpu(op)?), &rnd(w.cpu(op)?), ep);
+        Tensor::from_vec(&[g.n, g.k, g.p, g.q], y)
+    }
+
+    /// The per-channel (a, b) of an eval-mode batch norm over x (y = a x + b in f64), with every
+    /// shape checked; and x's (channels, plane size).
+    #[allow(clippy::too_many_arguments)]
+    fn bn_eval_coef(
+        &self,
+        op: &'static str,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        eps: f32,
+    ) -> Result<(usize, usize, Vec<BnCoef>)> {
+        let (_, c, hw) = bn_dims(op, x)?;
+        for (name, t) in [
+            ("gamma", gamma),
+            ("beta", beta),
+            ("running_mean", running_mean),
+            ("running_var", running_var),
+        ] {
+            want_shape(op, name, t, &[c])?;
+        }
+        let stats: Vec<(f64, f64)> = running_mean
+            .cpu(op)?
+            .iter()
+            .zip(running_var.cpu(op)?)
+            .map(|(&m, &v)| (m as f64, v as f64))
+            .collect();
+        Ok((c, hw, bn_coef(gamma.cpu(op)?, beta.cpu(op)?, &stats, eps)))
+    }
+
     /// dw, db and (with `dx`: Some(gated)) dx of a conv; a gated dx is kept where x > 0 (the
     /// ReLU before the conv).
     fn conv_backward(
@@ -353,18 +412,7 @@ impl Backend for CpuBackend {
         b: Option<&Tensor>,
         p: Conv2dParams,
     ) -> Result<Tensor> {
-        const OP: &str = "conv2d";
-        let g = conv_geom(OP, x, w, p)?;
-        let bias = match b {
-            Some(b) => {
-                want_shape(OP, "b", b, &[g.k])?;
-                Some(b.cpu(OP)?)
-            }
-            None => None,
-        };
-        let rnd = |v| self.precision.round_slice(v);
-        let y = conv::forward(&g, &rnd(x.cpu(OP)?), &rnd(w.cpu(OP)?), bias);
-        Tensor::from_vec(&[g.n, g.k, g.p, g.q], y)
+        self.conv_forward("conv2d", x, w, b, p, false)
     }
 
     fn conv2d_backward_data(
@@ -385,23 +433,7 @@ impl Backend for CpuBackend {
         b: Option<&Tensor>,
         p: Conv2dParams,
     ) -> Result<Tensor> {
-        const OP: &str = "conv2d_relu";
-        let g = conv_geom(OP, x, w, p)?;
-        let bias = match b {
-            Some(b) => {
-                want_shape(OP, "b", b, &[g.k])?;
-                Some(b.cpu(OP)?)
-            }
-            None => None,
-        };
-        let rnd = |v| self.precision.round_slice(v);
-        let ep = conv::Epilogue {
-            bias,
-            relu: true,
-            gate: None,
-        };
-        let y = conv::forward_with(&g, &rnd(x.cpu(OP)?), &rnd(w.cpu(OP)?), ep);
-        Tensor::from_vec(&[g.n, g.k, g.p, g.q], y)
+        self.conv_forward("conv2d_relu", x, w, b, p, true)
     }
 
     fn conv2d_backward_data_relu(
@@ -747,7 +779,8 @@ impl Backend for CpuBackend {
                 (mean, var)
             })
             .collect();
-        let y = bn_apply(xs, c, hw, gamma.cpu(OP)?, beta.cpu(OP)?, &stats, eps);
+        let coef = bn_coef(gamma.cpu(OP)?, beta.cpu(OP)?, &stats, eps);
+        let y = bn_apply(xs, c, hw, &coef);
         Ok(BatchNormTrain {
             y: Tensor::from_vec(x.shape(), y)?,
             mean: Tensor::from_vec(&[c], stats.iter().map(|s| s.0 as f32).collect())?,
@@ -765,31 +798,9 @@ impl Backend for CpuBackend {
         eps: f32,
     ) -> Result<Tensor> {
         const OP: &str = "batchnorm2d_eval";
-        let (_, c, hw) = bn_dims(OP, x)?;
-        for (name, t) in [
-            ("gamma", gamma),
-            ("beta", beta),
-            ("running_mean", running_mean),
-            ("running_var", running_var),
-        ] {
-            want_shape(OP, name, t, &[c])?;
-        }
-        let stats: Vec<(f64, f64)> = running_mean
-            .cpu(OP)?
-            .iter()
-            .zip(running_var.cpu(OP)?)
-            .map(|(&m, &v)| (m as f64, v as f64))
-            .collect();
-        let y = bn_apply(
-            x.cpu(OP)?,
-            c,
-            hw,
-            gamma.cpu(OP)?,
-            beta.cpu(OP)?,
-            &stats,
-            eps,
-        );
-        Tensor::from_vec(x.shape(), y)
+        let (c, hw, coef) =
+            self.bn_eval_coef(OP, x, gamma, beta, running_mean, running_var, eps)?;
+        Tensor::from_vec(x.shape(), bn_apply(x.cpu(OP)?, c, hw, &coef))
     }
 
     fn batchnorm2d_eval_relu(
@@ -803,25 +814,11 @@ impl Backend for CpuBackend {
         skip: Option<&Tensor>,
     ) -> Result<Tensor> {
         const OP: &str = "batchnorm2d_eval_relu";
-        let (_, c, hw) = bn_dims(OP, x)?;
-        for (name, t) in [
-            ("gamma", gamma),
-            ("beta", beta),
-            ("running_mean", running_mean),
-            ("running_var", running_var),
-        ] {
-            want_shape(OP, name, t, &[c])?;
-        }
+        let (c, hw, coef) =
+            self.bn_eval_coef(OP, x, gamma, beta, running_mean, running_var, eps)?;
         if let Some(s) = skip {
             same_shape(OP, "x", x, "skip", s)?;
         }
-        let stats: Vec<(f64, f64)> = running_mean
-            .cpu(OP)?
-            .iter()
-            .zip(running_var.cpu(OP)?)
-            .map(|(&m, &v)| (m as f64, v as f64))
-            .collect();
-        let coef = bn_coef(gamma.cpu(OP)?, beta.cpu(OP)?, &stats, eps);
         let skip = skip.map(|s| s.cpu(OP)).transpose()?;
         let y = bn_apply_relu(x.cpu(OP)?, c, hw, &coef, skip);
         Tensor::from_vec(x.shape(), y)
@@ -1222,8 +1219,11 @@ fn bn_eval_scale(gamma: &[f32], running_var: &[f32], eps: f32) -> Vec<f32> {
         .collect()
 }
 
+/// (a, b) of one channel's y = a x + b, in f64.
+type BnCoef = (f64, f64);
+
 /// y = a x + b per channel, in f64: (a, b) from gamma, beta and the (mean, var) statistics.
-fn bn_coef(gamma: &[f32], beta: &[f32], stats: &[(f64, f64)], eps: f32) -> Vec<(f64, f64)> {
+fn bn_coef(gamma: &[f32], beta: &[f32], stats: &[(f64, f64)], eps: f32) -> Vec<BnCoef> {
     stats
         .iter()
         .zip(gamma.iter().zip(beta))
@@ -1269,16 +1269,8 @@ fn bn_apply_relu(
     })
 }
 
-fn bn_apply(
-    xs: &[f32],
-    c: usize,
-    hw: usize,
-    gamma: &[f32],
-    beta: &[f32],
-    stats: &[(f64, f64)],
-    eps: f32,
-) -> Vec<f32> {
-    let coef = bn_coef(gamma, beta, stats, eps);
+/// y = a x + b per channel (`bn_coef`), in f64, rounded once.
+fn bn_apply(xs: &[f32], c: usize, hw: usize, coef: &[(f64, f64)]) -> Vec<f32> {
     if xs.is_empty() || hw == 0 {
         return vec![0.0f32; xs.len()];
     }

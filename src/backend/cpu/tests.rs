@@ -431,7 +431,7 @@ fn conv_grouped_small_planes_are_deterministic() {
                 .build()
                 .unwrap();
             pool.install(|| {
-                let y = conv::forward(&g, xs, ws, None);
+                let y = conv::forward_with(&g, xs, ws, conv::Epilogue::default());
                 let dx = conv::backward_data(&g, ws, dys);
                 (y, dx, conv::backward_filter(&g, xs, dys))
             })
