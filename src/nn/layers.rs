@@ -7,7 +7,7 @@
 //! forward (BatchNorm running statistics) are applied separately by [`Layer::commit`], which lets
 //! `Model::head` run layers on a modified phi without touching any state.
 
-use crate::backend::{Backend, Conv2dParams, Pool2dParams};
+use crate::backend::{Backend, Conv2dGrads, Conv2dParams, Pool2dParams};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -146,11 +146,31 @@ impl Conv2d {
                 .map(Some);
         }
         let g = be.conv2d_backward(x, &self.weight.value, dy, self.params, m.want_dx)?;
-        if m.param_grads {
-            self.weight.accumulate(be, g.dw)?;
-            if let Some(b) = &mut self.bias {
-                b.accumulate(be, g.db)?;
-            }
+        self.accumulate(be, g)
+    }
+
+    /// The gradient at the input of the ReLU whose output x this conv reads, in one op (with
+    /// the parameter gradients accumulated when `m` asks for them).
+    fn backward_relu(
+        &mut self,
+        be: &dyn Backend,
+        x: &Tensor,
+        dy: &Tensor,
+        m: BwdMode,
+    ) -> Result<Tensor> {
+        if !m.param_grads {
+            return be.conv2d_backward_data_relu(x, &self.weight.value, dy, self.params);
+        }
+        let g = be.conv2d_backward_relu(x, &self.weight.value, dy, self.params)?;
+        self.accumulate(be, g)?
+            .ok_or_else(|| Error::shape("conv2d_backward_relu", "no input gradient returned"))
+    }
+
+    /// Accumulate dw and db into the parameters' gradients; returns dx.
+    fn accumulate(&mut self, be: &dyn Backend, g: Conv2dGrads) -> Result<Option<Tensor>> {
+        self.weight.accumulate(be, g.dw)?;
+        if let Some(b) = &mut self.bias {
+            b.accumulate(be, g.db)?;
         }
         Ok(g.dx)
     }
@@ -607,22 +627,24 @@ impl Layer {
     /// relu(forward(x)) in one op, for a layer that `takes_relu_after` (in eval mode), and the
     /// layer's record for its backward.
     pub fn forward_relu(&self, be: &dyn Backend, x: &Tensor) -> Result<(Tensor, Saved)> {
-        if let LayerKind::BatchNorm2d(bn) = &self.kind {
-            return Ok((bn.forward_eval_relu(be, x, None)?, Saved::Bn(BnSaved::Eval)));
-        }
-        let y = match &self.kind {
-            LayerKind::Conv2d(c) => be.conv2d_relu(
-                x,
-                &c.weight.value,
-                c.bias.as_ref().map(|b| &b.value),
-                c.params,
-            ),
+        match &self.kind {
+            LayerKind::BatchNorm2d(bn) => {
+                Ok((bn.forward_eval_relu(be, x, None)?, Saved::Bn(BnSaved::Eval)))
+            }
+            LayerKind::Conv2d(c) => Ok((
+                be.conv2d_relu(
+                    x,
+                    &c.weight.value,
+                    c.bias.as_ref().map(|b| &b.value),
+                    c.params,
+                )?,
+                Saved::None,
+            )),
             _ => Err(Error::InvalidArg(format!(
                 "{}: only a conv or an eval-mode batch norm runs with the ReLU after it",
                 self.module
             ))),
-        }?;
-        Ok((y, Saved::None))
+        }
     }
 
     /// Whether this layer's input gradient can take the ReLU before it (`backward_relu`): a
@@ -643,19 +665,7 @@ impl Layer {
     ) -> Result<Tensor> {
         match &mut self.kind {
             LayerKind::MaxPool2d(p) => be.maxpool2d_relu_backward(x, dy, *p),
-            LayerKind::Conv2d(c) if !m.param_grads => {
-                be.conv2d_backward_data_relu(x, &c.weight.value, dy, c.params)
-            }
-            LayerKind::Conv2d(c) => {
-                let g = be.conv2d_backward_relu(x, &c.weight.value, dy, c.params)?;
-                c.weight.accumulate(be, g.dw)?;
-                if let Some(b) = &mut c.bias {
-                    b.accumulate(be, g.db)?;
-                }
-                g.dx.ok_or_else(|| {
-                    Error::shape("conv2d_backward_relu", "no input gradient returned")
-                })
-            }
+            LayerKind::Conv2d(c) => c.backward_relu(be, x, dy, m),
             _ => Err(Error::InvalidArg(format!(
                 "{}: only a max-pool or a conv takes the ReLU before it",
                 self.module

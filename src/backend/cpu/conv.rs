@@ -1085,14 +1085,9 @@ fn pack_transposed(g: &Geom, w: &[f32]) -> PackedA {
     })
 }
 
-/// dx[N,C,H,W].
-pub fn backward_data(g: &Geom, w: &[f32], dy: &[f32]) -> Vec<f32> {
-    backward_data_gated(g, w, dy, None)
-}
-
 /// dx[N,C,H,W], kept only where `gate` (laid out as dx: the conv's input, a ReLU's output) is
 /// > 0 when given.
-pub fn backward_data_gated(g: &Geom, w: &[f32], dy: &[f32], gate: Option<&[f32]>) -> Vec<f32> {
+pub fn backward_data(g: &Geom, w: &[f32], dy: &[f32], gate: Option<&[f32]>) -> Vec<f32> {
     let (chw, pq, k) = (g.chw(), g.pq(), g.k);
     let ep = Epilogue {
         gate,
@@ -1212,17 +1207,26 @@ impl super::CpuBackend {
         dy: &crate::tensor::Tensor,
         p: crate::backend::Conv2dParams,
     ) -> crate::error::Result<crate::tensor::Tensor> {
-        const OP: &str = "conv2d_backward_data";
-        let g = super::conv_geom(OP, x, w, p)?;
-        super::want_shape(OP, "dy", dy, &[g.n, g.k, g.p, g.q])?;
-        crate::tensor::Tensor::from_vec(
-            x.shape(),
-            backward_data(
-                &g,
-                &self.precision().round_slice(w.cpu(OP)?),
-                &self.precision().round_slice(dy.cpu(OP)?),
-            ),
-        )
+        self.backward_data_op("conv2d_backward_data", x, w, dy, p, false)
+    }
+
+    /// dx of `conv2d` given dy; with `gated`, kept only where x (a ReLU's output) is > 0.
+    pub(super) fn backward_data_op(
+        &self,
+        op: &'static str,
+        x: &crate::tensor::Tensor,
+        w: &crate::tensor::Tensor,
+        dy: &crate::tensor::Tensor,
+        p: crate::backend::Conv2dParams,
+        gated: bool,
+    ) -> crate::error::Result<crate::tensor::Tensor> {
+        let g = super::conv_geom(op, x, w, p)?;
+        super::want_shape(op, "dy", dy, &[g.n, g.k, g.p, g.q])?;
+        let rnd = |v| self.precision().round_slice(v);
+        // The gate is x as given: relu_backward reads the ReLU's output unrounded.
+        let gate = gated.then(|| x.cpu(op)).transpose()?;
+        let dx = backward_data(&g, &rnd(w.cpu(op)?), &rnd(dy.cpu(op)?), gate);
+        crate::tensor::Tensor::from_vec(x.shape(), dx)
     }
 
     /// dw[K,C,R,R] of `conv2d` given dy, summed over the batch.

@@ -119,7 +119,7 @@ impl CpuBackend {
                 let gate = gated.then(|| x.cpu(op)).transpose()?;
                 Some(Tensor::from_vec(
                     x.shape(),
-                    conv::backward_data_gated(&g, ws, dys, gate),
+                    conv::backward_data(&g, ws, dys, gate),
                 )?)
             }
             None => None,
@@ -443,14 +443,7 @@ impl Backend for CpuBackend {
         dy: &Tensor,
         p: Conv2dParams,
     ) -> Result<Tensor> {
-        const OP: &str = "conv2d_backward_data_relu";
-        let g = conv_geom(OP, x, w, p)?;
-        want_shape(OP, "dy", dy, &[g.n, g.k, g.p, g.q])?;
-        let rnd = |v| self.precision.round_slice(v);
-        // The gate is x as given: relu_backward reads the ReLU's output unrounded.
-        let dx =
-            conv::backward_data_gated(&g, &rnd(w.cpu(OP)?), &rnd(dy.cpu(OP)?), Some(x.cpu(OP)?));
-        Tensor::from_vec(x.shape(), dx)
+        self.backward_data_op("conv2d_backward_data_relu", x, w, dy, p, true)
     }
 
     fn conv2d_backward(
@@ -489,34 +482,11 @@ impl Backend for CpuBackend {
     }
 
     fn maxpool2d_backward(&self, x: &Tensor, dy: &Tensor, p: Pool2dParams) -> Result<Tensor> {
-        const OP: &str = "maxpool2d_backward";
-        let (n, c, h, w, po, qo) = pool_geom(OP, x, p)?;
-        want_shape(OP, "dy", dy, &[n, c, po, qo])?;
-        let (xs, dys) = (x.cpu(OP)?, dy.cpu(OP)?);
-        let isa = sgemm::isa();
-        let dx = zeroed_par(xs.len(), h * w, |i, dxp| {
-            let (plane, dyp) = (&xs[i * h * w..][..h * w], &dys[i * po * qo..][..po * qo]);
-            pool::backward_plane(isa, plane, h, w, p, dyp, dxp)
-        });
-        Tensor::from_vec(x.shape(), dx)
+        maxpool_backward("maxpool2d_backward", x, dy, p, false)
     }
 
     fn maxpool2d_relu_backward(&self, x: &Tensor, dy: &Tensor, p: Pool2dParams) -> Result<Tensor> {
-        const OP: &str = "maxpool2d_relu_backward";
-        let (n, c, h, w, po, qo) = pool_geom(OP, x, p)?;
-        want_shape(OP, "dy", dy, &[n, c, po, qo])?;
-        let (xs, dys) = (x.cpu(OP)?, dy.cpu(OP)?);
-        let isa = sgemm::isa();
-        // Each plane is gated while it is still in L1, where relu_backward's separate pass read
-        // x and dx and wrote a third tensor.
-        let dx = zeroed_par(xs.len(), h * w, |i, dxp| {
-            let (plane, dyp) = (&xs[i * h * w..][..h * w], &dys[i * po * qo..][..po * qo]);
-            pool::backward_plane(isa, plane, h, w, p, dyp, dxp);
-            dxp.iter_mut()
-                .zip(plane)
-                .for_each(|(d, &y)| *d = if y > 0.0 { *d } else { 0.0 });
-        });
-        Tensor::from_vec(x.shape(), dx)
+        maxpool_backward("maxpool2d_relu_backward", x, dy, p, true)
     }
 
     fn adaptive_avgpool2d(&self, x: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
@@ -780,7 +750,7 @@ impl Backend for CpuBackend {
             })
             .collect();
         let coef = bn_coef(gamma.cpu(OP)?, beta.cpu(OP)?, &stats, eps);
-        let y = bn_apply(xs, c, hw, &coef);
+        let y = bn_apply(xs, c, hw, &coef, BnTail::None);
         Ok(BatchNormTrain {
             y: Tensor::from_vec(x.shape(), y)?,
             mean: Tensor::from_vec(&[c], stats.iter().map(|s| s.0 as f32).collect())?,
@@ -800,7 +770,7 @@ impl Backend for CpuBackend {
         const OP: &str = "batchnorm2d_eval";
         let (c, hw, coef) =
             self.bn_eval_coef(OP, x, gamma, beta, running_mean, running_var, eps)?;
-        Tensor::from_vec(x.shape(), bn_apply(x.cpu(OP)?, c, hw, &coef))
+        Tensor::from_vec(x.shape(), bn_apply(x.cpu(OP)?, c, hw, &coef, BnTail::None))
     }
 
     fn batchnorm2d_eval_relu(
@@ -820,7 +790,7 @@ impl Backend for CpuBackend {
             same_shape(OP, "x", x, "skip", s)?;
         }
         let skip = skip.map(|s| s.cpu(OP)).transpose()?;
-        let y = bn_apply_relu(x.cpu(OP)?, c, hw, &coef, skip);
+        let y = bn_apply(x.cpu(OP)?, c, hw, &coef, BnTail::Relu(skip));
         Tensor::from_vec(x.shape(), y)
     }
 
@@ -832,31 +802,8 @@ impl Backend for CpuBackend {
         eps: f32,
         dy: &Tensor,
     ) -> Result<Tensor> {
-        const OP: &str = "batchnorm2d_eval_relu_backward";
-        same_shape(OP, "y", y, "dy", dy)?;
-        let (_, c, hw) = bn_dims(OP, dy)?;
-        want_shape(OP, "gamma", gamma, &[c])?;
-        want_shape(OP, "running_var", running_var, &[c])?;
-        let scale = bn_eval_scale(gamma.cpu(OP)?, running_var.cpu(OP)?, eps);
-        let (ys, dys) = (y.cpu(OP)?, dy.cpu(OP)?);
-        if dys.is_empty() || hw == 0 {
-            return Tensor::from_vec(dy.shape(), vec![0.0f32; dys.len()]);
-        }
-        let dx = written(dys.len(), |dx| {
-            dx.par_chunks_mut(hw)
-                .zip(dys.par_chunks(hw).zip(ys.par_chunks(hw)))
-                .enumerate()
-                .for_each(|(plane, (dxp, (dyp, yp)))| {
-                    let s = scale[plane % c];
-                    // relu_backward's value, then the BN's scale, as the separate ops round.
-                    dxp.iter_mut()
-                        .zip(dyp.iter().zip(yp))
-                        .for_each(|(d, (&g, &y))| {
-                            d.write(if y > 0.0 { g } else { 0.0 } * s);
-                        });
-                });
-        });
-        Tensor::from_vec(dy.shape(), dx)
+        let op = "batchnorm2d_eval_relu_backward";
+        bn_eval_backward(op, gamma, running_var, eps, dy, Some(y))
     }
 
     fn batchnorm2d_backward(
@@ -932,27 +879,14 @@ impl Backend for CpuBackend {
         eps: f32,
         dy: &Tensor,
     ) -> Result<Tensor> {
-        const OP: &str = "batchnorm2d_eval_backward";
-        let (_, c, hw) = bn_dims(OP, dy)?;
-        want_shape(OP, "gamma", gamma, &[c])?;
-        want_shape(OP, "running_var", running_var, &[c])?;
-        let scale = bn_eval_scale(gamma.cpu(OP)?, running_var.cpu(OP)?, eps);
-        let dys = dy.cpu(OP)?;
-        if dys.is_empty() || hw == 0 {
-            return Tensor::from_vec(dy.shape(), vec![0.0f32; dys.len()]);
-        }
-        let dx = written(dys.len(), |dx| {
-            dx.par_chunks_mut(hw)
-                .zip(dys.par_chunks(hw))
-                .enumerate()
-                .for_each(|(plane, (dxp, dyp))| {
-                    let s = scale[plane % c];
-                    dxp.iter_mut().zip(dyp).for_each(|(d, &g)| {
-                        d.write(g * s);
-                    });
-                });
-        });
-        Tensor::from_vec(dy.shape(), dx)
+        bn_eval_backward(
+            "batchnorm2d_eval_backward",
+            gamma,
+            running_var,
+            eps,
+            dy,
+            None,
+        )
     }
 
     fn softmax_xent(&self, logits: &Tensor, labels: &[u32]) -> Result<(Tensor, Tensor)> {
@@ -1209,7 +1143,6 @@ impl Backend for CpuBackend {
     }
 }
 
-/// y = (x - mean) / sqrt(var + eps) * gamma + beta per channel, with (mean, var) in f64.
 /// dx = dy * gamma / sqrt(running_var + eps) per channel: the eval-mode BN's backward scale.
 fn bn_eval_scale(gamma: &[f32], running_var: &[f32], eps: f32) -> Vec<f32> {
     gamma
@@ -1234,14 +1167,16 @@ fn bn_coef(gamma: &[f32], beta: &[f32], stats: &[(f64, f64)], eps: f32) -> Vec<B
         .collect()
 }
 
-/// relu(bn(x) + skip) with `bn_apply`'s rounding, then `axpy`'s add and `relu`'s max.
-fn bn_apply_relu(
-    xs: &[f32],
-    c: usize,
-    hw: usize,
-    coef: &[(f64, f64)],
-    skip: Option<&[f32]>,
-) -> Vec<f32> {
+/// What follows the batch norm in `bn_apply`.
+#[derive(Clone, Copy)]
+enum BnTail<'a> {
+    None,
+    /// relu(bn(x) + skip), with `axpy`'s add and `relu`'s max.
+    Relu(Option<&'a [f32]>),
+}
+
+/// y = a x + b per channel (`bn_coef`), in f64, rounded once; then the tail.
+fn bn_apply(xs: &[f32], c: usize, hw: usize, coef: &[BnCoef], tail: BnTail) -> Vec<f32> {
     if xs.is_empty() || hw == 0 {
         return vec![0.0f32; xs.len()];
     }
@@ -1252,8 +1187,14 @@ fn bn_apply_relu(
             .for_each(|(plane, (yp, xp))| {
                 let (a, b) = coef[plane % c];
                 let bn = |x: f32| (a * x as f64 + b) as f32;
-                match skip {
-                    Some(s) => {
+                match tail {
+                    BnTail::None => yp.iter_mut().zip(xp).for_each(|(y, &x)| {
+                        y.write(bn(x));
+                    }),
+                    BnTail::Relu(None) => yp.iter_mut().zip(xp).for_each(|(y, &x)| {
+                        y.write(bn(x).max(0.0));
+                    }),
+                    BnTail::Relu(Some(s)) => {
                         let sp = &s[plane * hw..][..hw];
                         yp.iter_mut()
                             .zip(xp.iter().zip(sp))
@@ -1261,30 +1202,82 @@ fn bn_apply_relu(
                                 y.write((bn(x) + 1.0 * s).max(0.0));
                             })
                     }
-                    None => yp.iter_mut().zip(xp).for_each(|(y, &x)| {
-                        y.write(bn(x).max(0.0));
-                    }),
                 }
             });
     })
 }
 
-/// y = a x + b per channel (`bn_coef`), in f64, rounded once.
-fn bn_apply(xs: &[f32], c: usize, hw: usize, coef: &[(f64, f64)]) -> Vec<f32> {
-    if xs.is_empty() || hw == 0 {
-        return vec![0.0f32; xs.len()];
+/// dx = dy * gamma / sqrt(running_var + eps) per channel; with `gate`, dy is first kept only
+/// where the ReLU output `gate` is > 0 (relu_backward's value, then the scale, as the separate
+/// ops round).
+fn bn_eval_backward(
+    op: &'static str,
+    gamma: &Tensor,
+    running_var: &Tensor,
+    eps: f32,
+    dy: &Tensor,
+    gate: Option<&Tensor>,
+) -> Result<Tensor> {
+    if let Some(y) = gate {
+        same_shape(op, "y", y, "dy", dy)?;
     }
-    written(xs.len(), |y| {
-        y.par_chunks_mut(hw)
-            .zip(xs.par_chunks(hw))
+    let (_, c, hw) = bn_dims(op, dy)?;
+    want_shape(op, "gamma", gamma, &[c])?;
+    want_shape(op, "running_var", running_var, &[c])?;
+    let scale = bn_eval_scale(gamma.cpu(op)?, running_var.cpu(op)?, eps);
+    let dys = dy.cpu(op)?;
+    let gate = gate.map(|y| y.cpu(op)).transpose()?;
+    if dys.is_empty() || hw == 0 {
+        return Tensor::from_vec(dy.shape(), vec![0.0f32; dys.len()]);
+    }
+    let dx = written(dys.len(), |dx| {
+        dx.par_chunks_mut(hw)
+            .zip(dys.par_chunks(hw))
             .enumerate()
-            .for_each(|(plane, (yp, xp))| {
-                let (a, b) = coef[plane % c];
-                yp.iter_mut().zip(xp).for_each(|(y, &x)| {
-                    y.write((a * x as f64 + b) as f32);
-                });
+            .for_each(|(plane, (dxp, dyp))| {
+                let s = scale[plane % c];
+                match gate {
+                    None => dxp.iter_mut().zip(dyp).for_each(|(d, &g)| {
+                        d.write(g * s);
+                    }),
+                    Some(ys) => {
+                        let yp = &ys[plane * hw..][..hw];
+                        dxp.iter_mut()
+                            .zip(dyp.iter().zip(yp))
+                            .for_each(|(d, (&g, &y))| {
+                                d.write(if y > 0.0 { g } else { 0.0 } * s);
+                            })
+                    }
+                }
             });
-    })
+    });
+    Tensor::from_vec(dy.shape(), dx)
+}
+
+/// dx of a max pool; with `gated`, kept only where x (a ReLU's output) is > 0, each plane
+/// while it is still in L1, where relu_backward's separate pass read x and dx and wrote a
+/// third tensor.
+fn maxpool_backward(
+    op: &'static str,
+    x: &Tensor,
+    dy: &Tensor,
+    p: Pool2dParams,
+    gated: bool,
+) -> Result<Tensor> {
+    let (n, c, h, w, po, qo) = pool_geom(op, x, p)?;
+    want_shape(op, "dy", dy, &[n, c, po, qo])?;
+    let (xs, dys) = (x.cpu(op)?, dy.cpu(op)?);
+    let isa = sgemm::isa();
+    let dx = zeroed_par(xs.len(), h * w, |i, dxp| {
+        let (plane, dyp) = (&xs[i * h * w..][..h * w], &dys[i * po * qo..][..po * qo]);
+        pool::backward_plane(isa, plane, h, w, p, dyp, dxp);
+        if gated {
+            dxp.iter_mut()
+                .zip(plane)
+                .for_each(|(d, &y)| *d = if y > 0.0 { *d } else { 0.0 });
+        }
+    });
+    Tensor::from_vec(x.shape(), dx)
 }
 
 /// A vector of `len` floats written by `fill`, which must write every element: outputs that

@@ -432,7 +432,7 @@ fn conv_grouped_small_planes_are_deterministic() {
                 .unwrap();
             pool.install(|| {
                 let y = conv::forward_with(&g, xs, ws, conv::Epilogue::default());
-                let dx = conv::backward_data(&g, ws, dys);
+                let dx = conv::backward_data(&g, ws, dys, None);
                 (y, dx, conv::backward_filter(&g, xs, dys))
             })
         };
