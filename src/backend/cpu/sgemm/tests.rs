@@ -91,6 +91,8 @@ fn every_isa_matches_f64_reference() {
         (10, 40, 200),
         (6, 300, 100),
         (1, 300, 250),
+        // Several row blocks per task sharing each packed B k-block, over two k-blocks.
+        (211, 300, 61),
     ];
     for (si, &(m, k, n)) in shapes.iter().enumerate() {
         for isa in &isas {
@@ -113,8 +115,15 @@ fn every_isa_matches_f64_reference() {
 fn same_bits_for_any_thread_count() {
     // Large enough to be split into blocks and run in parallel; the second is one block at the
     // full width, cut into narrower column blocks for the threads (`block_cols`); the third has
-    // two rows past its last whole panel (the wide tail kernel) over in-place B panels.
-    for (m, k, n) in [(200, 300, 1100), (64, 576, 384), (10, 400, 700)] {
+    // two rows past its last whole panel (the wide tail kernel) over in-place B panels; the
+    // fourth is cut into a task per thread (`task_rows`), each of several row blocks sharing
+    // one packed B k-block, over two k-blocks.
+    for (m, k, n) in [
+        (200, 300, 1100),
+        (64, 576, 384),
+        (10, 400, 700),
+        (400, 520, 130),
+    ] {
         same_bits_at(m, k, n);
     }
 }
@@ -181,6 +190,28 @@ fn few_blocks_are_cut_into_one_per_thread() {
         // Enough blocks already, or too little work: the full width.
         assert_eq!(block_cols(isa, 400, 384, true, 2), full);
         assert_eq!(block_cols(isa, 64, 384, true, 1), full);
+    }
+}
+
+#[test]
+fn tasks_share_the_rows_out_evenly_in_whole_panels() {
+    // resnet18 layer4: 512 rows, two threads, one task of 256 each (5 x 96 + 32 before).
+    assert_eq!(task_rows(512, 4, true, 2), 256);
+    assert_eq!(task_rows(512, 4, false, 2), 512);
+    assert_eq!(task_rows(512, 4, true, 1), 512);
+    // One MC block: no row split (the columns are cut instead, `block_cols`).
+    assert_eq!(task_rows(MC, 4, true, 2), MC);
+    // Whole panels, at most one task per thread or per MC rows.
+    assert_eq!(task_rows(211, 4, true, 2), 108);
+    assert_eq!(task_rows(211, 12, true, 7), 72);
+    for (m, mr) in [(7, 4), (200, 4), (400, 12), (513, 4)] {
+        let rb = row_block(m, mr);
+        assert!(rb % mr == 0 && rb <= MC.max(mr), "m{m}: {rb} rows a block");
+        assert_eq!(
+            m.div_ceil(rb),
+            m.div_ceil(MC),
+            "m{m}: as many blocks as MC gives"
+        );
     }
 }
 
