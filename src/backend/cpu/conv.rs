@@ -21,8 +21,8 @@ use rayon::prelude::*;
 
 use super::gemm::{sgemm, Strides};
 use super::sgemm::{
-    copy_fixed, copy_row, dot_nt_acc, dot_nt_acc_rows, isa, sgemm_on, with_scratch, ASrc, Mat,
-    PackB, PackedA,
+    copy_fixed, copy_row, dot_nt_acc, dot_nt_acc_rows, isa, runs_parallel, sgemm_on, with_scratch,
+    ASrc, Mat, PackB, PackedA,
 };
 
 /// What each output value gets as it is written: the bias, then a ReLU (`conv2d_relu`); or, on
@@ -455,6 +455,7 @@ fn forward_packed(g: &Geom, x: &[f32], pack: impl FnOnce() -> PackedA, ep: Epilo
     } else {
         group_of(g)
     };
+    let par = few_groups(g, gi);
     if gi > 1 || padded(g) {
         return written(len, |y| {
             y.par_chunks_mut(gi * k * pq)
@@ -462,7 +463,7 @@ fn forward_packed(g: &Geom, x: &[f32], pack: impl FnOnce() -> PackedA, ep: Epilo
                 .enumerate()
                 .for_each(|(i, (ys, xs))| {
                     let ep = ep.part(i * gi * k * pq, ys.len());
-                    forward_group(g, &a, xs, ys, ep)
+                    forward_group(g, &a, xs, ys, ep, par)
                 })
         });
     }
@@ -600,26 +601,26 @@ impl Grid {
         self.pixel(1, self.imgs - 1, g.p - 1) + g.q
     }
 
-    /// Write the padded planes of the images xs[G, C, H, W].
-    fn fill(&self, g: &Geom, xs: &[f32], xp: &mut [f32]) {
+    /// Write the padded planes of the images xs[G, C, H, W], the channels in parallel if `par`.
+    fn fill(&self, g: &Geom, xs: &[f32], xp: &mut [f32], par: bool) {
         // The small models' widths as constants, so that each image row is a fixed-size copy
         // (as in `crop_group`: Grid::fill was 6% of a small-resnet18 fine-tune under `perf`).
         match g.w {
-            2 => self.fill_rows::<2>(g, xs, xp),
-            4 => self.fill_rows::<4>(g, xs, xp),
-            7 => self.fill_rows::<7>(g, xs, xp),
-            14 => self.fill_rows::<14>(g, xs, xp),
-            28 => self.fill_rows::<28>(g, xs, xp),
-            _ => self.fill_rows::<0>(g, xs, xp),
+            2 => self.fill_rows::<2>(g, xs, xp, par),
+            4 => self.fill_rows::<4>(g, xs, xp, par),
+            7 => self.fill_rows::<7>(g, xs, xp, par),
+            14 => self.fill_rows::<14>(g, xs, xp, par),
+            28 => self.fill_rows::<28>(g, xs, xp, par),
+            _ => self.fill_rows::<0>(g, xs, xp, par),
         }
     }
 
     /// `fill` for image rows of W values (W = 0: g.w, not known at compile time).
     #[inline(always)]
-    fn fill_rows<const W: usize>(&self, g: &Geom, xs: &[f32], xp: &mut [f32]) {
+    fn fill_rows<const W: usize>(&self, g: &Geom, xs: &[f32], xp: &mut [f32], par: bool) {
         let w = if W == 0 { g.w } else { W };
         let (hw, pad, wg) = (g.h * w, g.pad, self.wg);
-        for (ci, plane) in xp.chunks_exact_mut(self.hp * wg).enumerate() {
+        let plane_of = |(ci, plane): (usize, &mut [f32])| {
             plane[..pad * wg].fill(0.0);
             plane[(pad + g.h) * wg..].fill(0.0);
             let body = &mut plane[pad * wg..(pad + g.h) * wg];
@@ -635,6 +636,15 @@ impl Grid {
                 }
                 zero_short(&mut row[self.imgs * self.step..]);
             }
+        };
+        if par {
+            xp.par_chunks_exact_mut(self.hp * wg)
+                .enumerate()
+                .for_each(plane_of);
+        } else {
+            xp.chunks_exact_mut(self.hp * wg)
+                .enumerate()
+                .for_each(plane_of);
         }
     }
 }
@@ -670,12 +680,21 @@ thread_local! {
 /// y_i[K, PQ] = w . im2col(x_i) (+ b) for a group of images, as one product whose B panels are
 /// packed from the group's `Grid` (no column matrix is written), then split back into the
 /// images' output planes.
-fn forward_group(g: &Geom, a: &PackedA, xs: &[f32], ys: &mut [MaybeUninit<f32>], ep: Epilogue) {
+/// `par`: the group's fill and crop run in parallel (`few_groups`); its product runs in
+/// parallel whenever it is large enough.
+fn forward_group(
+    g: &Geom,
+    a: &PackedA,
+    xs: &[f32],
+    ys: &mut [MaybeUninit<f32>],
+    ep: Epilogue,
+    par: bool,
+) {
     let (crr, pq, k) = (g.crr(), g.pq(), g.k);
     let grid = Grid::new(g, xs.len() / g.chw());
     let a = ASrc::Packed(a);
     with_buf(&XPAD, grid.len(g), |xp| {
-        grid.fill(g, xs, xp);
+        grid.fill(g, xs, xp, par);
         if g.stride == 1 {
             let ld = grid.span(g);
             let src = PaddedIm2col {
@@ -686,7 +705,7 @@ fn forward_group(g: &Geom, a: &PackedA, xs: &[f32], ys: &mut [MaybeUninit<f32>],
             };
             with_buf(&YPAD, k * ld, |yp| {
                 sgemm_on(isa(), k, crr, ld, a, &src, 0.0, yp, ld, 1);
-                crop_group(g, yp, ld, |i, oi| grid.pixel(1, i, oi), ys, ep);
+                crop_group(g, yp, ld, |i, oi| grid.pixel(1, i, oi), ys, ep, par);
             })
         } else {
             let ld = grid.imgs * pq;
@@ -703,7 +722,7 @@ fn forward_group(g: &Geom, a: &PackedA, xs: &[f32], ys: &mut [MaybeUninit<f32>],
                 };
                 with_buf(&YPAD, k * ld, |yp| {
                     sgemm_on(isa(), k, crr, ld, a, &src, 0.0, yp, ld, 1);
-                    crop_group(g, yp, ld, |i, oi| i * pq + oi * g.q, ys, ep);
+                    crop_group(g, yp, ld, |i, oi| i * pq + oi * g.q, ys, ep, par);
                 })
             })
         }
@@ -722,20 +741,21 @@ fn crop_group(
     g: &Geom,
     yp: &[f32],
     ld: usize,
-    col: impl Fn(usize, usize) -> usize,
+    col: impl Fn(usize, usize) -> usize + Sync,
     ys: &mut [MaybeUninit<f32>],
     ep: Epilogue,
+    par: bool,
 ) {
     // The small models' row lengths as constants, so that a row's copy is unrolled: rows of 2
     // and 4 spent more in the loop around the copy than in the copy (under `perf`, the crop was
     // 7.5% of a small-resnet18 fine-tune).
     match g.q {
-        2 => crop_rows::<2>(g, yp, ld, col, ys, ep),
-        4 => crop_rows::<4>(g, yp, ld, col, ys, ep),
-        7 => crop_rows::<7>(g, yp, ld, col, ys, ep),
-        14 => crop_rows::<14>(g, yp, ld, col, ys, ep),
-        28 => crop_rows::<28>(g, yp, ld, col, ys, ep),
-        _ => crop_rows::<0>(g, yp, ld, col, ys, ep),
+        2 => crop_rows::<2>(g, yp, ld, col, ys, ep, par),
+        4 => crop_rows::<4>(g, yp, ld, col, ys, ep, par),
+        7 => crop_rows::<7>(g, yp, ld, col, ys, ep, par),
+        14 => crop_rows::<14>(g, yp, ld, col, ys, ep, par),
+        28 => crop_rows::<28>(g, yp, ld, col, ys, ep, par),
+        _ => crop_rows::<0>(g, yp, ld, col, ys, ep, par),
     }
 }
 
@@ -745,12 +765,13 @@ fn crop_rows<const Q: usize>(
     g: &Geom,
     yp: &[f32],
     ld: usize,
-    col: impl Fn(usize, usize) -> usize,
+    col: impl Fn(usize, usize) -> usize + Sync,
     ys: &mut [MaybeUninit<f32>],
     ep: Epilogue,
+    par: bool,
 ) {
     let q = if Q == 0 { g.q } else { Q };
-    for (i, yn) in ys.chunks_exact_mut(g.k * g.pq()).enumerate() {
+    let image = |(i, yn): (usize, &mut [MaybeUninit<f32>])| {
         for (ki, plane) in yn.chunks_exact_mut(g.pq()).enumerate() {
             let bk = ep.bias.map_or(0.0, |b| b[ki]);
             let at = (i * g.k + ki) * g.pq();
@@ -773,7 +794,26 @@ fn crop_rows<const Q: usize>(
                 }
             }
         }
+    };
+    let len = g.k * g.pq();
+    if par {
+        ys.par_chunks_exact_mut(len).enumerate().for_each(image);
+    } else {
+        ys.chunks_exact_mut(len).enumerate().for_each(image);
     }
+}
+
+/// Whether the conv's groups of `gi` images are fewer than the threads and each group's product
+/// runs in parallel: the group's own copies (fill, crop, col2im) then run in parallel too. On
+/// small-resnet18's 2x2 planes at batch 64 the whole batch is one group, and its serial copies
+/// left the other thread idle: in parallel, its forward and backward-data took 9-12% less time,
+/// and the stride-2 backward-data before them (one group, its col2im serial) 17-22% less.
+/// Where the product is too small to run in parallel (the 1x1 stride-2 shortcut's), the
+/// fork-join cost more than the copies (20-40% slower). The copies write disjoint parts in the
+/// same order either way, so the bits do not change.
+fn few_groups(g: &Geom, gi: usize) -> bool {
+    let fmas = (g.k * g.crr()).saturating_mul(gi * g.pq());
+    g.n.div_ceil(gi.max(1)) < rayon::current_num_threads() && runs_parallel(fmas)
 }
 
 /// Scratch buffers that outlive one task (the per-run dw partials), kept for the next call:
@@ -868,7 +908,10 @@ fn filter_split_k(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let gi = filter_group_of(g);
     let rows = k.div_ceil(rayon::current_num_threads().max(1)).max(1);
     let groups = x.chunks(gi * chw).zip(dy.chunks(gi * k * pq));
-    on_grids(g, gi, groups, |grid, xp, dyp, len| {
+    // Every group's dot products run in parallel, so its fill and spread do too: 7-11% less
+    // time on small-resnet18's 2x2 and 4x4 planes at batch 64 and 128.
+    let par = runs_parallel((k * crr).saturating_mul(gi * pq));
+    on_grids(g, gi, groups, par, |grid, xp, dyp, len| {
         dw.par_chunks_mut(rows * crr)
             .enumerate()
             .for_each(|(t, acc)| {
@@ -897,6 +940,7 @@ fn on_grids<'a>(
     g: &Geom,
     most: usize,
     groups: impl Iterator<Item = (&'a [f32], &'a [f32])>,
+    par: bool,
     mut f: impl FnMut(&Grid, &[f32], &[f32], usize),
 ) {
     let full = Grid::new(g, most);
@@ -905,8 +949,8 @@ fn on_grids<'a>(
             for (xs, dys) in groups {
                 let grid = Grid::new(g, xs.len() / g.chw());
                 let (xp, len) = (&mut xp[..grid.len(g)], grid.span(g));
-                grid.fill(g, xs, xp);
-                spread_group(g, &grid, dys, &mut dyp[..g.k * len]);
+                grid.fill(g, xs, xp, par);
+                spread_group(g, &grid, dys, &mut dyp[..g.k * len], par);
                 f(&grid, xp, &dyp[..g.k * len], len);
             }
         })
@@ -964,7 +1008,7 @@ fn filter_run_grouped<'a>(
     let (crr, pq, k) = (g.crr(), g.pq(), g.k);
     let most = filter_group_of(g);
     if g.stride == 1 {
-        return on_grids(g, most, groups, |grid, xp, dyp, len| {
+        return on_grids(g, most, groups, false, |grid, xp, dyp, len| {
             let brow = |row: usize| grid.row_base(g.r, row);
             dot_nt_acc_rows(isa(), k, crr, len, dyp, len, xp, brow, acc, crr);
         });
@@ -982,15 +1026,21 @@ fn filter_run_grouped<'a>(
 
 /// dyp[k, pixel(1, i, oi) + oj] = dy_i[k, oi, oj] on a stride-1 `Grid`'s columns (`span` of
 /// them per row of dyp), zero in the columns no output pixel lands on.
-fn spread_group(g: &Geom, grid: &Grid, dys: &[f32], dyp: &mut [f32]) {
-    let len = dyp.len() / g.k;
-    dyp.fill(0.0);
-    for (i, dyn_) in dys.chunks_exact(g.k * g.pq()).enumerate() {
-        for (ki, plane) in dyn_.chunks_exact(g.pq()).enumerate() {
+fn spread_group(g: &Geom, grid: &Grid, dys: &[f32], dyp: &mut [f32], par: bool) {
+    let (len, pq) = (dyp.len() / g.k, g.pq());
+    let channel = |(ki, out): (usize, &mut [f32])| {
+        out.fill(0.0);
+        for i in 0..grid.imgs {
+            let plane = &dys[(i * g.k + ki) * pq..][..pq];
             for (oi, row) in plane.chunks_exact(g.q).enumerate() {
-                copy_short(&mut dyp[ki * len + grid.pixel(1, i, oi)..], row);
+                copy_short(&mut out[grid.pixel(1, i, oi)..], row);
             }
         }
+    };
+    if par {
+        dyp.par_chunks_exact_mut(len).enumerate().for_each(channel);
+    } else {
+        dyp.chunks_exact_mut(len).enumerate().for_each(channel);
     }
 }
 
@@ -1103,16 +1153,26 @@ pub fn backward_data(g: &Geom, w: &[f32], dy: &[f32], gate: Option<&[f32]>) -> V
     // take it): dcol = w^T . dy scattered by col2im, a group of images per product (a group of
     // one on large planes).
     let gi = group_of(g);
+    let par = few_groups(g, gi);
     zeroed_par(g.n * chw, gi * chw, |i, dxs| {
         let images = dxs.len() / chw;
-        data_group(g, w, dxs, &dy[i * gi * k * pq..][..images * k * pq]);
-        ep.part(i * gi * chw, dxs.len()).finish(dxs);
+        let ep = ep.part(i * gi * chw, dxs.len());
+        data_group(
+            g,
+            w,
+            dxs,
+            &dy[i * gi * k * pq..][..images * k * pq],
+            ep,
+            par,
+        );
     })
 }
 
 /// dx_i = col2im(w^T . dy_i) for a group of images, as one product over the images' dy rows
 /// side by side, then scattered image by image.
-fn data_group(g: &Geom, w: &[f32], dxs: &mut [f32], dys: &[f32]) {
+/// The epilogue `ep` (laid out as dxs) is applied image by image; with `par`, the images'
+/// scatters run in parallel.
+fn data_group(g: &Geom, w: &[f32], dxs: &mut [f32], dys: &[f32], ep: Epilogue, par: bool) {
     let (crr, pq, k) = (g.crr(), g.pq(), g.k);
     let ld = (dys.len() / (k * pq)) * pq;
     with_buf(&DYPAD, k * ld, |dyg| {
@@ -1130,8 +1190,15 @@ fn data_group(g: &Geom, w: &[f32], dxs: &mut [f32], dys: &[f32]) {
                 dcol,
                 Strides::row(ld),
             );
-            for (i, dxn) in dxs.chunks_exact_mut(g.chw()).enumerate() {
+            let chw = g.chw();
+            let image = |(i, dxn): (usize, &mut [f32])| {
                 col2im(g, dcol, dxn, ld, i * pq);
+                ep.part(i * chw, chw).finish(dxn);
+            };
+            if par {
+                dxs.par_chunks_exact_mut(chw).enumerate().for_each(image);
+            } else {
+                dxs.chunks_exact_mut(chw).enumerate().for_each(image);
             }
         })
     })

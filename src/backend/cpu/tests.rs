@@ -403,18 +403,30 @@ fn conv_grouped_small_planes_match_direct_loops() {
         // per-thread runs.
         (45, 2, 7, 7, 3, 3, 1, 1),
         (12, 2, 14, 14, 4, 5, 1, 2),
+        // One group whose product runs in parallel (`few_groups`): its fill, crop and col2im
+        // run in parallel too, and so do split-k dw's fill and spread.
+        (64, 16, 2, 2, 64, 3, 1, 1),
+        (64, 32, 4, 4, 16, 3, 2, 1),
     ] {
         forward_matches_direct_loops(&be, &mut rng, case);
         backward_matches_direct_loops(&be, &mut rng, case);
     }
 }
 
-/// The grouped paths give the same bits at any thread count (forward, dx) and from run to run
-/// at a fixed one (dw, whose per-thread runs depend on the count by design).
+/// The grouped paths give the same bits at any thread count (forward with its ReLU, dx plain
+/// and gated) and from run to run at a fixed one (dw, whose per-thread runs depend on the count
+/// by design); the gated dx is the plain one masked.
 #[test]
 fn conv_grouped_small_planes_are_deterministic() {
     let mut rng = Rng::new(15);
-    for &(n, c, h, w, k, r, s, p) in &[(70, 3, 2, 2, 20, 3, 1, 1), (40, 4, 7, 7, 24, 3, 2, 1)] {
+    // The last two are one group each with a product big enough to run in parallel, whose
+    // copies then run in parallel too (`few_groups`): at 3 threads, not at 1.
+    for &(n, c, h, w, k, r, s, p) in &[
+        (70, 3, 2, 2, 20, 3, 1, 1),
+        (40, 4, 7, 7, 24, 3, 2, 1),
+        (64, 16, 2, 2, 64, 3, 1, 1),
+        (64, 32, 4, 4, 16, 3, 2, 1),
+    ] {
         let x = rand_t(&mut rng, &[n, c, h, w]);
         let wt = rand_t(&mut rng, &[k, c, r, r]);
         let prm = Conv2dParams { stride: s, pad: p };
@@ -431,15 +443,29 @@ fn conv_grouped_small_planes_are_deterministic() {
                 .build()
                 .unwrap();
             pool.install(|| {
-                let y = conv::forward_with(&g, xs, ws, conv::Epilogue::default());
+                let ep = conv::Epilogue {
+                    relu: true,
+                    ..Default::default()
+                };
+                let y = conv::forward_with(&g, xs, ws, ep);
                 let dx = conv::backward_data(&g, ws, dys, None);
-                (y, dx, conv::backward_filter(&g, xs, dys))
+                // x as the gate: dx where x > 0, as the ReLU before the conv would pass it.
+                let gated = conv::backward_data(&g, ws, dys, Some(xs));
+                (y, dx, conv::backward_filter(&g, xs, dys), gated)
             })
         };
-        let (y1, dx1, dw1) = run(1);
-        let (y3, dx3, dw3) = run(3);
+        let (y1, dx1, dw1, gated1) = run(1);
+        let (y3, dx3, dw3, gated3) = run(3);
+        assert!(y1.iter().all(|&v| v >= 0.0), "relu {n} {h}x{w}");
         assert_eq!(y1, y3, "forward {n} {h}x{w}");
         assert_eq!(dx1, dx3, "dx {n} {h}x{w}");
+        assert_eq!(gated1, gated3, "gated dx {n} {h}x{w}");
+        let want: Vec<f32> = dx1
+            .iter()
+            .zip(xs)
+            .map(|(&d, &m)| if m > 0.0 { d } else { 0.0 })
+            .collect();
+        assert_eq!(gated3, want, "gate {n} {h}x{w}");
         assert_eq!(dw3, run(3).2, "dw {n} {h}x{w}");
         assert_eq!(dw1, run(1).2, "dw {n} {h}x{w}");
     }

@@ -230,7 +230,7 @@ pub fn sgemm_on(
     let spec = isa.spec();
     let fmas = m.saturating_mul(n).saturating_mul(k);
     let threads = rayon::current_num_threads();
-    let parallel = fmas >= PAR_MIN_FMAS && threads > 1;
+    let parallel = runs_parallel(fmas);
     let ncb = block_cols(isa, m, n, parallel, threads);
     let cp = CPtr(c.as_mut_ptr());
     let rows = task_rows(m, spec.0, parallel, threads);
@@ -257,6 +257,12 @@ pub fn sgemm_on(
     } else {
         (0..mt * nb).into_par_iter().for_each(task);
     }
+}
+
+/// Whether a product of this many multiply-adds runs on more than one thread (callers match
+/// the parallelism of their own stages to it).
+pub fn runs_parallel(fmas: usize) -> bool {
+    fmas >= PAR_MIN_FMAS && rayon::current_num_threads() > 1
 }
 
 /// Rows of C per task: all of them, or in a product worth running in parallel with more than

@@ -206,7 +206,10 @@ fn tasks_share_the_rows_out_evenly_in_whole_panels() {
     assert_eq!(task_rows(211, 12, true, 7), 72);
     for (m, mr) in [(7, 4), (200, 4), (400, 12), (513, 4)] {
         let rb = row_block(m, mr);
-        assert!(rb.is_multiple_of(mr) && rb <= MC.max(mr), "m{m}: {rb} rows a block");
+        assert!(
+            rb.is_multiple_of(mr) && rb <= MC.max(mr),
+            "m{m}: {rb} rows a block"
+        );
         assert_eq!(
             m.div_ceil(rb),
             m.div_ceil(MC),
