@@ -23,7 +23,7 @@ use advlens::data::idx::import_fashion_mnist;
 use advlens::data::Dataset;
 use advlens::nn::optim::OptimConfig;
 use advlens::nn::train::{self, RunDirs, TrainConfig};
-use advlens::nn::Model;
+use advlens::nn::{Model, ModelSpec};
 use advlens::rng::Rng;
 use advlens::Tensor;
 use common::assert_close;
@@ -251,6 +251,60 @@ fn input_grad_matches_finite_differences() {
                 rtol,
                 &format!("{} d CE / d input, {w}", m.name()),
             );
+        }
+    }
+}
+
+/// The CPU backend runs I-FGS on one run of the batch's rows per thread, each with its own
+/// replica of the model (`Backend::batch_parts`): the result has the bits of the batch run
+/// whole, for each model kind (batch norm, pooling, the residual blocks), with rows split
+/// unevenly too. The CPU backend's parts are one per thread of at least 16 rows.
+#[test]
+fn ifgs_in_parts_gives_the_whole_batch_bits() {
+    let be = CpuBackend::new();
+    let pool = |t: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build()
+            .unwrap()
+    };
+    assert_eq!(pool(1).install(|| be.batch_parts(48)), 1);
+    assert_eq!(pool(3).install(|| be.batch_parts(48)), 3);
+    assert_eq!(pool(3).install(|| be.batch_parts(37)), 2);
+    assert_eq!(pool(3).install(|| be.batch_parts(15)), 1);
+    let mut rng = Rng::new(31);
+    for (mi, name) in ["small-alexnet", "small-vgg16", "small-resnet18"]
+        .iter()
+        .enumerate()
+    {
+        let spec = ModelSpec {
+            width: 4,
+            ..ModelSpec::new(name, 10, (1, 28, 28))
+        };
+        for n in [48, 37] {
+            let x: Vec<f32> = (0..n * 784)
+                .map(|_| (rng.uniform() * 255.0) as f32)
+                .collect();
+            let x = Tensor::from_vec(&[n, 1, 28, 28], x).unwrap();
+            let targets: Vec<u32> = (0..n).map(|_| rng.below(10) as u32).collect();
+            let run = |threads: usize| {
+                let mut m = Model::from_spec(&spec, 5 + mi as u64).unwrap();
+                pool(threads)
+                    .install(|| ifgs(&be, &mut m, &x, &targets, 2.0, 3))
+                    .unwrap()
+                    .to_vec()
+                    .unwrap()
+            };
+            let (whole, parts) = (run(1), run(3));
+            assert!(
+                whole != x.to_vec().unwrap(),
+                "{name}: the attack moved nothing"
+            );
+            let same = whole
+                .iter()
+                .zip(&parts)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{name} n {n}: parts differ from the whole batch");
         }
     }
 }

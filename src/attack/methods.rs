@@ -73,15 +73,76 @@ pub fn ifgs(
 ) -> Result<Tensor> {
     check_eps(eps)?;
     // The steps run where the gradient is: a host batch goes to a device backend first.
-    let mut cur = match crate::nn::model::on_backend(be, x)? {
+    let cur = match crate::nn::model::on_backend(be, x)? {
         Some(up) => up,
         None => x.clone(),
     };
+    let n = cur.shape().first().copied().unwrap_or(0);
+    let parts = be.batch_parts(n);
+    if parts > 1 && targets.len() == n {
+        if let Some(r) = ifgs_in_parts(be, model, &cur, targets, eps, steps, parts) {
+            return r;
+        }
+    }
+    ifgs_steps(be, model, cur, targets, eps, steps)
+}
+
+fn ifgs_steps(
+    be: &dyn Backend,
+    model: &mut Model,
+    mut cur: Tensor,
+    targets: &[u32],
+    eps: f32,
+    steps: usize,
+) -> Result<Tensor> {
     for _ in 0..steps {
         let (_, _, g) = input_grad(be, model, &cur, targets)?;
         cur = be.fgs_step(&cur, &g, eps, PIXEL_MIN, PIXEL_MAX)?;
     }
     Ok(cur)
+}
+
+/// `ifgs` on `parts` contiguous runs of the batch's rows at once, each with its own replica of
+/// the model, joined in order. Every op of an eval-mode step is per image (the conv products
+/// sum each output in the same order whatever images share a product; eval batch norm, pooling,
+/// the loss gradient and the step are elementwise or per row), so the result has the bits of
+/// the whole batch at once. None where the model cannot be replicated (a device model).
+fn ifgs_in_parts(
+    be: &dyn Backend,
+    model: &Model,
+    x: &Tensor,
+    targets: &[u32],
+    eps: f32,
+    steps: usize,
+    parts: usize,
+) -> Option<Result<Tensor>> {
+    let host = x.as_cpu()?;
+    let (n, row) = (targets.len(), host.len() / targets.len().max(1));
+    let per = n.div_ceil(parts);
+    let mut jobs = Vec::with_capacity(parts);
+    for (xs, ts) in host.chunks(per * row).zip(targets.chunks(per)) {
+        let mut shape = x.shape().to_vec();
+        shape[0] = ts.len();
+        let t = match Tensor::from_vec(&shape, xs.to_vec()) {
+            Ok(t) => t,
+            Err(e) => return Some(Err(e)),
+        };
+        jobs.push((model.replica()?, t, ts));
+    }
+    use rayon::prelude::*;
+    let outs: Result<Vec<Tensor>> = jobs
+        .into_par_iter()
+        .map(|(mut m, t, ts)| ifgs_steps(be, &mut m, t, ts, eps, steps))
+        .collect();
+    Some(outs.and_then(|outs| {
+        let mut v = Vec::with_capacity(host.len());
+        for o in &outs {
+            v.extend_from_slice(o.as_cpu().ok_or_else(|| {
+                Error::shape("attack.ifgs", "a part's result is not on the host")
+            })?);
+        }
+        Tensor::from_vec(x.shape(), v)
+    }))
 }
 
 fn check_eps(eps: f32) -> Result<()> {

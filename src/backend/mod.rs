@@ -109,6 +109,14 @@ pub trait Backend: Send + Sync {
         Precision::F32
     }
 
+    /// Into how many parts a per-image batch computation of `rows` rows is best cut, each part
+    /// run on its own thread as a whole (`attack::ifgs`): 1 (the default, and on a GPU), or on
+    /// the CPU one per worker thread while each keeps enough rows.
+    fn batch_parts(&self, rows: usize) -> usize {
+        let _ = rows;
+        1
+    }
+
     /// Block until queued work is finished (no-op on the CPU). Benchmarks call it before reading
     /// the clock.
     fn synchronize(&self) -> Result<()>;

@@ -44,6 +44,7 @@ enum Tap {
 /// Input normalisation (x/255 - mean_c)/std_c, expressed as an eval-mode batch norm with
 /// running_mean = 255*mean, running_var = (255*std)^2, gamma 1, beta 0, eps 0, so every backend
 /// runs it (and its backward) with ops it already has.
+#[derive(Clone)]
 struct NormDev {
     ones: Tensor,
     zeros: Tensor,
@@ -448,6 +449,28 @@ impl Model {
     }
     pub fn param_grads(&self) -> bool {
         self.param_grads
+    }
+
+    /// A copy of this host model without its activation cache, for a thread of its own
+    /// (`attack::ifgs` on parts of a batch). None for a model on a device backend.
+    pub fn replica(&self) -> Option<Model> {
+        if self.device.as_deref().is_some_and(|d| d != "cpu") {
+            return None;
+        }
+        Some(Model {
+            spec: self.spec.clone(),
+            seed: self.seed,
+            layers: self.layers.clone(),
+            phi_at: self.phi_at,
+            taps: self.taps.clone(),
+            norm_mean: self.norm_mean.clone(),
+            norm_std: self.norm_std.clone(),
+            norm_dev: self.norm_dev.clone(),
+            device: self.device.clone(),
+            cache: None,
+            train_steps: self.train_steps,
+            param_grads: self.param_grads,
+        })
     }
 
     /// Backpropagate `dlogits` [N, classes] (the gradient of the loss with respect to the logits
