@@ -81,6 +81,8 @@ pub fn ifgs(
     let parts = be.batch_parts(n);
     if parts > 1 && targets.len() == n {
         if let Some(r) = ifgs_in_parts(be, model, &cur, targets, eps, steps, parts) {
+            // As the whole-batch path leaves it: no cached activations.
+            model.clear_cache();
             return r;
         }
     }
@@ -106,7 +108,9 @@ fn ifgs_steps(
 /// the model, joined in order. Every op of an eval-mode step is per image (the conv products
 /// sum each output in the same order whatever images share a product; eval batch norm, pooling,
 /// the loss gradient and the step are elementwise or per row), so the result has the bits of
-/// the whole batch at once. None where the model cannot be replicated (a device model).
+/// the whole batch at once. None where the model cannot be replicated (a device model) or the
+/// batch is not a host tensor of `targets.len()` non-empty rows: the whole-batch path then runs
+/// and reports any error.
 fn ifgs_in_parts(
     be: &dyn Backend,
     model: &Model,
@@ -118,6 +122,9 @@ fn ifgs_in_parts(
 ) -> Option<Result<Tensor>> {
     let host = x.as_cpu()?;
     let (n, row) = (targets.len(), host.len() / targets.len().max(1));
+    if n == 0 || row == 0 || host.len() != n * row {
+        return None;
+    }
     let per = n.div_ceil(parts);
     let mut jobs = Vec::with_capacity(parts);
     for (xs, ts) in host.chunks(per * row).zip(targets.chunks(per)) {
@@ -417,4 +424,38 @@ pub fn argmax_rows(logits: &[f32], k: usize) -> Vec<u32> {
             best as u32
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::nn::ModelSpec;
+
+    /// The parts path itself (not a silent fallback to the whole batch) against the whole-batch
+    /// steps, bitwise, on uneven parts; and the fallbacks for what it does not take.
+    #[test]
+    fn ifgs_in_parts_runs_and_matches_the_whole_batch() {
+        let be = CpuBackend::new();
+        let spec = ModelSpec {
+            width: 4,
+            ..ModelSpec::new("small-resnet18", 10, (1, 28, 28))
+        };
+        let model = Model::from_spec(&spec, 3).unwrap();
+        let n = 11;
+        let x: Vec<f32> = (0..n * 784).map(|i| ((i * 37) % 256) as f32).collect();
+        let x = Tensor::from_vec(&[n, 1, 28, 28], x).unwrap();
+        let targets: Vec<u32> = (0..n as u32).map(|i| (i * 7) % 10).collect();
+        let parts = ifgs_in_parts(&be, &model, &x, &targets, 2.0, 2, 3)
+            .expect("a host model on the CPU takes the parts path")
+            .unwrap();
+        let mut whole_model = model.replica().unwrap();
+        let whole = ifgs_steps(&be, &mut whole_model, x.clone(), &targets, 2.0, 2).unwrap();
+        let (p, w) = (parts.to_vec().unwrap(), whole.to_vec().unwrap());
+        assert!(p.iter().zip(&w).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert_ne!(w, x.to_vec().unwrap(), "the attack moved nothing");
+        let empty = Tensor::from_vec(&[n, 1, 0, 0], vec![]).unwrap();
+        assert!(ifgs_in_parts(&be, &model, &empty, &targets, 2.0, 2, 3).is_none());
+        assert!(ifgs_in_parts(&be, &model, &x, &[], 2.0, 2, 3).is_none());
+    }
 }

@@ -3,8 +3,10 @@
 //!
 //! C[m, n] = A[m, k] B[k, n] + beta C, all three strided. The k dimension is cut into blocks of
 //! `KC`, which every C element sums in the same order whatever thread computes it; m and n are
-//! cut into `MC x NC` blocks that rayon runs in parallel, each packing its own A and B blocks
-//! into per-thread buffers that live as long as the thread (no allocation in steady state).
+//! cut into tasks of a share of the rows by at most NC columns that rayon runs in parallel, each
+//! walking its rows in blocks of at most MC and packing its own A and B blocks (each B k-block
+//! once for all its row blocks) into per-thread buffers that live as long as the thread (no
+//! allocation in steady state).
 //! Results therefore do not depend on the thread count. `ADVLENS_CPU_ISA=avx512|avx2|portable`
 //! forces a path (an ISA the CPU lacks falls back to the best one it has, said once on stderr).
 
@@ -29,7 +31,7 @@ use super::written;
 /// finite-difference check of tests/nn.rs (a random small-vgg16 pixel, h = 0.25) missed its
 /// tolerance: 256 everywhere.
 const KC: usize = 256;
-/// Rows of C per block (a multiple of every MR).
+/// Most rows of C per block (a multiple of every MR); `row_block` evens them out.
 const MC: usize = 96;
 /// Columns of C per block (a multiple of the path's NR): 512 on AVX-512 and the portable
 /// path, 480 on AVX2 (NR = 24).
@@ -169,7 +171,7 @@ pub struct Mat<'a> {
 /// C's base pointer, shared by the block tasks, which write disjoint tiles.
 #[derive(Clone, Copy)]
 struct CPtr(*mut f32);
-// SAFETY: every task writes a disjoint set of C elements (its own MC x NC block), and the
+// SAFETY: every task writes a disjoint set of C elements (its own rows x columns tile), and the
 // borrow of C outlives the parallel loop that uses the pointer.
 unsafe impl Send for CPtr {}
 // SAFETY: as above.
@@ -471,9 +473,9 @@ fn wide_tail<'a>(
         let tj = j0 + jp * nr;
         let run = if jp + g <= n_in { g } else { 1 };
         let (ap, o) = tile(ip, tj, run * nr);
-        // SAFETY: as for `block_task`'s in-place tiles, over `run` panels that are each in
+        // SAFETY: as for `block_step`'s in-place tiles, over `run` panels that are each in
         // place (jp + run <= n_in), so every step's run * NR floats lie in `data`; with run == g
-        // the tile is tail x WIDE_COLS[tail] with cs == 1, as `block_task` chose `wide` for.
+        // the tile is tail x WIDE_COLS[tail] with cs == 1, as `block_step` chose `wide` for.
         unsafe {
             let b = data.as_ptr().add(tj);
             if run == g {
