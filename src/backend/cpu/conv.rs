@@ -14,7 +14,7 @@
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
-use super::{written, zeroed_par};
+use super::{for_each_chunk, written, zeroed_par};
 use std::sync::Mutex;
 
 use rayon::prelude::*;
@@ -637,15 +637,7 @@ impl Grid {
                 zero_short(&mut row[self.imgs * self.step..]);
             }
         };
-        if par {
-            xp.par_chunks_exact_mut(self.hp * wg)
-                .enumerate()
-                .for_each(plane_of);
-        } else {
-            xp.chunks_exact_mut(self.hp * wg)
-                .enumerate()
-                .for_each(plane_of);
-        }
+        for_each_chunk(xp, self.hp * wg, par, plane_of);
     }
 }
 
@@ -795,12 +787,7 @@ fn crop_rows<const Q: usize>(
             }
         }
     };
-    let len = g.k * g.pq();
-    if par {
-        ys.par_chunks_exact_mut(len).enumerate().for_each(image);
-    } else {
-        ys.chunks_exact_mut(len).enumerate().for_each(image);
-    }
+    for_each_chunk(ys, g.k * g.pq(), par, image);
 }
 
 /// Whether the conv's groups of `gi` images are fewer than the threads and each group's product
@@ -1037,11 +1024,7 @@ fn spread_group(g: &Geom, grid: &Grid, dys: &[f32], dyp: &mut [f32], par: bool) 
             }
         }
     };
-    if par {
-        dyp.par_chunks_exact_mut(len).enumerate().for_each(channel);
-    } else {
-        dyp.chunks_exact_mut(len).enumerate().for_each(channel);
-    }
+    for_each_chunk(dyp, len, par, channel);
 }
 
 /// acc += dy_n . col_n^T for a stride-1 conv with no column matrix, on the padded grid of
@@ -1195,11 +1178,7 @@ fn data_group(g: &Geom, w: &[f32], dxs: &mut [f32], dys: &[f32], ep: Epilogue, p
                 col2im(g, dcol, dxn, ld, i * pq);
                 ep.part(i * chw, chw).finish(dxn);
             };
-            if par {
-                dxs.par_chunks_exact_mut(chw).enumerate().for_each(image);
-            } else {
-                dxs.chunks_exact_mut(chw).enumerate().for_each(image);
-            }
+            for_each_chunk(dxs, chw, par, image);
         })
     })
 }

@@ -1320,6 +1320,22 @@ pub(super) fn zeroed_par(
     })
 }
 
+/// `f((i, chunk i))` over the `chunk`-long pieces of `s` (`chunk` > 0; the last may be
+/// shorter), on rayon's workers if `par`, else in order on this thread: for stages that run in
+/// parallel only when the work around them does.
+pub(super) fn for_each_chunk<T: Send>(
+    s: &mut [T],
+    chunk: usize,
+    par: bool,
+    f: impl Fn((usize, &mut [T])) + Sync + Send,
+) {
+    if par {
+        s.par_chunks_mut(chunk).enumerate().for_each(f);
+    } else {
+        s.chunks_mut(chunk).enumerate().for_each(f);
+    }
+}
+
 /// Write zeros over `s` and return it as initialised floats.
 fn zero(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     s.fill(MaybeUninit::new(0.0));

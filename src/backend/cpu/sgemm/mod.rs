@@ -23,7 +23,7 @@ use rayon::prelude::*;
 
 use kernels::TileOut;
 
-use super::written;
+use super::{for_each_chunk, written};
 
 /// k-block: the depth of one packed panel pass. Each C element's sum is split at multiples of
 /// it, so it is part of the summation order. 128 on AVX2 (to keep the 24-wide B panel in L1)
@@ -558,15 +558,7 @@ impl PackedA {
         let len = rows * k;
         let data = written(len, |d| {
             // Block bi starts at bi * KC * rows (`offset`); only the last one is shorter.
-            if len < PAR_MIN_PACK {
-                d.chunks_mut(rows * KC)
-                    .enumerate()
-                    .for_each(|(bi, c)| pack(bi, c));
-            } else {
-                d.par_chunks_mut(rows * KC)
-                    .enumerate()
-                    .for_each(|(bi, c)| pack(bi, c));
-            }
+            for_each_chunk(d, rows * KC, len >= PAR_MIN_PACK, |(bi, c)| pack(bi, c));
         });
         PackedA { isa, m, k, data }
     }
